@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install callpipe with its test tools into ./.venv and run the whole test suite
+# (the suite includes ruff and mypy). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/_venv.sh
+"$VENV_PY" -m pip install -q -e ".[dev]"
+exec "$VENV_PY" -m pytest "$@"

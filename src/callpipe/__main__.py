@@ -1,0 +1,5 @@
+"""Allow ``python -m callpipe``."""
+
+from callpipe.cli import main
+
+raise SystemExit(main())

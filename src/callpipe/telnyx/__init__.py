@@ -1,0 +1,1 @@
+"""The Telnyx wire protocol (sans-I/O), REST client and webhook verification."""

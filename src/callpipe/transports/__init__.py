@@ -1,0 +1,1 @@
+"""transports layer (see docs/architecture.md)."""

@@ -1,1 +1,169 @@
-"""runner layer (see docs/architecture.md)."""
+"""What a bot receives: :class:`RunnerArguments` and :func:`parse_telephony_websocket`.
+
+Written so that a bot from Pipecat's Telnyx guide runs with only its imports changed::
+
+    transport_type, call_data = await parse_telephony_websocket(websocket)
+    serializer = TelnyxFrameSerializer(stream_id=call_data["stream_id"], ...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from starlette.websockets import WebSocket, WebSocketState
+
+from callpipe.audio import SUPPORTED_ENCODINGS
+from callpipe.telnyx import protocol
+from callpipe.transports.fastapi import fit_close_reason
+
+logger = logging.getLogger("callpipe.runner")
+
+__all__ = [
+    "RunnerArguments",
+    "TelephonyHandshakeError",
+    "WebSocketRunnerArguments",
+    "parse_telephony_websocket",
+]
+
+# Close code for a handshake we refuse (RFC 6455 "policy violation").
+CLOSE_POLICY_VIOLATION = 1008
+
+
+class TelephonyHandshakeError(ValueError):
+    """The WebSocket did not open like a Telnyx media stream; the socket has been closed."""
+
+
+@dataclass(kw_only=True)
+class RunnerArguments:
+    """Everything a bot needs for one call.
+
+    ``call_data`` is the parsed handshake (see :func:`parse_telephony_websocket`),
+    ``body`` the dial-out request's body (``{}`` for dial-in), ``direction`` is
+    ``"inbound"`` or ``"outbound"``.
+    """
+
+    websocket: WebSocket
+    call_data: dict[str, Any] = field(default_factory=dict)
+    body: dict[str, Any] = field(default_factory=dict)
+    direction: str = "inbound"
+    handle_sigint: bool = False
+    pipeline_idle_timeout_secs: float | None = 300.0
+
+
+# Pipecat's name for the same thing.
+WebSocketRunnerArguments = RunnerArguments
+
+
+def _provider_of(message: Any) -> str | None:
+    """Name the telephony provider a non-Telnyx handshake message comes from, if known."""
+    if not isinstance(message, dict):
+        return None
+    start = message.get("start")
+    if isinstance(start, dict):
+        if "streamSid" in start or "callSid" in start or "streamSid" in message:
+            return "Twilio"
+        if "callId" in start or "streamId" in start:
+            return "Plivo"
+        if "stream_sid" in start or "call_sid" in start:
+            return "Exotel"
+    if "streamSid" in message:
+        return "Twilio"
+    if "stream_sid" in message:
+        return "Exotel"
+    return None
+
+
+async def _refuse(websocket: WebSocket, reason: str) -> TelephonyHandshakeError:
+    logger.warning("refusing stream: %s", reason)
+    if websocket.client_state != WebSocketState.DISCONNECTED:
+        try:
+            await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=fit_close_reason(reason))
+        except Exception as exc:  # already gone: nothing more to tell the peer
+            logger.debug("close failed: %s", exc)
+    return TelephonyHandshakeError(reason)
+
+
+async def parse_telephony_websocket(
+    websocket: WebSocket, *, timeout: float = 5.0, max_messages: int = 3
+) -> tuple[str, dict[str, Any]]:
+    """Read Telnyx's ``connected`` and ``start`` messages; return ``("telnyx", call_data)``.
+
+    ``call_data`` holds ``stream_id``, ``call_control_id``, ``call_session_id``,
+    ``outbound_encoding`` (what Telnyx sends), ``sample_rate``, ``from``, ``to``,
+    ``custom_parameters``, ``client_state``, ``tags``, ``user_id``, ``auth_token`` and
+    ``query_params`` (the WebSocket URL's query string). The wait is bounded by
+    ``timeout`` seconds and ``max_messages`` messages; on failure - a timeout, garbage,
+    another provider's handshake, an unsupported encoding - the socket is closed with a
+    reason and :class:`TelephonyHandshakeError` is raised.
+    """
+    if websocket.client_state == WebSocketState.CONNECTING:
+        await websocket.accept()
+    auth_token: str | None = None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for _ in range(max_messages):
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        try:
+            async with asyncio.timeout(remaining):
+                message = await websocket.receive()
+        except TimeoutError:
+            break
+        if message["type"] == "websocket.disconnect":
+            raise TelephonyHandshakeError("the stream closed before its start message")
+        data: str | bytes = message.get("text") or message.get("bytes") or b""
+        try:
+            event = protocol.parse_event(data, max_length=64 * 1024)
+        except protocol.ProtocolError as exc:
+            try:
+                raw = msgspec.json.decode(data)
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                raw = None
+            provider = _provider_of(raw)
+            if provider is not None:
+                raise await _refuse(
+                    websocket,
+                    f"unsupported provider: this looks like a {provider} stream; callpipe speaks Telnyx",
+                ) from None
+            raise await _refuse(websocket, f"invalid handshake message: {exc}") from None
+        if isinstance(event, protocol.ConnectedEvent):
+            auth_token = event.auth_token
+            continue
+        if isinstance(event, protocol.StartEvent):
+            encoding = event.media_format.encoding.upper()
+            if encoding not in SUPPORTED_ENCODINGS:
+                raise await _refuse(
+                    websocket,
+                    f"unsupported encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})",
+                )
+            call_data: dict[str, Any] = {
+                "stream_id": event.stream_id,
+                "call_control_id": event.call_control_id,
+                "call_session_id": event.call_session_id,
+                "outbound_encoding": encoding,
+                "sample_rate": event.media_format.sample_rate,
+                "channels": event.media_format.channels,
+                "from": event.from_number,
+                "to": event.to_number,
+                "custom_parameters": dict(event.custom_parameters),
+                "client_state": event.client_state,
+                "tags": list(event.tags),
+                "user_id": event.user_id,
+                "auth_token": auth_token,
+                "query_params": dict(websocket.query_params),
+            }
+            return "telnyx", call_data
+        if isinstance(event, protocol.UnknownEvent):
+            provider = _provider_of(event.data)
+            if provider is not None:
+                raise await _refuse(
+                    websocket,
+                    f"unsupported provider: this looks like a {provider} stream; callpipe speaks Telnyx",
+                )
+        # Anything else before start (media, a stray mark) is skipped within the bounds.
+    raise await _refuse(websocket, f"no valid start message within {timeout:g}s / {max_messages} messages")

@@ -1,0 +1,35 @@
+"""Logging with the call id on every line.
+
+Each call runs in its own tree of asyncio tasks; :data:`call_id` is a context variable
+set when the call starts, so every task created for the call inherits it and every log
+line it writes carries it (via :class:`CallIdFilter`), without passing ids around.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+
+call_id: contextvars.ContextVar[str] = contextvars.ContextVar("callpipe_call_id", default="-")
+
+logger = logging.getLogger("callpipe")
+
+
+class CallIdFilter(logging.Filter):
+    """Adds ``record.call_id`` from the current context to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Attach the call id; never drops a record."""
+        if not hasattr(record, "call_id"):
+            record.call_id = call_id.get()
+        return True
+
+
+def configure_logging(level: int | str = logging.INFO) -> None:
+    """Log to stderr as ``time level [call-id] logger: message`` (used by the CLI)."""
+    handler = logging.StreamHandler()
+    handler.addFilter(CallIdFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(call_id)s] %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,468 @@
+"""A simulated caller: the phone plus Telnyx's media streaming, over a real WebSocket.
+
+It opens the bot's WebSocket exactly as Telnyx does (``connected``, ``start``, then a
+``media`` message every 20 ms, paced on a monotonic clock, with string sequence
+numbers, chunks and timestamps) and plays the bot's audio back like a phone: what
+arrives is buffered and played in real time, ``clear`` drops what has not been played
+yet, and each ``mark`` is echoed once the audio before it has played (or at once when
+cleared), as Telnyx documents.
+
+The caller speaks a script of turns; between turns it sends silence, like a phone line.
+It records both sides (caller left, bot right) and a timeline per turn: when the caller
+stopped speaking, when the bot's first audio arrived and was heard, gaps in the bot's
+audio, and the ``clear`` messages it received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from callpipe.audio import StreamResampler, get_codec
+from callpipe.telnyx import protocol
+
+logger = logging.getLogger("callpipe.sim")
+
+FRAME_SECS = 0.02
+_ids = itertools.count(1)
+
+
+@dataclass(kw_only=True)
+class CallerTurn:
+    """One thing the caller does: say ``audio`` (PCM16 mono at ``sample_rate``).
+
+    ``wait_for_bot``: wait until the bot has been quiet for ``quiet_secs`` before
+    speaking (a polite caller). ``barge_in_after``: instead, start speaking this many
+    seconds after the bot's audio starts being heard (an interruption). ``dtmf`` sends
+    key presses instead of audio. ``pause_secs`` of silence come first.
+    """
+
+    audio: bytes = b""
+    sample_rate: int = 8000
+    text: str = ""
+    dtmf: str = ""
+    pause_secs: float = 0.0
+    wait_for_bot: bool = True
+    quiet_secs: float = 0.6
+    barge_in_after: float | None = None
+
+
+@dataclass(kw_only=True)
+class TurnTiming:
+    """What happened around one caller turn (times are monotonic seconds)."""
+
+    text: str
+    started_at: float
+    ended_at: float
+    first_bot_audio_received_at: float | None = None
+    first_bot_audio_heard_at: float | None = None
+
+    @property
+    def response_latency(self) -> float | None:
+        """Caller stopped speaking -> first bot audio heard."""
+        if self.first_bot_audio_heard_at is None:
+            return None
+        return self.first_bot_audio_heard_at - self.ended_at
+
+
+@dataclass(kw_only=True)
+class CallResult:
+    """The outcome of a simulated call."""
+
+    stream_id: str
+    call_control_id: str
+    connected_at: float
+    greeting_heard_at: float | None = None
+    turns: list[TurnTiming] = field(default_factory=list)
+    clears: list[float] = field(default_factory=list)
+    marks_echoed: list[str] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    bot_audio_secs: float = 0.0
+    closed_by: str = ""
+    close_code: int | None = None
+    close_reason: str = ""
+    caller_track: bytes = b""
+    bot_track: bytes = b""
+    sample_rate: int = 8000
+    received_messages: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def greeting_latency(self) -> float | None:
+        """Connected -> first bot audio heard."""
+        return None if self.greeting_heard_at is None else self.greeting_heard_at - self.connected_at
+
+    def stereo_pcm(self) -> bytes:
+        """Caller (left) and bot (right) interleaved, PCM16 at :attr:`sample_rate`."""
+        left = np.frombuffer(self.caller_track, dtype=np.int16)
+        right = np.frombuffer(self.bot_track, dtype=np.int16)
+        n = max(len(left), len(right))
+        stereo = np.zeros((n, 2), dtype=np.int16)
+        stereo[: len(left), 0] = left
+        stereo[: len(right), 1] = right
+        return stereo.tobytes()
+
+
+class SimulatedCaller:
+    """Places one simulated call to a bot's WebSocket ``url``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        encoding: str = "PCMU",
+        sample_rate: int | None = None,
+        from_number: str = "+15550001111",
+        to_number: str = "+15550002222",
+        custom_parameters: dict[str, Any] | None = None,
+        client_state: str | None = None,
+        call_control_id: str | None = None,
+        stream_id: str | None = None,
+        auth_token: str | None = None,
+        extra_headers: dict[str, str] | None = None,
+        max_call_secs: float = 60.0,
+        record: bool = True,
+    ) -> None:
+        self.url = url
+        self.codec = get_codec(encoding, sample_rate)
+        self.encoding = self.codec.name
+        self.rate = self.codec.sample_rate
+        self.frame_samples = int(self.rate * FRAME_SECS)
+        self.from_number = from_number
+        self.to_number = to_number
+        self.custom_parameters = custom_parameters or {}
+        self.client_state = client_state
+        n = next(_ids)
+        self.call_control_id = call_control_id or f"v3:sim-call-{n}-{uuid.uuid4().hex[:12]}"
+        self.stream_id = stream_id or str(uuid.uuid4())
+        self.auth_token = auth_token
+        self.extra_headers = extra_headers or {}
+        self.max_call_secs = max_call_secs
+        self.record = record
+        self._encoder = self.codec.new_instance()
+        self._decoder = self.codec.new_instance()
+        self._silence = self._encoder.encode(bytes(2 * self.frame_samples))
+        # Playback state (the phone's jitter buffer).
+        self._play: collections.deque[tuple[str, Any]] = (
+            collections.deque()
+        )  # ("audio", pcm) | ("mark", name)
+        self._play_bytes = 0
+        self._last_audio_received = 0.0
+        self._spoke_until = 0.0  # quiet is counted from the caller's own last words
+        self._bot_heard_until = 0.0
+        self._was_playing = False
+        self._gap_started: float | None = None
+        self._seq = 0
+        self._chunk = 0
+        self._ws: ClientConnection | None = None
+        self._send_lock = asyncio.Lock()
+        self._speech: collections.deque[bytes] = collections.deque()  # encoded 20 ms frames to say
+        self._speaking_turn: TurnTiming | None = None
+        self._closed = asyncio.Event()
+        self._caller_track = bytearray()
+        self._bot_track = bytearray()
+        self.result: CallResult | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    async def _send(self, text: str) -> None:
+        ws = self._ws
+        if ws is None or self._closed.is_set():
+            return
+        try:
+            await ws.send(text)
+        except websockets.ConnectionClosed:
+            self._closed.set()
+
+    def _encode_turn(self, turn: CallerTurn) -> list[bytes]:
+        pcm = turn.audio
+        if turn.sample_rate != self.rate:
+            resampler = StreamResampler(turn.sample_rate, self.rate)
+            pcm = resampler.process(pcm) + resampler.flush()
+        samples = np.frombuffer(pcm, dtype=np.int16)
+        pad = (-len(samples)) % self.frame_samples
+        if pad:
+            samples = np.concatenate([samples, np.zeros(pad, dtype=np.int16)])
+        encoded = self._encoder.encode(samples.tobytes())
+        size = len(self._silence)
+        return [encoded[i : i + size] for i in range(0, len(encoded), size)]
+
+    @property
+    def bot_is_playing(self) -> bool:
+        """Whether bot audio is buffered or still playing."""
+        return self._play_bytes > 0
+
+    def _bot_quiet_for(self, now: float) -> float:
+        if self._play_bytes > 0:
+            return 0.0
+        return now - max(self._bot_heard_until, self._last_audio_received, self._spoke_until)
+
+    # ------------------------------------------------------------------- run
+
+    async def run(self, turns: list[CallerTurn], *, hang_up_after_secs: float = 1.5) -> CallResult:
+        """Connect, speak ``turns``, wait ``hang_up_after_secs`` of bot silence, hang up."""
+        headers = dict(self.extra_headers)
+        if self.auth_token:
+            headers["x-telnyx-streaming-auth-token"] = self.auth_token
+        async with websockets.connect(
+            self.url, additional_headers=headers or None, max_size=2**22, open_timeout=10
+        ) as ws:
+            self._ws = ws
+            connected_at = time.monotonic()
+            # Quiet time is measured from the moment the call connects, so the first
+            # turn waits for the bot's greeting.
+            self._last_audio_received = connected_at
+            self.result = CallResult(
+                stream_id=self.stream_id,
+                call_control_id=self.call_control_id,
+                connected_at=connected_at,
+                sample_rate=self.rate,
+            )
+            await self._send(protocol.build_connected(auth_token=self.auth_token))
+            await self._send(
+                protocol.build_start(
+                    stream_id=self.stream_id,
+                    call_control_id=self.call_control_id,
+                    encoding=self.encoding,
+                    sample_rate=self.rate,
+                    sequence_number=self._next_seq(),
+                    call_session_id=f"sim-session-{self.stream_id[:8]}",
+                    user_id="sim-user",
+                    from_number=self.from_number,
+                    to_number=self.to_number,
+                    client_state=self.client_state,
+                    custom_parameters=self.custom_parameters,
+                )
+            )
+            receiver = asyncio.ensure_future(self._receive_loop())
+            clock = asyncio.ensure_future(self._clock_loop())
+            try:
+                async with asyncio.timeout(self.max_call_secs):
+                    await self._script(turns, hang_up_after_secs)
+            except TimeoutError:
+                self.result.errors.append(f"call exceeded {self.max_call_secs}s")
+            finally:
+                if not self._closed.is_set():
+                    self.result.closed_by = self.result.closed_by or "caller"
+                    await self._send(
+                        protocol.build_stop(
+                            stream_id=self.stream_id,
+                            call_control_id=self.call_control_id,
+                            sequence_number=self._next_seq(),
+                        )
+                    )
+                    with contextlib.suppress(Exception):
+                        await ws.close()
+                self._closed.set()
+                clock.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await clock
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(receiver, 2.0)
+                if ws.close_code is not None:
+                    self.result.close_code = ws.close_code
+                    self.result.close_reason = ws.close_reason or ""
+        self.result.caller_track = bytes(self._caller_track)
+        self.result.bot_track = bytes(self._bot_track)
+        return self.result
+
+    async def _script(self, turns: list[CallerTurn], hang_up_after_secs: float) -> None:
+        for turn in turns:
+            if self._closed.is_set():
+                return
+            if turn.barge_in_after is not None:
+                after = turn.barge_in_after
+                await self._wait_until(lambda now, after=after: self._bot_heard_since() >= after)
+            elif turn.wait_for_bot:
+                quiet = turn.quiet_secs
+                await self._wait_until(lambda now, quiet=quiet: self._bot_quiet_for(now) >= quiet)
+            if turn.pause_secs:
+                await asyncio.sleep(turn.pause_secs)
+            if turn.dtmf:
+                for digit in turn.dtmf:
+                    await self._send(
+                        protocol.build_dtmf(digit, stream_id=self.stream_id, sequence_number=self._next_seq())
+                    )
+                self._spoke_until = time.monotonic()
+                continue
+            frames = self._encode_turn(turn)
+            now = time.monotonic()
+            timing = TurnTiming(text=turn.text, started_at=now, ended_at=now + len(frames) * FRAME_SECS)
+            self._speaking_turn = timing
+            assert self.result is not None
+            self.result.turns.append(timing)
+            self._speech.extend(frames)
+            await self._wait_until(lambda now: not self._speech)
+            timing.ended_at = self._spoke_until = time.monotonic()
+        # Wait for the bot's last answer to finish, then hang up.
+        await self._wait_until(lambda now: self._bot_quiet_for(now) >= hang_up_after_secs)
+
+    def _bot_heard_since(self) -> float:
+        turn = self.result.turns[-1] if self.result and self.result.turns else None
+        start = (
+            turn.first_bot_audio_heard_at
+            if turn
+            else (self.result.greeting_heard_at if self.result else None)
+        )
+        if start is None:
+            return 0.0
+        return time.monotonic() - start
+
+    async def _wait_until(self, condition: Any) -> None:
+        # Conditions combine several timers and buffers; polling at 10 ms is simplest and
+        # far finer than anything the caller measures.
+        while not self._closed.is_set() and not condition(time.monotonic()):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+    # ----------------------------------------------------------------- receive
+
+    async def _receive_loop(self) -> None:
+        assert self._ws is not None and self.result is not None
+        result = self.result
+        try:
+            async for message in self._ws:
+                result.received_messages += 1
+                try:
+                    event = protocol.parse_event(message)
+                except protocol.ProtocolError as exc:
+                    result.errors.append(f"bot sent a malformed message: {exc}")
+                    continue
+                now = time.monotonic()
+                if isinstance(event, protocol.MediaEvent):
+                    pcm = self._decoder.decode(event.payload)
+                    self._play.append(("audio", pcm))
+                    self._play_bytes += len(pcm)
+                    self._last_audio_received = now
+                    turn = self._current_turn()
+                    if turn is not None and turn.first_bot_audio_received_at is None and now >= turn.ended_at:
+                        turn.first_bot_audio_received_at = now
+                elif isinstance(event, protocol.MarkEvent):
+                    if self._play_bytes == 0:
+                        await self._echo_mark(event.name)
+                    else:
+                        self._play.append(("mark", event.name))
+                elif isinstance(event, protocol.ClearEvent):
+                    result.clears.append(now)
+                    marks = [item[1] for item in self._play if item[0] == "mark"]
+                    self._play.clear()
+                    self._play_bytes = 0
+                    for name in marks:
+                        await self._echo_mark(name)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            if not self._closed.is_set() and not result.closed_by:
+                result.closed_by = "bot"
+            self._closed.set()
+
+    def _current_turn(self) -> TurnTiming | None:
+        if self.result is None or not self.result.turns:
+            return None
+        return self.result.turns[-1]
+
+    async def _echo_mark(self, name: str) -> None:
+        assert self.result is not None
+        self.result.marks_echoed.append(name)
+        await self._send(
+            protocol.build_mark_echo(name, stream_id=self.stream_id, sequence_number=self._next_seq())
+        )
+
+    # ------------------------------------------------------------------- clock
+
+    async def _clock_loop(self) -> None:
+        """Every 20 ms: send one caller frame and play one frame of bot audio."""
+        frame_bytes = 2 * self.frame_samples
+        next_tick = time.monotonic()
+        timestamp = 0
+        while not self._closed.is_set():
+            next_tick += FRAME_SECS
+            now = time.monotonic()
+            # Caller -> bot.
+            speech = self._speech.popleft() if self._speech else None
+            payload = speech if speech is not None else self._silence
+            self._chunk += 1
+            await self._send(
+                protocol.build_inbound_media(
+                    payload,
+                    stream_id=self.stream_id,
+                    sequence_number=self._next_seq(),
+                    chunk=self._chunk,
+                    timestamp=timestamp,
+                )
+            )
+            timestamp += int(FRAME_SECS * 1000)
+            if self.record:
+                self._caller_track += self._decoder_for_record(payload)
+            # Bot -> caller's ear.
+            await self._play_frame(now, frame_bytes)
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.2:
+                next_tick = time.monotonic()  # we fell far behind; do not burst to catch up
+
+    def _decoder_for_record(self, payload: bytes) -> bytes:
+        # G.722 is stateful, so the caller's own track is decoded with a separate decoder.
+        if not hasattr(self, "_record_decoder"):
+            self._record_decoder = self.codec.new_instance()
+        return self._record_decoder.decode(payload)
+
+    async def _play_frame(self, now: float, frame_bytes: int) -> None:
+        assert self.result is not None
+        result = self.result
+        out = bytearray()
+        while len(out) < frame_bytes and self._play:
+            kind, item = self._play[0]
+            if kind == "mark":
+                if out:
+                    break  # the mark is echoed once the audio before it has played
+                self._play.popleft()
+                await self._echo_mark(item)
+                continue
+            need = frame_bytes - len(out)
+            if len(item) <= need:
+                out += item
+                self._play.popleft()
+            else:
+                out += item[:need]
+                self._play[0] = ("audio", item[need:])
+        self._play_bytes -= len(out)
+        if out:
+            if self._gap_started is not None:
+                result.gaps.append(now - self._gap_started)
+                self._gap_started = None
+            if result.greeting_heard_at is None:
+                result.greeting_heard_at = now
+            turn = self._current_turn()
+            if turn is not None and turn.first_bot_audio_heard_at is None and now >= turn.ended_at:
+                turn.first_bot_audio_heard_at = now
+            result.bot_audio_secs += len(out) / 2 / self.rate
+            self._bot_heard_until = now + FRAME_SECS
+            self._was_playing = True
+            if len(out) < frame_bytes:
+                out += bytes(frame_bytes - len(out))
+        else:
+            if self._was_playing and self._gap_started is None:
+                self._gap_started = now
+            self._was_playing = False
+            out = bytearray(frame_bytes)
+        # A gap only counts if more audio of the same reply follows soon after.
+        if self._gap_started is not None and now - self._gap_started > 0.5:
+            self._gap_started = None
+        if self.record:
+            self._bot_track += out

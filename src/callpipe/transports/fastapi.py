@@ -1,0 +1,673 @@
+"""The FastAPI (Starlette) WebSocket transport for Telnyx media streams.
+
+``transport.input()`` reads the call's WebSocket and pushes frames into the pipeline;
+``transport.output()`` takes the bot's frames at the end of the pipeline and sends them.
+
+Input path, per message: size cap -> parse (one msgspec pass) -> decode + resample ->
+:class:`InputAudioRawFrame` pushed by direct call; the same PCM feeds the shared,
+batched VAD. Nothing on it allocates a task or crosses a queue.
+
+Output path: audio is encoded to the call's wire codec when it arrives (whole buffers)
+and queued on the call's timeline; the shared :class:`~callpipe.transports.clock.OutputClock`
+sends it in real time with a small lead. Non-audio frames that arrive behind queued audio
+(the words of a reply) are held and released when the audio before them has *played*,
+so whatever follows the output (the context aggregator) sees only what the caller heard.
+
+Bad input never ends a call over one glitch: a malformed message is dropped, counted
+and logged once per call. Only sustained garbage, an oversized message, or silence on
+the socket closes the call, with a logged reason and a WebSocket close code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from callpipe.audio.vad import SileroVADAnalyzer, VADEvent
+from callpipe.eager import run_eager
+from callpipe.log import call_id
+from callpipe.pipeline.frames import (
+    BotInterruptionFrame,
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    CancelFrame,
+    CancelTaskFrame,
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    InputDTMFFrame,
+    InterruptionFrame,
+    MetricsData,
+    MetricsFrame,
+    OutputAudioRawFrame,
+    StartFrame,
+    SystemFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from callpipe.pipeline.processor import EventHandlerMixin, FrameDirection, FrameProcessor
+from callpipe.telnyx import protocol
+from callpipe.transports.clock import OutputClock
+from callpipe.transports.serializers import TelnyxFrameSerializer
+
+logger = logging.getLogger("callpipe.transports")
+
+# WebSocket close codes (RFC 6455) used when we end a call over its input.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009
+
+
+@dataclass(kw_only=True)
+class FastAPIWebsocketParams:
+    """Settings of a :class:`FastAPIWebsocketTransport` (Pipecat-compatible names).
+
+    ``audio_out_lead_secs``: how far ahead of real time bot audio is sent (a ``clear``
+    stops what the caller hears within about this much). ``receive_timeout_secs``: a
+    call whose socket is silent this long is closed (Telnyx streams audio every 20 ms).
+    ``max_bad_messages_per_sec``: malformed messages tolerated per second before the
+    call is closed. ``add_wav_header`` is accepted for compatibility; Telnyx takes raw
+    payloads, so it has no effect.
+    """
+
+    audio_in_enabled: bool = True
+    audio_out_enabled: bool = True
+    add_wav_header: bool = False
+    serializer: TelnyxFrameSerializer | None = None
+    vad_analyzer: SileroVADAnalyzer | None = None
+    audio_in_sample_rate: int | None = None
+    audio_out_sample_rate: int | None = None
+    audio_out_lead_secs: float = 0.08
+    receive_timeout_secs: float | None = 10.0
+    session_timeout: float | None = None
+    max_bad_messages_per_sec: int = 20
+    bot_stopped_grace_secs: float = 0.6
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_close_reason(reason: str) -> str:
+    """Trim a close reason to RFC 6455's 123 bytes of UTF-8 (longer ones break the close frame)."""
+    return reason.encode()[:123].decode(errors="ignore")
+
+
+class InputGuard:
+    """Counts malformed input of one call and decides when enough is enough.
+
+    Each distinct reason is logged once per call; the totals are logged at the end.
+    """
+
+    def __init__(self, max_per_sec: int) -> None:
+        self.max_per_sec = max_per_sec
+        self.total = 0
+        self._window_start = 0.0
+        self._window_count = 0
+        self._logged: set[str] = set()
+
+    def record(self, reason: str, now: float) -> bool:
+        """Count one bad message; True if the call should now be closed."""
+        self.total += 1
+        kind = reason.split(" - at ")[0][:80]
+        if kind not in self._logged:
+            self._logged.add(kind)
+            logger.warning("dropped a malformed message (%s); the call carries on", reason)
+        if now - self._window_start >= 1.0:
+            self._window_start = now
+            self._window_count = 0
+        self._window_count += 1
+        return self._window_count > self.max_per_sec
+
+
+class FastAPIWebsocketInputTransport(FrameProcessor):
+    """Reads the call's WebSocket and pushes frames downstream."""
+
+    def __init__(self, transport: FastAPIWebsocketTransport) -> None:
+        super().__init__(name=f"{transport.name}:input")
+        self._transport = transport
+        self._params = transport.params
+        self._serializer = transport.serializer
+        self._receive_task: asyncio.Task[None] | None = None
+        self._vad = self._params.vad_analyzer
+        self._user_speaking = False
+        self._last_receive = time.monotonic()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._guard = InputGuard(self._params.max_bad_messages_per_sec)
+        self._stopped = False
+        self._context: contextvars.Context | None = None
+        self._interrupt_handle: asyncio.TimerHandle | None = None
+        self.messages_received = 0
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Start/stop reading; turn upstream interruption requests into interruptions."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            await self._start(frame)
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, CancelFrame):
+            self._stop_reading()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, BotInterruptionFrame):
+            await self._interrupt()
+        else:
+            await self.push_frame(frame, direction)
+
+    async def _start(self, frame: StartFrame) -> None:
+        self._context = contextvars.copy_context()
+        in_rate = self._params.audio_in_sample_rate or frame.audio_in_sample_rate
+        self._serializer.set_pipeline_in_rate(in_rate)
+        if self._vad is not None:
+            self._vad.set_sample_rate(in_rate)
+            self._vad.set_listener(self._on_vad_event)
+        self._receive_task = self.create_task(self._receive_loop(), "receive")
+        self._arm_watchdog()
+        await self._transport._call_event_handler("on_client_connected", self._transport.websocket)
+
+    def _stop_reading(self) -> None:
+        self._stopped = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._interrupt_handle is not None:
+            self._interrupt_handle.cancel()
+        if self._vad is not None:
+            self._vad.close()
+        if self._receive_task is not None and self._receive_task is not asyncio.current_task():
+            self._receive_task.cancel()
+
+    async def cleanup(self) -> None:
+        """Stop reading and release the VAD."""
+        self._stop_reading()
+        await super().cleanup()
+        if self._guard.total:
+            logger.info("call had %d malformed messages in total", self._guard.total)
+
+    # ------------------------------------------------------------------ reading
+
+    async def _receive_loop(self) -> None:
+        websocket = self._transport.websocket
+        receive = websocket.receive
+        reason = "the caller's stream closed"
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                self._last_receive = time.monotonic()
+                self.messages_received += 1
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                close_reason = await self._handle_message(data)
+                if close_reason is not None:
+                    reason = close_reason
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a broken socket ends this call only
+            reason = f"receive failed: {exc}"
+        finally:
+            if not self._stopped:
+                self._stopped = True
+                logger.info("input ended: %s", reason)
+                await self._transport._call_event_handler("on_client_disconnected", websocket)
+                await self.push_frame(CancelTaskFrame(reason=reason), FrameDirection.UPSTREAM)
+
+    async def _handle_message(self, data: str | bytes) -> str | None:
+        """Handle one message; return a reason if the call must end."""
+        serializer = self._serializer
+        try:
+            event = serializer.parse(data)
+        except protocol.ProtocolError as exc:
+            if str(exc).startswith("message of"):
+                return await self._close(CLOSE_TOO_BIG, f"oversized message: {exc}")
+            return await self._bad_message(str(exc))
+        if type(event) is protocol.MediaEvent:
+            if self._stopped or not self._params.audio_in_enabled:
+                return None
+            payload = event.media.payload
+            if len(payload) > serializer.max_payload_bytes:
+                return await self._close(CLOSE_TOO_BIG, f"media payload of {len(payload)} bytes is over 1 s")
+            try:
+                pcm = serializer.decode_media(payload)
+            except ValueError as exc:
+                return await self._bad_message(f"undecodable audio: {exc}")
+            if pcm:
+                if self._vad is not None:
+                    self._vad.push_audio(pcm)
+                await self.push_frame(serializer.input_frame(pcm))
+            return None
+        if isinstance(event, protocol.DTMFEvent):
+            await self.push_frame(InputDTMFFrame(button=event.digit))
+        elif isinstance(event, protocol.MarkEvent):
+            self._transport.output_processor.on_mark(event.name)
+        elif isinstance(event, protocol.StopEvent):
+            return "Telnyx stopped the stream (the call ended)"
+        elif isinstance(event, protocol.ErrorEvent):
+            logger.error("Telnyx stream error %s %s: %s", event.code, event.title, event.detail)
+            await self.push_frame(
+                ErrorFrame(error=f"Telnyx error {event.code}: {event.title} {event.detail}".strip()),
+                FrameDirection.UPSTREAM,
+            )
+        elif isinstance(event, protocol.UnknownEvent):
+            return await self._bad_message(f"unknown event {event.event!r}", counts=False)
+        # connected/start were consumed by parse_telephony_websocket; repeats are ignored.
+        return None
+
+    async def _bad_message(self, reason: str, *, counts: bool = True) -> str | None:
+        if self._guard.record(reason, time.monotonic()) and counts:
+            return await self._close(
+                CLOSE_INVALID_DATA,
+                f"more than {self._guard.max_per_sec} malformed messages per second (last: {reason})",
+            )
+        return None
+
+    async def _close(self, code: int, reason: str) -> str:
+        logger.warning("closing the call's stream (%d): %s", code, reason)
+        await self._transport.close(code, reason)
+        return reason
+
+    # ----------------------------------------------------------------- watchdog
+
+    def _arm_watchdog(self) -> None:
+        timeout = self._params.receive_timeout_secs
+        if timeout is None or self._stopped:
+            return
+        loop = asyncio.get_running_loop()
+        self._watchdog = loop.call_later(min(timeout / 2, 1.0), self._check_silence)
+
+    def _check_silence(self) -> None:
+        timeout = self._params.receive_timeout_secs
+        if self._stopped or timeout is None:
+            return
+        silent_for = time.monotonic() - self._last_receive
+        if silent_for >= timeout:
+            reason = f"no message from the caller's stream for {silent_for:.1f}s"
+            self._spawn_in_call(self._close_for_silence(reason))
+            return
+        self._arm_watchdog()
+
+    async def _close_for_silence(self, reason: str) -> None:
+        await self._close(CLOSE_GOING_AWAY, reason)
+        if self._receive_task is not None:
+            self._receive_task.cancel()
+        if not self._stopped:
+            self._stopped = True
+            await self._transport._call_event_handler("on_client_disconnected", self._transport.websocket)
+            await self.push_frame(CancelTaskFrame(reason=reason), FrameDirection.UPSTREAM)
+
+    def _spawn_in_call(self, coro: Any) -> None:
+        task = run_eager(coro, context=self._context)
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    # ---------------------------------------------------------------------- VAD
+
+    def _on_vad_event(self, event: VADEvent) -> None:
+        # Called by the shared VAD batcher, outside this call's tasks: run the pushes in
+        # this call's context (for the call id in logs) without a task unless they wait.
+        if self._stopped:
+            return
+        now = time.monotonic()
+        if event.kind == "started":
+            self._spawn_in_call(self._user_started())
+        else:
+            ended_at = now - max(0.0, event.stream_time - event.speech_time)
+            self._spawn_in_call(self._user_stopped(ended_at))
+
+    async def _user_started(self) -> None:
+        self._user_speaking = True
+        await self.push_frame(UserStartedSpeakingFrame())
+        if not self.interruptions_allowed:
+            return
+        vad_start = self._vad.params.start_secs if self._vad is not None else 0.0
+        extra = self._interruption_min_secs - vad_start
+        if extra > 0:
+            # Only a turn that lasts interruption_min_secs interrupts (not a cough).
+            loop = asyncio.get_running_loop()
+            self._interrupt_handle = loop.call_later(extra, self._interrupt_if_still_speaking)
+        else:
+            await self._interrupt()
+
+    def _interrupt_if_still_speaking(self) -> None:
+        if self._user_speaking and not self._stopped:
+            self._spawn_in_call(self._interrupt())
+
+    async def _user_stopped(self, speech_ended_at: float) -> None:
+        self._user_speaking = False
+        if self._interrupt_handle is not None:
+            self._interrupt_handle.cancel()
+            self._interrupt_handle = None
+        await self.push_frame(UserStoppedSpeakingFrame(speech_ended_at=speech_ended_at))
+
+    async def _interrupt(self) -> None:
+        await self.push_frame(InterruptionFrame())
+
+
+class FastAPIWebsocketOutputTransport(FrameProcessor):
+    """Sends the bot's audio to the call in real time, and other output frames."""
+
+    def __init__(self, transport: FastAPIWebsocketTransport) -> None:
+        super().__init__(name=f"{transport.name}:output")
+        self._transport = transport
+        self._params = transport.params
+        self._serializer = transport.serializer
+        codec = self._serializer.out_codec
+        self._chunk_bytes = codec.payload_bytes(20)
+        self._byte_rate = self._chunk_bytes * 50.0
+        self._lead = self._params.audio_out_lead_secs
+        self._clock: OutputClock | None = None
+        self._context: contextvars.Context | None = None
+        self._out_rate = 8000
+        # The timeline.
+        self._buffer = bytearray()  # encoded audio waiting to be sent
+        self._enqueued = 0  # bytes ever queued
+        self._sent = 0  # bytes ever sent
+        self._play_end = 0.0  # when everything sent so far will have played
+        self._held: collections.deque[tuple[int, Frame]] = collections.deque()  # (byte offset, frame)
+        self._timed: collections.deque[tuple[float, Frame]] = collections.deque()  # (play time, frame)
+        self._speaking = False
+        self._active = False
+        self._mark_counter = 0
+        self._pending_mark: str | None = None
+        self._mark_confirmed = False
+        self._send_task: asyncio.Task[Any] | None = None
+        self._emit_task: asyncio.Task[Any] | None = None
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._closing = False
+        # Metrics.
+        self._speech_ended_at: float | None = None
+        self.underruns = 0
+        self.clears_sent = 0
+        self.last_clear_at: float | None = None
+        self.chunks_sent = 0
+
+    # ------------------------------------------------------------------- frames
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Queue audio on the timeline; handle interruption, end and cancel."""
+        await super().process_frame(frame, direction)
+        if direction is FrameDirection.UPSTREAM:
+            await self.push_frame(frame, direction)
+            return
+        if isinstance(frame, OutputAudioRawFrame):
+            if self._params.audio_out_enabled and not self._closing:
+                self._queue_audio(frame)
+        elif isinstance(frame, StartFrame):
+            self._context = contextvars.copy_context()
+            self._clock = OutputClock.for_running_loop()
+            self._out_rate = self._params.audio_out_sample_rate or frame.audio_out_sample_rate
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, InterruptionFrame):
+            await self._interrupt()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            self._speech_ended_at = frame.speech_ended_at or time.monotonic()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, EndFrame):
+            await self._end(frame)
+        elif isinstance(frame, CancelFrame):
+            await self._cancel(frame)
+        elif isinstance(frame, SystemFrame) or not self._active:
+            await self.push_frame(frame, direction)
+        else:
+            # In-order data behind queued audio: release it once that audio has played.
+            self._held.append((self._enqueued, frame))
+
+    def _queue_audio(self, frame: OutputAudioRawFrame) -> None:
+        encoded = self._serializer.encode_audio(frame.audio, frame.sample_rate)
+        if not encoded:
+            return
+        self._buffer += encoded
+        self._enqueued += len(encoded)
+        self._drained.clear()
+        if not self._active:
+            self._active = True
+            assert self._clock is not None
+            self._clock.activate(self)
+        if not self._speaking:
+            # Start at once rather than at the next tick: the first chunk's latency counts.
+            self.on_tick(time.monotonic())
+
+    # -------------------------------------------------------------- the timeline
+
+    def on_tick(self, now: float) -> bool:
+        """Send what is due, release played frames, detect the end of speech (clock callback)."""
+        if self._closing:
+            self._active = False
+            return False
+        buffer = self._buffer
+        if buffer and (self._send_task is None or self._send_task.done()):
+            if self._play_end < now:
+                if self._speaking:
+                    self.underruns += 1  # the caller heard a gap
+                self._play_end = now
+            due = now + self._lead - self._play_end
+            if due > 0:
+                chunks = math.ceil(due * 50.0 - 1e-9)
+                take = min(chunks * self._chunk_bytes, len(buffer))
+                size = take - take % self._chunk_bytes
+                if size == 0 and self._play_end - now < 0.021:
+                    # Less than a chunk is left and playback is about to run dry: this is
+                    # the tail of a reply. Send it, padded to 20 ms with silence.
+                    size = take
+                if size:
+                    self._send_chunk(size, now)
+        if self._timed:
+            self._release_played(now)
+        if not self._buffer and not self._held and not self._timed and self._speaking:
+            grace = self._params.bot_stopped_grace_secs
+            if now >= self._play_end and (self._mark_confirmed or now >= self._play_end + grace):
+                self._speaking = False
+                self._emit([BotStoppedSpeakingFrame()], both_ways=True)
+        if not self._buffer and not self._held and not self._timed and not self._speaking:
+            self._active = False
+            self._drained.set()
+            return False
+        return True
+
+    def _send_chunk(self, size: int, now: float) -> None:
+        payload = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        if len(payload) % self._chunk_bytes:
+            payload += self._serializer.encode_silence_bytes(
+                self._chunk_bytes - len(payload) % self._chunk_bytes
+            )
+        start = self._play_end
+        self._play_end += len(payload) / self._byte_rate
+        first_offset = self._sent
+        self._sent += size
+        self.chunks_sent += 1
+        emitted: list[Frame] = []
+        if not self._speaking:
+            self._speaking = True
+            self._mark_confirmed = False
+            emitted.append(BotStartedSpeakingFrame())
+        if self._speech_ended_at is not None:
+            latency = now - self._speech_ended_at
+            self._speech_ended_at = None
+            logger.info("metrics voice_to_voice=%.1fms", latency * 1000)
+            emitted.append(MetricsFrame(data=[MetricsData(name="voice_to_voice", value=latency)]))
+        # Frames held behind the audio just sent get the time at which it plays.
+        held = self._held
+        while held and held[0][0] <= self._sent:
+            offset, frame = held.popleft()
+            self._timed.append((start + max(0, offset - first_offset) / self._byte_rate, frame))
+        messages = [protocol.build_media(payload)]
+        if not self._buffer:
+            # Everything queued is on its way: a mark tells us when the caller has heard it.
+            self._mark_counter += 1
+            self._pending_mark = f"callpipe-{self._mark_counter}"
+            self._mark_confirmed = False
+            messages.append(protocol.build_mark(self._pending_mark))
+        self._send(messages)
+        if emitted:
+            self._emit(emitted, both_ways=True)
+
+    def _release_played(self, now: float) -> None:
+        timed = self._timed
+        released: list[Frame] = []
+        while timed and timed[0][0] <= now:
+            released.append(timed.popleft()[1])
+        if released:
+            self._emit(released, both_ways=False)
+
+    def on_mark(self, name: str) -> None:
+        """Telnyx echoed a mark: the audio before it has been played to the caller."""
+        if name == self._pending_mark:
+            self._mark_confirmed = True
+
+    # ---------------------------------------------------------------- sending
+
+    def _send(self, messages: list[str]) -> None:
+        if self._closing:
+            return
+        task = run_eager(self._transport.send_texts(messages), context=self._context)
+        if task is not None:
+            # The socket is congested: hold this call's audio until the send completes.
+            self._send_task = task
+
+    def _emit(self, frames: list[Frame], *, both_ways: bool) -> None:
+        coro = self._push_all(frames, both_ways, self._emit_task)
+        task = run_eager(coro, context=self._context)
+        if task is not None:
+            self._emit_task = task
+
+    async def _push_all(
+        self, frames: list[Frame], both_ways: bool, previous: asyncio.Task[Any] | None
+    ) -> None:
+        if previous is not None and not previous.done():
+            await previous  # keep frames in order behind an emit that had to wait
+        for frame in frames:
+            await self.push_frame(frame)
+            if both_ways:
+                await self.push_frame(frame, FrameDirection.UPSTREAM)
+
+    async def _interrupt(self) -> None:
+        if not self._buffer and not self._speaking and not self._held and not self._timed:
+            return
+        self._buffer.clear()
+        self._serializer.reset_output()
+        self._enqueued = self._sent
+        self._held.clear()
+        self._timed.clear()
+        self._pending_mark = None
+        self._play_end = time.monotonic()
+        self.clears_sent += 1
+        self._send([protocol.build_clear()])
+        self.last_clear_at = time.monotonic()
+        if self._speaking:
+            self._speaking = False
+            await self.push_frame(BotStoppedSpeakingFrame())
+            await self.push_frame(BotStoppedSpeakingFrame(), FrameDirection.UPSTREAM)
+
+    # ------------------------------------------------------------- end / cancel
+
+    async def _end(self, frame: EndFrame) -> None:
+        # Let the goodbye play out (bounded), then hang up and close.
+        remaining = len(self._buffer) / self._byte_rate + max(0.0, self._play_end - time.monotonic())
+        try:
+            await asyncio.wait_for(
+                self._drained.wait(), timeout=remaining + self._params.bot_stopped_grace_secs + 2.0
+            )
+        except TimeoutError:
+            logger.warning("output did not drain before the end; closing anyway")
+        await self._shutdown(CLOSE_NORMAL, "the bot ended the call")
+        await self.push_frame(frame)
+
+    async def _cancel(self, frame: CancelFrame) -> None:
+        await self._shutdown(CLOSE_NORMAL, frame.reason or "cancelled")
+        await self.push_frame(frame)
+
+    async def _shutdown(self, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self._clock is not None:
+            self._clock.deactivate(self)
+        self._buffer.clear()
+        self._held.clear()
+        self._timed.clear()
+        self._drained.set()
+        if self._serializer.auto_hang_up:
+            await self._serializer.hang_up()
+        await self._transport.close(code, reason)
+
+    async def cleanup(self) -> None:
+        """Leave the clock and make sure the socket is closed."""
+        if self._clock is not None:
+            self._clock.deactivate(self)
+        self._closing = True
+        await self._transport.close(CLOSE_NORMAL, "pipeline finished")
+        await super().cleanup()
+
+
+class FastAPIWebsocketTransport(EventHandlerMixin):
+    """A call's WebSocket as a pair of processors: :meth:`input` and :meth:`output`.
+
+    Events: ``on_client_connected(transport, websocket)`` once the pipeline starts, and
+    ``on_client_disconnected(transport, websocket)`` when the caller's stream ends.
+    """
+
+    _count = 0
+
+    def __init__(self, websocket: WebSocket, params: FastAPIWebsocketParams, name: str | None = None) -> None:
+        super().__init__()
+        FastAPIWebsocketTransport._count += 1
+        self.name = name or f"FastAPIWebsocketTransport#{FastAPIWebsocketTransport._count}"
+        if not isinstance(params.serializer, TelnyxFrameSerializer):
+            raise TypeError("FastAPIWebsocketParams.serializer must be a TelnyxFrameSerializer")
+        self.websocket = websocket
+        self.params = params
+        self.serializer: TelnyxFrameSerializer = params.serializer
+        self._closed = False
+        self.call_id = call_id.get()
+        for event in ("on_client_connected", "on_client_disconnected", "on_session_timeout"):
+            self.register_event_handler(event)
+        self._input = FastAPIWebsocketInputTransport(self)
+        self._output = FastAPIWebsocketOutputTransport(self)
+
+    def input(self) -> FastAPIWebsocketInputTransport:
+        """The processor that reads the call (first in the pipeline)."""
+        return self._input
+
+    def output(self) -> FastAPIWebsocketOutputTransport:
+        """The processor that plays to the call (last in the pipeline, before aggregators)."""
+        return self._output
+
+    @property
+    def output_processor(self) -> FastAPIWebsocketOutputTransport:
+        """Same as :meth:`output`."""
+        return self._output
+
+    async def send_texts(self, messages: list[str]) -> None:
+        """Send text messages in order; a closed socket ends sending quietly."""
+        if self._closed:
+            return
+        try:
+            for text in messages:
+                await self.websocket.send({"type": "websocket.send", "text": text})
+        except Exception as exc:  # the caller is gone; the input side ends the call
+            logger.debug("send failed: %s", exc)
+            self._closed = True
+
+    async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Close the WebSocket once (with a close code and reason)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.websocket.client_state == WebSocketState.DISCONNECTED:
+            return
+        try:
+            await self.websocket.close(code=code, reason=fit_close_reason(reason))
+        except Exception as exc:
+            logger.debug("close failed: %s", exc)

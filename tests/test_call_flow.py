@@ -1,0 +1,139 @@
+"""End to end over real sockets: a bot written like Pipecat's Telnyx guide, under uvicorn,
+talking to a simulated caller that speaks Telnyx's media-stream protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from callpipe.server.background import BackgroundServer
+from callpipe.sim.bots import CannedBotConfig, create_canned_bot_app
+from callpipe.sim.caller import CallerTurn, SimulatedCaller
+from callpipe.telnyx.api import TelnyxClient
+from tests.conftest import tone
+
+REPLY_WORDS = [f"w{i}" for i in range(10)]
+
+
+async def _wait_for(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_conversation_greeting_replies_dtmf_and_hang_up(
+    speech_8k: bytes, fake_telnyx: tuple[str, Any]
+) -> None:
+    api_base, telnyx_state = fake_telnyx
+    async with TelnyxClient("test-key", base_url=api_base) as client:
+        dialled = await client.dial(to="+15550002222", from_="+15550001111", connection_id="conn-1")
+    call_control_id = dialled["call_control_id"]
+
+    config = CannedBotConfig(
+        reply=tone(1.0, freq=500),
+        greeting=tone(0.8, freq=300),
+        api_key="test-key",
+        api_base_url=api_base,
+    )
+    app, calls = create_canned_bot_app(config)
+    with BackgroundServer(app) as server:
+        caller = SimulatedCaller(server.ws_url + "/ws", call_control_id=call_control_id)
+        result = await caller.run(
+            [
+                CallerTurn(audio=speech_8k, text="first"),
+                CallerTurn(audio=speech_8k, text="second"),
+                CallerTurn(dtmf="7"),
+                CallerTurn(dtmf="#", quiet_secs=0.3),  # the bot hangs up on '#'
+            ]
+        )
+        await asyncio.wait_for(calls[0].finished.wait(), 5)
+
+    bot = calls[0]
+    assert bot.call_data["call_control_id"] == call_control_id
+    assert bot.call_data["from"] == "+15550001111" and bot.call_data["to"] == "+15550002222"
+    # Greeting heard promptly, each turn answered once, DTMF received in order.
+    assert result.greeting_latency is not None and result.greeting_latency < 0.3
+    assert bot.responder.turns == 2
+    assert bot.responder.dtmf == ["7", "#"]
+    assert len(result.turns) == 2
+    for turn in result.turns:
+        assert turn.response_latency is not None
+        # VAD stop window (0.2 s) + framework + the caller's 20 ms playout: well under 0.5 s.
+        assert turn.response_latency < 0.5, turn
+    assert result.bot_audio_secs == pytest.approx(0.8 + 2 * 1.0, abs=0.1)
+    assert result.gaps == []
+    assert result.clears == []
+    # The bot ended the call: socket closed by the bot, and the hang-up reached the API.
+    assert result.closed_by == "bot"
+    assert result.close_code == 1000
+    hangups = telnyx_state.requests_to(f"/v2/calls/{call_control_id}/actions/hangup", "POST")  # type: ignore[attr-defined]
+    assert len(hangups) == 1
+    assert hangups[0].headers["authorization"] == "Bearer test-key"
+    assert not telnyx_state.calls[call_control_id].is_alive  # type: ignore[attr-defined]
+
+
+async def test_stop_from_telnyx_ends_the_pipeline(speech_8k: bytes) -> None:
+    app, calls = create_canned_bot_app(CannedBotConfig(reply=tone(0.5), greeting=tone(0.3)))
+    with BackgroundServer(app) as server:
+        caller = SimulatedCaller(server.ws_url + "/ws")
+        result = await caller.run([CallerTurn(audio=speech_8k)], hang_up_after_secs=0.3)
+        # The caller hung up (sent stop); the bot's pipeline must end on its own.
+        await asyncio.wait_for(calls[0].finished.wait(), 3)
+    assert result.closed_by == "caller"
+    assert calls[0].responder.turns == 1
+
+
+async def test_barge_in_sends_clear_fast_and_keeps_only_heard_words(speech_8k: bytes) -> None:
+    config = CannedBotConfig(reply=tone(5.0, freq=500), reply_words=REPLY_WORDS, greeting=None)
+    app, calls = create_canned_bot_app(config)
+    with BackgroundServer(app) as server:
+        caller = SimulatedCaller(server.ws_url + "/ws")
+        result = await caller.run(
+            [
+                CallerTurn(audio=speech_8k, text="question"),
+                # Interrupt 1.2 s into the 5 s answer.
+                CallerTurn(audio=speech_8k, text="interruption", barge_in_after=1.2),
+            ],
+            hang_up_after_secs=0.5,
+        )
+        await asyncio.wait_for(calls[0].finished.wait(), 3)
+
+    bot = calls[0]
+    output = bot.transport.output()
+    assert bot.responder.interruptions >= 1
+    assert len(result.clears) >= 1
+    assert output.clears_sent >= 1
+    # clear left the server within 100 ms of the VAD detecting the caller's speech.
+    assert output.last_clear_at is not None
+    # (The caller's first turn interrupted nothing; the barge-in is the last interruption.)
+    vad_started = max(t for t in bot.responder.interrupted_at if t <= output.last_clear_at)
+    assert 0 <= output.last_clear_at - vad_started < 0.1
+    # The caller stopped hearing the first answer soon after it started talking:
+    # VAD start (0.2 s) + clear latency + at most the output lead (80 ms) of buffered audio.
+    interruption = result.turns[1]
+    first_clear = result.clears[0]
+    assert first_clear - interruption.started_at < 0.6
+    # Only the words whose audio played before the barge-in reached the aggregator:
+    # 1.2 s + ~0.3 s of a 5 s reply with a word every 0.5 s -> about 3-4 of 10 words,
+    # followed by the complete second answer.
+    first_answer = bot.heard[: bot.heard.index("w0", 1)] if bot.heard.count("w0") > 1 else bot.heard
+    assert 2 <= len(first_answer) <= 5, bot.heard
+    assert first_answer == REPLY_WORDS[: len(first_answer)]
+
+
+async def test_dtmf_and_unknown_events_do_not_end_the_call(speech_8k: bytes) -> None:
+    app, calls = create_canned_bot_app(CannedBotConfig(reply=tone(0.4), greeting=None))
+    with BackgroundServer(app) as server:
+        caller = SimulatedCaller(server.ws_url + "/ws")
+        result = await caller.run(
+            [CallerTurn(dtmf="123"), CallerTurn(audio=speech_8k)], hang_up_after_secs=0.4
+        )
+        await asyncio.wait_for(calls[0].finished.wait(), 3)
+    assert calls[0].responder.dtmf == ["1", "2", "3"]
+    assert calls[0].responder.turns == 1
+    assert result.closed_by == "caller"

@@ -88,7 +88,7 @@ class CallResult:
     clears: list[float] = field(default_factory=list)
     marks_echoed: list[str] = field(default_factory=list)
     gaps: list[float] = field(default_factory=list)
-    bot_audio_secs: float = 0.0
+    bot_audio_secs: float = 0.0  # heard (played), not just received
     closed_by: str = ""
     close_code: int | None = None
     close_reason: str = ""
@@ -96,6 +96,7 @@ class CallResult:
     bot_track: bytes = b""
     sample_rate: int = 8000
     received_messages: int = 0
+    bot_audio_arrivals: list[tuple[float, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -345,6 +346,7 @@ class SimulatedCaller:
                 now = time.monotonic()
                 if isinstance(event, protocol.MediaEvent):
                     pcm = self._decoder.decode(event.payload)
+                    result.bot_audio_arrivals.append((now, len(pcm) / 2 / self.rate))
                     self._play.append(("audio", pcm))
                     self._play_bytes += len(pcm)
                     self._last_audio_received = now

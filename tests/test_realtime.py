@@ -1,0 +1,126 @@
+"""Real-time behaviour over real sockets: pacing, many calls in one process, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import resource
+import weakref
+from typing import Any
+
+import httpx
+import pytest
+
+from callpipe.server.background import BackgroundServer
+from callpipe.sim.bots import CannedBotConfig, create_canned_bot_app
+from callpipe.sim.caller import CallerTurn, CallResult, SimulatedCaller
+from tests.conftest import tone
+
+LEAD = 0.08
+
+
+def _add_debug_routes(app: Any) -> None:
+    @app.get("/debug")
+    async def debug() -> dict[str, int]:
+        from callpipe.audio.vad import VADBatcher
+        from callpipe.transports.clock import OutputClock
+
+        clock = OutputClock.for_running_loop()
+        return {
+            "tasks": len(asyncio.all_tasks()),
+            "clock_streams": clock.active_streams,
+            "vad_pending": VADBatcher.for_loop().pending,
+            "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        }
+
+
+async def test_audio_is_paced_in_real_time_with_a_bounded_lead() -> None:
+    app, calls = create_canned_bot_app(
+        CannedBotConfig(reply=tone(0.2), greeting=tone(3.0), audio_out_lead_secs=LEAD)
+    )
+    with BackgroundServer(app) as server:
+        result = await SimulatedCaller(server.ws_url + "/ws").run([], hang_up_after_secs=0.4)
+    arrivals = result.bot_audio_arrivals
+    assert sum(secs for _, secs in arrivals) == pytest.approx(3.0, abs=0.021)
+    first = arrivals[0][0]
+    received = 0.0
+    for at, secs in arrivals:
+        received += secs
+        # Never more than the lead (plus one 20 ms chunk and scheduling slack) ahead of real time.
+        ahead = received - (at - first)
+        assert ahead <= LEAD + 0.02 + 0.03, (at - first, received)
+    # ... and never falling behind: the whole greeting arrives in about its own duration.
+    span = arrivals[-1][0] - first
+    assert 3.0 - LEAD - 0.08 <= span <= 3.0 - LEAD + 0.1
+    # 20 ms multiples only.
+    for _, secs in arrivals:
+        assert round(secs / 0.02, 6) == round(secs / 0.02)
+    assert result.gaps == []
+
+
+def _check_call(result: CallResult) -> None:
+    assert not result.errors, result.errors
+    assert result.greeting_latency is not None and result.greeting_latency < 0.4
+    assert len(result.turns) == 1
+    latency = result.turns[0].response_latency
+    # VAD stop window 0.2 s; generous bound for a loaded 2-core machine running both sides.
+    assert latency is not None and latency < 0.6, latency
+    assert result.bot_audio_secs == pytest.approx(2.0, abs=0.1)
+    assert max(result.gaps, default=0.0) < 0.06, result.gaps
+
+
+async def test_fifty_simultaneous_calls_each_get_on_time_audio(speech_8k: bytes) -> None:
+    app, calls = create_canned_bot_app(CannedBotConfig(reply=tone(1.0, freq=500), greeting=tone(1.0)))
+    with BackgroundServer(app) as server:
+        callers = [SimulatedCaller(server.ws_url + "/ws", record=False) for _ in range(50)]
+        results = await asyncio.wait_for(
+            asyncio.gather(*(c.run([CallerTurn(audio=speech_8k)], hang_up_after_secs=0.5) for c in callers)),
+            timeout=60,
+        )
+        await asyncio.wait_for(asyncio.gather(*(c.finished.wait() for c in calls)), 10)
+    assert len(calls) == 50
+    for result in results:
+        _check_call(result)
+    # Each bot answered its own caller exactly once.
+    assert sorted(c.responder.turns for c in calls) == [1] * 50
+    assert len({c.call_data["stream_id"] for c in calls}) == 50
+
+
+async def test_no_task_socket_or_memory_left_after_hundreds_of_calls() -> None:
+    app, calls = create_canned_bot_app(CannedBotConfig(reply=tone(0.2), greeting=tone(0.2)))
+    _add_debug_routes(app)
+    transports: list[weakref.ref[Any]] = []
+
+    async def batch(server: BackgroundServer, n: int) -> None:
+        callers = [SimulatedCaller(server.ws_url + "/ws", record=False) for _ in range(n)]
+        await asyncio.wait_for(
+            asyncio.gather(*(c.run([], hang_up_after_secs=0.2) for c in callers)),
+            timeout=30,
+        )
+        await asyncio.wait_for(asyncio.gather(*(c.finished.wait() for c in calls)), 10)
+        transports.extend(weakref.ref(c.transport) for c in calls)
+        calls.clear()
+
+    with BackgroundServer(app) as server:
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
+            baseline = (await http.get("/debug")).json()
+            for _ in range(2):  # warm-up: 50 calls
+                await batch(server, 25)
+            await asyncio.sleep(0.3)
+            warm = (await http.get("/debug")).json()
+            for _ in range(6):  # 150 more calls
+                await batch(server, 25)
+            await asyncio.sleep(0.3)
+            after = (await http.get("/debug")).json()
+
+    assert len(transports) == 200
+    # Every call's tasks are gone: the server is back to its idle task count.
+    assert after["tasks"] == baseline["tasks"], (baseline, after)
+    assert after["clock_streams"] == 0 and after["vad_pending"] == 0
+    # Peak RSS barely moves after warm-up (150 more calls).
+    growth_mb = (after["maxrss_kb"] - warm["maxrss_kb"]) / 1024
+    assert growth_mb < 8, growth_mb
+    # No call object outlives its call.
+    gc.collect()
+    alive = [ref for ref in transports if ref() is not None]
+    assert not alive, f"{len(alive)} transports still referenced"

@@ -30,7 +30,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from callpipe.audio import StreamResampler, get_codec
+from callpipe.eager import run_eager
 from callpipe.telnyx import protocol
+from callpipe.transports.clock import OutputClock
 
 logger = logging.getLogger("callpipe.sim")
 
@@ -167,7 +169,11 @@ class SimulatedCaller:
         self._seq = 0
         self._chunk = 0
         self._ws: ClientConnection | None = None
-        self._send_lock = asyncio.Lock()
+        self._outbox: collections.deque[str] = collections.deque()
+        self._sender: asyncio.Task[None] | None = None
+        self._hang_up_requested = asyncio.Event()
+        self._clock_start = 0.0
+        self._frames_sent = 0
         self._speech: collections.deque[bytes] = collections.deque()  # encoded 20 ms frames to say
         self._speaking_turn: TurnTiming | None = None
         self._closed = asyncio.Event()
@@ -182,13 +188,33 @@ class SimulatedCaller:
         return self._seq
 
     async def _send(self, text: str) -> None:
-        ws = self._ws
-        if ws is None or self._closed.is_set():
+        """Send ``text`` after everything queued before it, and wait until it is written."""
+        self._send_nowait(text)
+        sender = self._sender
+        if sender is not None and not sender.done():
+            await asyncio.shield(sender)
+
+    def _send_nowait(self, text: str) -> None:
+        """Queue ``text``; written at once unless the socket is busy (then by one task, in order)."""
+        if self._ws is None or self._closed.is_set():
             return
+        self._outbox.append(text)
+        if self._sender is None or self._sender.done():
+            self._sender = run_eager(self._drain_outbox())
+
+    async def _drain_outbox(self) -> None:
+        ws = self._ws
+        outbox = self._outbox
         try:
-            await ws.send(text)
+            while outbox and ws is not None:
+                await ws.send(outbox.popleft())
         except websockets.ConnectionClosed:
+            outbox.clear()
             self._closed.set()
+
+    async def hang_up(self) -> None:
+        """Hang up from outside the script (as when Telnyx ends the call): ``stop``, then close."""
+        self._hang_up_requested.set()
 
     def _encode_turn(self, turn: CallerTurn) -> list[bytes]:
         pcm = turn.audio
@@ -251,10 +277,18 @@ class SimulatedCaller:
                 )
             )
             receiver = asyncio.ensure_future(self._receive_loop())
-            clock = asyncio.ensure_future(self._clock_loop())
+            self._clock_start = time.monotonic()
+            clock = OutputClock.for_running_loop()
+            clock.activate(self)
+            script = asyncio.ensure_future(self._script(turns, hang_up_after_secs))
+            hang_up = asyncio.ensure_future(self._hang_up_requested.wait())
             try:
                 async with asyncio.timeout(self.max_call_secs):
-                    await self._script(turns, hang_up_after_secs)
+                    await asyncio.wait({script, hang_up}, return_when=asyncio.FIRST_COMPLETED)
+                if script.done():
+                    script.result()
+                elif self.result.closed_by == "":
+                    self.result.closed_by = "telnyx"
             except TimeoutError:
                 self.result.errors.append(f"call exceeded {self.max_call_secs}s")
             finally:
@@ -269,10 +303,13 @@ class SimulatedCaller:
                     )
                     with contextlib.suppress(Exception):
                         await ws.close()
+                if self._sender is not None and not self._sender.done():
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await asyncio.wait_for(asyncio.shield(self._sender), 2.0)
                 self._closed.set()
-                clock.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await clock
+                clock.deactivate(self)
+                for task in (script, hang_up):
+                    task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(receiver, 2.0)
                 if ws.close_code is not None:
@@ -355,7 +392,7 @@ class SimulatedCaller:
                         turn.first_bot_audio_received_at = now
                 elif isinstance(event, protocol.MarkEvent):
                     if self._play_bytes == 0:
-                        await self._echo_mark(event.name)
+                        self._echo_mark(event.name)
                     else:
                         self._play.append(("mark", event.name))
                 elif isinstance(event, protocol.ClearEvent):
@@ -364,7 +401,7 @@ class SimulatedCaller:
                     self._play.clear()
                     self._play_bytes = 0
                     for name in marks:
-                        await self._echo_mark(name)
+                        self._echo_mark(name)
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -377,46 +414,47 @@ class SimulatedCaller:
             return None
         return self.result.turns[-1]
 
-    async def _echo_mark(self, name: str) -> None:
+    def _echo_mark(self, name: str) -> None:
         assert self.result is not None
         self.result.marks_echoed.append(name)
-        await self._send(
+        self._send_nowait(
             protocol.build_mark_echo(name, stream_id=self.stream_id, sequence_number=self._next_seq())
         )
 
     # ------------------------------------------------------------------- clock
 
-    async def _clock_loop(self) -> None:
-        """Every 20 ms: send one caller frame and play one frame of bot audio."""
+    def on_tick(self, now: float) -> bool:
+        """Clock callback: send the caller's due 20 ms frames and play the bot's.
+
+        The caller keeps its own timeline (frames due since the call started), so a late
+        tick is caught up rather than stretching the caller's speech; after a long stall
+        at most five frames are sent at once, like a real jitter burst.
+        """
+        if self._closed.is_set():
+            return False
+        due = int((now - self._clock_start) / FRAME_SECS) + 1 - self._frames_sent
         frame_bytes = 2 * self.frame_samples
-        next_tick = time.monotonic()
-        timestamp = 0
-        while not self._closed.is_set():
-            next_tick += FRAME_SECS
-            now = time.monotonic()
-            # Caller -> bot.
+        for _ in range(min(max(due, 0), 5)):
             speech = self._speech.popleft() if self._speech else None
             payload = speech if speech is not None else self._silence
             self._chunk += 1
-            await self._send(
+            self._send_nowait(
                 protocol.build_inbound_media(
                     payload,
                     stream_id=self.stream_id,
                     sequence_number=self._next_seq(),
                     chunk=self._chunk,
-                    timestamp=timestamp,
+                    timestamp=self._frames_sent * 20,
                 )
             )
-            timestamp += int(FRAME_SECS * 1000)
+            self._frames_sent += 1
             if self.record:
                 self._caller_track += self._decoder_for_record(payload)
-            # Bot -> caller's ear.
-            await self._play_frame(now, frame_bytes)
-            delay = next_tick - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -0.2:
-                next_tick = time.monotonic()  # we fell far behind; do not burst to catch up
+            # Bot -> caller's ear, one frame per frame sent.
+            self._play_frame(now, frame_bytes)
+        if due > 5:
+            self._frames_sent += due - 5  # skip what a long stall made us miss
+        return True
 
     def _decoder_for_record(self, payload: bytes) -> bytes:
         # G.722 is stateful, so the caller's own track is decoded with a separate decoder.
@@ -424,7 +462,7 @@ class SimulatedCaller:
             self._record_decoder = self.codec.new_instance()
         return self._record_decoder.decode(payload)
 
-    async def _play_frame(self, now: float, frame_bytes: int) -> None:
+    def _play_frame(self, now: float, frame_bytes: int) -> None:
         assert self.result is not None
         result = self.result
         out = bytearray()
@@ -434,7 +472,7 @@ class SimulatedCaller:
                 if out:
                     break  # the mark is echoed once the audio before it has played
                 self._play.popleft()
-                await self._echo_mark(item)
+                self._echo_mark(item)
                 continue
             need = frame_bytes - len(out)
             if len(item) <= need:

@@ -3,40 +3,270 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
 import sys
+import wave
 from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
 
 from callpipe import __version__
+from callpipe.log import configure_logging
+
+DEFAULT_CALLER_WAV = "caller_8k.wav"
+
+
+def _read_wav(path: str | Path) -> tuple[bytes, int]:
+    """PCM16 mono and rate of a WAV file (stereo is mixed down), with a clear error."""
+    try:
+        with wave.open(str(path), "rb") as wav:
+            if wav.getsampwidth() != 2:
+                raise SystemExit(f"{path}: only 16-bit PCM WAV files are supported")
+            rate, channels = wav.getframerate(), wav.getnchannels()
+            pcm = wav.readframes(wav.getnframes())
+    except (OSError, wave.Error) as exc:
+        raise SystemExit(f"cannot read {path}: {exc}") from None
+    if channels != 1:
+        import numpy as np
+
+        samples = np.frombuffer(pcm, dtype=np.int16).reshape(-1, channels).mean(axis=1)
+        pcm = samples.astype(np.int16).tobytes()
+    return pcm, rate
+
+
+def _default_caller_audio() -> tuple[bytes, int]:
+    with resources.as_file(resources.files("callpipe.sim") / "data" / DEFAULT_CALLER_WAV) as path:
+        return _read_wav(path)
+
+
+def _write_stereo_wav(path: str, pcm: bytes, rate: int) -> None:
+    with wave.open(path, "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm)
+
+
+def _parse_params(items: Sequence[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--param takes NAME=VALUE, got {item!r}")
+        params[key] = value
+    return params
+
+
+# ---------------------------------------------------------------------------- call
+
+
+def _print_event(kind: str, data: dict[str, Any]) -> None:
+    if kind == "caller_turn":
+        print(f"caller: {data.get('text') or '(audio)'}  [{data['secs']:.1f}s]", flush=True)
+    elif kind == "bot_audio_started":
+        latency = data.get("latency")
+        suffix = f"  (responded in {latency * 1000:.0f} ms)" if latency is not None else ""
+        print(f"bot:    speaking…{suffix}", flush=True)
+    elif kind == "bot_audio_stopped":
+        print(f"bot:    [{data['secs']:.1f}s of audio]", flush=True)
+    elif kind == "clear":
+        print("bot:    (clear: stopped talking, barge-in)", flush=True)
+
+
+async def _call(args: argparse.Namespace) -> int:
+    from callpipe.sim.caller import CallerTurn, SimulatedCaller
+
+    turns: list[CallerTurn] = []
+    if args.say:
+        raise SystemExit(
+            "--say needs the embedded text-to-speech (install callpipe[local]); use --wav FILE for now"
+        )
+    for path in args.wav:
+        pcm, rate = _read_wav(path)
+        turns.append(CallerTurn(audio=pcm, sample_rate=rate, text=Path(path).name))
+    if args.dtmf:
+        turns.append(CallerTurn(dtmf=args.dtmf, text=f"DTMF {args.dtmf}"))
+    if not turns:
+        pcm, rate = _default_caller_audio()
+        turns.append(CallerTurn(audio=pcm, sample_rate=rate, text="Hello, can you hear me clearly?"))
+    params = _parse_params(args.param)
+    url = args.url
+    caller_kw: dict[str, Any] = {
+        "encoding": args.codec,
+        "sample_rate": args.rate,
+        "from_number": args.from_number,
+        "to_number": args.to_number,
+        "custom_parameters": params,
+        "max_call_secs": args.max_secs,
+        "on_event": _print_event,
+    }
+    if url.startswith(("http://", "https://")):
+        from callpipe.sim import texml
+
+        instructions = await texml.fetch_texml(url, from_number=args.from_number, to_number=args.to_number)
+        stream = instructions.stream
+        print(f"TeXML: streaming to {stream.url}", flush=True)
+        url = stream.url
+        caller_kw["custom_parameters"] = {**stream.parameters, **params}
+        if stream.bidirectional_codec:
+            caller_kw["encoding"] = stream.bidirectional_codec
+    print(f"calling {url} …", flush=True)
+    caller = SimulatedCaller(url, **caller_kw)
+    result = await caller.run(turns, hang_up_after_secs=args.hang_up_after)
+    print("—" * 40)
+    if result.greeting_latency is not None:
+        print(f"greeting after {result.greeting_latency * 1000:.0f} ms")
+    for index, turn in enumerate(result.turns, 1):
+        latency = turn.response_latency
+        shown = f"{latency * 1000:.0f} ms" if latency is not None else "no answer"
+        print(f"turn {index}: response latency {shown}")
+    print(f"bot audio {result.bot_audio_secs:.1f}s, gaps {len(result.gaps)}, clears {len(result.clears)}")
+    print(
+        f"call ended by {result.closed_by or 'caller'} ({result.close_code} {result.close_reason})".rstrip()
+    )
+    if args.record:
+        _write_stereo_wav(args.record, result.stereo_pcm(), result.sample_rate)
+        print(f"recording (caller left, bot right): {args.record}")
+    return 1 if result.errors else 0
+
+
+# ---------------------------------------------------------------------------- load
+
+
+async def _load(args: argparse.Namespace) -> int:
+    from callpipe.sim.load import LoadConfig, LoadProgress, run_load
+
+    if args.calls < 1 or args.calls > 2000:
+        raise SystemExit("--calls must be between 1 and 2000")
+    if args.duration <= 0 or args.duration > 3600:
+        raise SystemExit("--duration must be between 0 and 3600 seconds")
+    pcm, rate = _read_wav(args.wav) if args.wav else _default_caller_audio()
+    config = LoadConfig(
+        url=args.url,
+        calls=args.calls,
+        duration=args.duration,
+        ramp=args.ramp,
+        turn_audio=pcm,
+        turn_sample_rate=rate,
+        encoding=args.codec,
+        server_pid=args.pid,
+    )
+
+    def show(progress: LoadProgress) -> None:
+        width = 30
+        done = min(1.0, progress.elapsed / progress.total_secs)
+        bar = "#" * int(done * width) + "-" * (width - int(done * width))
+        sys.stderr.write(
+            f"\r[{bar}] {progress.elapsed:5.1f}s  active {progress.active:4d}  "
+            f"done {progress.finished:4d}  failed {progress.failed:3d}"
+        )
+        sys.stderr.flush()
+
+    report = await run_load(config, progress=None if args.quiet else show)
+    if not args.quiet:
+        sys.stderr.write("\n")
+    print(report.summary())
+    if args.json:
+        await asyncio.to_thread(Path(args.json).write_text, json.dumps(_report_json(report), indent=2))
+    return 0 if report.failed == 0 else 1
+
+
+def _report_json(report: Any) -> dict[str, Any]:
+    from callpipe.sim.load import percentile
+
+    return {
+        "calls": report.calls,
+        "ok": report.ok,
+        "failed": report.failed,
+        "turns": report.turns,
+        "unanswered_turns": report.unanswered_turns,
+        "response_latency_p50": percentile(report.response_latencies, 50),
+        "response_latency_p95": percentile(report.response_latencies, 95),
+        "response_latency_p99": percentile(report.response_latencies, 99),
+        "greeting_latency_p50": percentile(report.greeting_latencies, 50),
+        "greeting_latency_p95": percentile(report.greeting_latencies, 95),
+        "gaps": len(report.gaps),
+        "gap_p99": percentile(report.gaps, 99) or 0.0,
+        "gap_max": max(report.gaps, default=0.0),
+        "server_cpu_percent": report.server_cpu_percent,
+        "cpu_per_call_second": report.cpu_per_call_second,
+        "server_rss_start": report.server_rss_start,
+        "server_rss_peak": report.server_rss_peak,
+        "rss_per_call": report.rss_per_call,
+        "generator_overloaded": report.generator_overloaded,
+        "failures": sorted(set(report.failures))[:20],
+    }
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+def _demo(args: argparse.Namespace) -> int:
+    # The spoken demo (built-in assistant + embedded speech models) arrives with the
+    # services layer; until then say plainly what this build offers.
+    print(f"callpipe {__version__}: the offline demo conversation is not available in this build yet.")
+    print("Available now:")
+    print("  callpipe call URL        place a simulated Telnyx call to a running bot")
+    print("  callpipe load URL        many simulated calls at once, with latency and cost figures")
+    print("  Python API: callpipe.runner / callpipe.pipeline / callpipe.transports (see README)")
+    return 0
+
+
+# -------------------------------------------------------------------------- parser
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="callpipe",
-        description="Real-time voice AI agents on Telnyx phone calls.",
+        prog="callpipe", description="Real-time voice AI agents on Telnyx phone calls."
     )
     parser.add_argument("--version", action="version", version=f"callpipe {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
     sub.add_parser("demo", help="hold a spoken demo call with the built-in assistant, offline")
+
+    call = sub.add_parser("call", help="place one simulated Telnyx call to a running bot")
+    call.add_argument("url", help="the bot's WebSocket URL (ws://…/ws) or TeXML URL (http(s)://…/texml)")
+    call.add_argument("--say", action="append", default=[], help="a line for the caller to say (needs TTS)")
+    call.add_argument("--wav", action="append", default=[], help="a WAV file the caller says (repeatable)")
+    call.add_argument("--dtmf", default="", help="keys to press after the spoken turns")
+    call.add_argument("--codec", default="PCMU", help="PCMU, PCMA, L16 or G722 (default PCMU)")
+    call.add_argument("--rate", type=int, default=None, help="sample rate for L16 (8000 or 16000)")
+    call.add_argument("--record", help="write a stereo WAV (caller left, bot right)")
+    call.add_argument("--from", dest="from_number", default="+15550001111")
+    call.add_argument("--to", dest="to_number", default="+15550002222")
+    call.add_argument("--param", action="append", default=[], help="custom stream parameter NAME=VALUE")
+    call.add_argument("--max-secs", type=float, default=120.0, help="hang up after this long at most")
+    call.add_argument(
+        "--hang-up-after", type=float, default=1.5, help="seconds of bot silence before hanging up"
+    )
+
+    load = sub.add_parser("load", help="many simulated calls at once against a running bot")
+    load.add_argument("url", help="the bot's WebSocket URL (ws://…/ws)")
+    load.add_argument("--calls", type=int, default=10, help="concurrent calls (default 10)")
+    load.add_argument("--duration", type=float, default=20.0, help="seconds each call lasts (default 20)")
+    load.add_argument("--ramp", type=float, default=2.0, help="seconds over which calls start (default 2)")
+    load.add_argument("--pid", type=int, default=None, help="the server's pid, to report its CPU and memory")
+    load.add_argument("--wav", help="what each caller says (default: a short built-in sentence)")
+    load.add_argument("--codec", default="PCMU")
+    load.add_argument("--json", help="also write the report as JSON to this file")
+    load.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
-
-
-def _demo(args: argparse.Namespace) -> int:
-    # The demo (simulated caller + built-in assistant) arrives with the services layer;
-    # until then say plainly what this build offers.
-    print(f"callpipe {__version__}: the offline demo call is not available in this build yet.")
-    print("Available now:")
-    print("  callpipe.telnyx.protocol  Telnyx media-stream messages (parse/build, sans-I/O)")
-    print("  callpipe.telnyx.api       Telnyx REST client (dial, TeXML calls, hang-up, transfer, DTMF)")
-    print("  callpipe.telnyx.webhooks  Ed25519 webhook signature verification")
-    print("  callpipe.audio            G.711 PCMU/PCMA, L16, G.722 codecs and streaming resampling")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``callpipe`` command line and return the process exit code."""
     parser = _build_parser()
     args = parser.parse_args(argv)
+    configure_logging(logging.DEBUG if args.verbose else logging.WARNING)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "call":
+        return asyncio.run(_call(args))
+    if args.command == "load":
+        return asyncio.run(_load(args))
     parser.print_help(sys.stderr)
     return 2

@@ -22,6 +22,7 @@ import itertools
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +137,7 @@ class SimulatedCaller:
         extra_headers: dict[str, str] | None = None,
         max_call_secs: float = 60.0,
         record: bool = True,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.url = url
         self.codec = get_codec(encoding, sample_rate)
@@ -153,6 +155,8 @@ class SimulatedCaller:
         self.extra_headers = extra_headers or {}
         self.max_call_secs = max_call_secs
         self.record = record
+        self.on_event = on_event
+        self._burst_started: float | None = None  # when the bot's current reply became audible
         self._encoder = self.codec.new_instance()
         self._decoder = self.codec.new_instance()
         self._silence = self._encoder.encode(bytes(2 * self.frame_samples))
@@ -241,7 +245,7 @@ class SimulatedCaller:
 
     # ------------------------------------------------------------------- run
 
-    async def run(self, turns: list[CallerTurn], *, hang_up_after_secs: float = 1.5) -> CallResult:
+    async def run(self, turns: Iterable[CallerTurn], *, hang_up_after_secs: float = 1.5) -> CallResult:
         """Connect, speak ``turns``, wait ``hang_up_after_secs`` of bot silence, hang up."""
         headers = dict(self.extra_headers)
         if self.auth_token:
@@ -319,7 +323,7 @@ class SimulatedCaller:
         self.result.bot_track = bytes(self._bot_track)
         return self.result
 
-    async def _script(self, turns: list[CallerTurn], hang_up_after_secs: float) -> None:
+    async def _script(self, turns: Iterable[CallerTurn], hang_up_after_secs: float) -> None:
         for turn in turns:
             if self._closed.is_set():
                 return
@@ -344,6 +348,7 @@ class SimulatedCaller:
             self._speaking_turn = timing
             assert self.result is not None
             self.result.turns.append(timing)
+            self._emit("caller_turn", text=turn.text, secs=len(frames) * FRAME_SECS)
             self._speech.extend(frames)
             await self._wait_until(lambda now: not self._speech)
             timing.ended_at = self._spoke_until = time.monotonic()
@@ -397,6 +402,7 @@ class SimulatedCaller:
                         self._play.append(("mark", event.name))
                 elif isinstance(event, protocol.ClearEvent):
                     result.clears.append(now)
+                    self._emit("clear")
                     marks = [item[1] for item in self._play if item[0] == "mark"]
                     self._play.clear()
                     self._play_bytes = 0
@@ -408,6 +414,13 @@ class SimulatedCaller:
             if not self._closed.is_set() and not result.closed_by:
                 result.closed_by = "bot"
             self._closed.set()
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(kind, data)
+            except Exception:
+                logger.exception("on_event callback failed")
 
     def _current_turn(self) -> TurnTiming | None:
         if self.result is None or not self.result.turns:
@@ -486,6 +499,11 @@ class SimulatedCaller:
             if self._gap_started is not None:
                 result.gaps.append(now - self._gap_started)
                 self._gap_started = None
+            elif self._burst_started is None:
+                self._burst_started = now
+                turn = self._current_turn()
+                latency = now - turn.ended_at if turn is not None and now >= turn.ended_at else None
+                self._emit("bot_audio_started", latency=latency)
             if result.greeting_heard_at is None:
                 result.greeting_heard_at = now
             turn = self._current_turn()
@@ -503,6 +521,9 @@ class SimulatedCaller:
             out = bytearray(frame_bytes)
         # A gap only counts if more audio of the same reply follows soon after.
         if self._gap_started is not None and now - self._gap_started > 0.5:
+            if self._burst_started is not None:
+                self._emit("bot_audio_stopped", secs=self._gap_started - self._burst_started)
+                self._burst_started = None
             self._gap_started = None
         if self.record:
             self._bot_track += out

@@ -12,32 +12,40 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import types
+import inspect
 from collections.abc import Coroutine, Generator
 from typing import Any
 
 
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> Generator[Any, Any, Any]:
-    # Hand the future the coroutine is waiting on to the task running us, then keep
-    # driving the coroutine with whatever the task sends or throws back.
-    while True:
-        try:
-            value = yield waiting_on
-        except BaseException as exc:  # re-delivered to the coroutine
-            try:
-                waiting_on = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                waiting_on = coro.send(value)
-            except StopIteration as stop:
-                return stop.value
+class _Finish(Coroutine[Any, Any, Any]):
+    # The rest of ``coro``, for a task: its first step hands the task the future ``coro``
+    # is waiting on. Unlike an ``async def`` wrapper, a cancellation thrown in before that
+    # first step (the task cancelled at once) still reaches ``coro``, as in a real task.
+
+    __slots__ = ("_coro", "_waiting_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], waiting_on: Any) -> None:
+        self._coro = coro
+        self._waiting_on: Any = waiting_on
+
+    def send(self, value: Any) -> Any:
+        waiting_on, self._waiting_on = self._waiting_on, _STEPPED
+        return self._coro.send(value) if waiting_on is _STEPPED else waiting_on
+
+    def throw(self, *args: Any) -> Any:
+        waiting_on, self._waiting_on = self._waiting_on, _STEPPED
+        if waiting_on is not _STEPPED and asyncio.isfuture(waiting_on):
+            waiting_on.cancel()  # what Task.cancel() does to the future a task waits on
+        return self._coro.throw(*args)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        raise TypeError("_Finish is run by a task, not awaited")
 
 
-async def _finish(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> Any:
-    return await _resume(coro, waiting_on)
+_STEPPED = object()
 
 
 def run_eager(
@@ -53,5 +61,13 @@ def run_eager(
         waiting_on = coro.send(None) if context is None else context.run(coro.send, None)
     except StopIteration:
         return None
+    except RuntimeError:
+        # ``context`` is already entered: we are running in it, so step the coroutine as is.
+        if context is None or inspect.getcoroutinestate(coro) != inspect.CORO_CREATED:
+            raise
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            return None
     loop = asyncio.get_running_loop()
-    return loop.create_task(_finish(coro, waiting_on), context=context)
+    return loop.create_task(_Finish(coro, waiting_on), context=context)

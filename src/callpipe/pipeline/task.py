@@ -165,6 +165,7 @@ class PipelineTask(EventHandlerMixin):
                 enable_usage_metrics=self.params.enable_usage_metrics,
                 interruption_min_secs=self.params.interruption_min_secs,
             )
+            self._last_activity = time.monotonic()
             self._schedule_idle_check()
             await self._source.push_frame(start, FrameDirection.DOWNSTREAM)
             await self._call_event_handler("on_pipeline_started")
@@ -252,7 +253,10 @@ class PipelineTask(EventHandlerMixin):
         if idle_for >= self._idle_timeout_secs:
             logger.info("%s idle for %.1fs", self.name, idle_for)
             self._spawn(self._idle_timeout())
-            return
+            if self._cancel_on_idle_timeout:
+                return
+            # Still running: fire again after another idle period (as Pipecat does).
+            self._last_activity = time.monotonic()
         self._schedule_idle_check()
 
     async def _idle_timeout(self) -> None:

@@ -1,0 +1,84 @@
+"""The canned bot on callpipe: the counterpart of ``bench/pipecat_bot.py``.
+
+Run with callpipe's python::
+
+    python3 bench/callpipe_bot.py --port 8765 \\
+        --reply bench/data/reply_8k.wav --greeting bench/data/greeting_8k.wav
+
+``/ws`` is :func:`callpipe.sim.bots.create_canned_bot_app` (built as Pipecat's Telnyx
+guide builds a bot): it greets the caller and answers every end of a user turn, as
+detected by Silero VAD (``--stop-secs``), with the same pre-recorded audio. ``/healthz``
+answers "ok" once the server is up; ``/debug/tasks`` counts the asyncio tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import wave
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+
+from callpipe.audio.vad import SileroVADModel, VADParams
+from callpipe.sim.bots import CannedBotConfig, create_canned_bot_app
+
+SAMPLE_RATE = 8000
+
+
+def read_pcm(path: str | Path, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """The frames of a mono 16-bit WAV file at ``sample_rate``."""
+    with wave.open(str(path), "rb") as wav:
+        if (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) != (1, 2, sample_rate):
+            raise SystemExit(f"{path}: expected mono 16-bit {sample_rate} Hz")
+        return wav.readframes(wav.getnframes())
+
+
+def create_app(reply: bytes, greeting: bytes | None, stop_secs: float) -> FastAPI:
+    """The canned-bot app plus ``/healthz`` and ``/debug/tasks``."""
+    app, _calls = create_canned_bot_app(
+        CannedBotConfig(
+            reply=reply,
+            greeting=greeting,
+            sample_rate=SAMPLE_RATE,
+            vad_params=VADParams(stop_secs=stop_secs),
+            api_key=None,
+        )
+    )
+
+    @app.get("/healthz", response_class=PlainTextResponse)
+    async def healthz() -> str:
+        return "ok"
+
+    @app.get("/debug/tasks")
+    async def debug_tasks() -> dict[str, int]:
+        return {"tasks": len(asyncio.all_tasks())}
+
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--reply", required=True, help="8 kHz mono 16-bit WAV")
+    parser.add_argument("--greeting", default=None, help="8 kHz mono 16-bit WAV")
+    parser.add_argument("--stop-secs", type=float, default=0.2)
+    args = parser.parse_args(argv)
+    reply = read_pcm(args.reply)
+    greeting = read_pcm(args.greeting) if args.greeting else None
+    SileroVADModel.shared()  # load the VAD model now, not on the first call
+    app = create_app(reply, greeting, args.stop_secs)
+    loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "auto"
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="warning", loop=loop, ws_max_size=262144
+    )
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -51,7 +51,7 @@ async def test_conversation_greeting_replies_dtmf_and_hang_up(
                 CallerTurn(dtmf="#", quiet_secs=0.3),  # the bot hangs up on '#'
             ]
         )
-        await asyncio.wait_for(calls[0].finished.wait(), 5)
+        await calls[0].wait_finished(5)
 
     bot = calls[0]
     assert bot.call_data["call_control_id"] == call_control_id
@@ -83,7 +83,7 @@ async def test_stop_from_telnyx_ends_the_pipeline(speech_8k: bytes) -> None:
         caller = SimulatedCaller(server.ws_url + "/ws")
         result = await caller.run([CallerTurn(audio=speech_8k)], hang_up_after_secs=0.3)
         # The caller hung up (sent stop); the bot's pipeline must end on its own.
-        await asyncio.wait_for(calls[0].finished.wait(), 3)
+        await calls[0].wait_finished(3)
     assert result.closed_by == "caller"
     assert calls[0].responder.turns == 1
 
@@ -101,7 +101,7 @@ async def test_barge_in_sends_clear_fast_and_keeps_only_heard_words(speech_8k: b
             ],
             hang_up_after_secs=0.5,
         )
-        await asyncio.wait_for(calls[0].finished.wait(), 3)
+        await calls[0].wait_finished(3)
 
     bot = calls[0]
     output = bot.transport.output()
@@ -133,7 +133,7 @@ async def test_dtmf_and_unknown_events_do_not_end_the_call(speech_8k: bytes) -> 
         result = await caller.run(
             [CallerTurn(dtmf="123"), CallerTurn(audio=speech_8k)], hang_up_after_secs=0.4
         )
-        await asyncio.wait_for(calls[0].finished.wait(), 3)
+        await calls[0].wait_finished(3)
     assert calls[0].responder.dtmf == ["1", "2", "3"]
     assert calls[0].responder.turns == 1
     assert result.closed_by == "caller"

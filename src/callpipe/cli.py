@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+import uuid
 import wave
 from collections.abc import Sequence
 from importlib import resources
@@ -106,13 +107,23 @@ async def _call(args: argparse.Namespace) -> int:
     if url.startswith(("http://", "https://")):
         from callpipe.sim import texml
 
-        instructions = await texml.fetch_texml(url, from_number=args.from_number, to_number=args.to_number)
+        call_sid = f"v3:sim-{uuid.uuid4().hex}"
+        instructions = await texml.fetch_texml(
+            url,
+            call_sid=call_sid,
+            account_sid="sim-account",
+            from_number=args.from_number,
+            to_number=args.to_number,
+        )
+        caller_kw["call_control_id"] = call_sid
         stream = instructions.stream
         print(f"TeXML: streaming to {stream.url}", flush=True)
         url = stream.url
         caller_kw["custom_parameters"] = {**stream.parameters, **params}
         if stream.bidirectional_codec:
             caller_kw["encoding"] = stream.bidirectional_codec
+        if stream.bidirectional_sampling_rate:
+            caller_kw["sample_rate"] = stream.bidirectional_sampling_rate
     print(f"calling {url} …", flush=True)
     caller = SimulatedCaller(url, **caller_kw)
     result = await caller.run(turns, hang_up_after_secs=args.hang_up_after)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -132,13 +133,25 @@ class CannedBotConfig:
 
 @dataclass
 class CannedBotCall:
-    """What one call of the canned bot left behind (for tests)."""
+    """What one call of the canned bot left behind (for tests).
+
+    ``finished`` is a :class:`threading.Event`: the bot runs on the server's thread,
+    tests usually on another loop (use :meth:`wait_finished` from async code).
+    """
 
     call_data: dict[str, Any]
     responder: CannedReplyProcessor
     heard: list[str]
     transport: FastAPIWebsocketTransport
-    finished: asyncio.Event
+    finished: threading.Event
+
+    async def wait_finished(self, timeout: float = 5.0) -> None:
+        """Wait (from any event loop) until the call's pipeline has ended; TimeoutError if not."""
+        deadline = time.monotonic() + timeout
+        while not self.finished.is_set():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the bot's pipeline did not finish in time")
+            await asyncio.sleep(0.01)
 
 
 class _HeardRecorder(FrameProcessor):
@@ -196,7 +209,7 @@ def create_canned_bot_app(config: CannedBotConfig) -> tuple[FastAPI, list[Canned
             config.reply, config.sample_rate, greeting=config.greeting, reply_words=config.reply_words
         )
         heard: list[str] = []
-        call = CannedBotCall(call_data, responder, heard, transport, asyncio.Event())
+        call = CannedBotCall(call_data, responder, heard, transport, threading.Event())
         calls.append(call)
         pipeline = Pipeline([transport.input(), responder, transport.output(), _HeardRecorder(heard)])
         task = PipelineTask(

@@ -328,8 +328,13 @@ def parse_event(text: str | bytes, *, max_length: int | None = None) -> Event:
     base64. An unknown ``event`` name is not an error: it returns :class:`UnknownEvent`.
     ``max_length`` rejects an oversized message before any parsing work is done.
     """
-    if max_length is not None and len(text) > max_length:
-        raise ProtocolError(f"message of {len(text)} bytes exceeds the limit of {max_length}")
+    if max_length is not None:
+        size = len(text)
+        # A str's length counts characters; only non-ASCII text can be longer in bytes.
+        if isinstance(text, str) and size * 4 > max_length and not text.isascii():
+            size = len(text.encode())
+        if size > max_length:
+            raise ProtocolError(f"message of {size} bytes exceeds the limit of {max_length}")
     try:
         return _decoder.decode(text)
     except msgspec.ValidationError as exc:

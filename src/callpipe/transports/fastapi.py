@@ -25,6 +25,7 @@ import collections
 import contextvars
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,7 @@ from callpipe.transports.clock import OutputClock
 from callpipe.transports.serializers import TelnyxFrameSerializer
 
 logger = logging.getLogger("callpipe.transports")
+_DETAIL_NUMBERS = re.compile(r"\d+")
 
 # WebSocket close codes (RFC 6455) used when we end a call over its input.
 CLOSE_NORMAL = 1000
@@ -109,22 +111,25 @@ class InputGuard:
     def __init__(self, max_per_sec: int) -> None:
         self.max_per_sec = max_per_sec
         self.total = 0
-        self._window_start = 0.0
-        self._window_count = 0
+        # Sliding window: the call closes on more than max_per_sec bad messages within any 1 s.
+        self._recent: collections.deque[float] = collections.deque(maxlen=max_per_sec + 1)
         self._logged: set[str] = set()
 
-    def record(self, reason: str, now: float) -> bool:
-        """Count one bad message; True if the call should now be closed."""
+    def record(self, reason: str, now: float, *, counts: bool = True) -> bool:
+        """Count one bad message; True if the call should now be closed.
+
+        ``counts=False`` (an unknown event) is logged and totalled but never closes a call.
+        """
         self.total += 1
-        kind = reason.split(" - at ")[0][:80]
+        # Byte offsets and lengths are details of one message, not a new kind of fault.
+        kind = _DETAIL_NUMBERS.sub("N", reason.split(" - at ")[0])[:80]
         if kind not in self._logged:
             self._logged.add(kind)
             logger.warning("dropped a malformed message (%s); the call carries on", reason)
-        if now - self._window_start >= 1.0:
-            self._window_start = now
-            self._window_count = 0
-        self._window_count += 1
-        return self._window_count > self.max_per_sec
+        if not counts:
+            return False
+        self._recent.append(now)
+        return len(self._recent) > self.max_per_sec and now - self._recent[0] < 1.0
 
 
 class FastAPIWebsocketInputTransport(FrameProcessor):
@@ -262,7 +267,7 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         return None
 
     async def _bad_message(self, reason: str, *, counts: bool = True) -> str | None:
-        if self._guard.record(reason, time.monotonic()) and counts:
+        if self._guard.record(reason, time.monotonic(), counts=counts):
             return await self._close(
                 CLOSE_INVALID_DATA,
                 f"more than {self._guard.max_per_sec} malformed messages per second (last: {reason})",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -347,3 +348,28 @@ async def test_requests_to_and_reset(http: httpx.AsyncClient, state: FakeTelnyxS
     assert (state.requests, state.calls, state.faults) == ([], {}, [])
     assert (await http.post("/calls", json={**DIAL, "command_id": "r1"})).status_code == 200
     assert len(state.calls) == 1  # seen command ids were forgotten too
+
+
+async def test_without_simulation_calls_only_change_state(
+    http: httpx.AsyncClient, state: FakeTelnyxState
+) -> None:
+    # The module fixture's app was built without simulate_calls: nothing rings or streams.
+    assert state.simulator is None and state.webhook_public_key is None
+    ccid = await _dial(http, to=["+15550000009", "+15550000008"], stream_url="ws://127.0.0.1:9/ws")
+    call = state.calls[ccid]
+    assert call.to_number == "+15550000009"  # the first of a simultaneous-ring list
+    assert call.state == "initiated" and call.answered_at is None
+    state.end_call(ccid, source="callee", cause="user_busy")
+    assert (call.hangup_source, call.hangup_cause) == ("callee", "user_busy")
+    assert (await http.post(f"/calls/{ccid}/actions/hangup", json={})).status_code == 422
+    assert call.hangup_cause == "user_busy"  # the first end wins
+
+
+def test_simulation_is_opt_in_and_publishes_its_key() -> None:
+    plain = create_fake_telnyx_app(KEY)
+    assert plain.state.simulator is None
+    app = create_fake_telnyx_app(KEY, simulate_calls=True, webhook_url="http://127.0.0.1:9/hooks")
+    st = app.state.telnyx
+    assert app.state.simulator is st.simulator and st.simulator is not None
+    assert st.webhook_public_key == st.simulator.webhook_public_key
+    assert len(base64.b64decode(st.webhook_public_key)) == 32

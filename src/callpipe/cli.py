@@ -117,13 +117,11 @@ async def _call(args: argparse.Namespace) -> int:
         )
         caller_kw["call_control_id"] = call_sid
         stream = instructions.stream
-        print(f"TeXML: streaming to {stream.url}", flush=True)
+        print(f"TeXML: streaming to {stream.url} ({stream.encoding})", flush=True)
         url = stream.url
         caller_kw["custom_parameters"] = {**stream.parameters, **params}
-        if stream.bidirectional_codec:
-            caller_kw["encoding"] = stream.bidirectional_codec
-        if stream.bidirectional_sampling_rate:
-            caller_kw["sample_rate"] = stream.bidirectional_sampling_rate
+        caller_kw["encoding"] = stream.encoding
+        caller_kw["sample_rate"] = stream.sample_rate
     print(f"calling {url} …", flush=True)
     caller = SimulatedCaller(url, **caller_kw)
     result = await caller.run(turns, hang_up_after_secs=args.hang_up_after)
@@ -212,6 +210,93 @@ def _report_json(report: Any) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------- fake-telnyx
+
+
+def _fake_telnyx(args: argparse.Namespace) -> int:
+    from callpipe.sim.fake_api import serve_fake_telnyx
+
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
+        raise SystemExit("the fake Telnyx API listens on loopback only (pass --allow-remote to override)")
+    serve_fake_telnyx(args.host, args.port, api_key=args.api_key, webhook_url=args.webhook_url)
+    return 0
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _settings_from(args: argparse.Namespace) -> Any:
+    from callpipe.server.settings import ServerSettings, SettingsError
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "public_url", None):
+        overrides["public_url"] = args.public_url
+    try:
+        return ServerSettings(**overrides)
+    except (ValueError, SettingsError) as exc:
+        raise SystemExit(f"invalid settings: {exc}") from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from callpipe.server.serve import BotLoadError, build_server, load_bot
+    from callpipe.server.settings import SettingsError
+
+    if not args.bot:
+        raise SystemExit(
+            "callpipe serve needs a bot file for now (e.g. `callpipe serve examples/dial_in_bot.py`);"
+            " the built-in assistant arrives with the speech services"
+        )
+    try:
+        bot = load_bot(args.bot)
+        server = build_server(bot, host=args.host, port=args.port, settings=_settings_from(args))
+    except (BotLoadError, SettingsError) as exc:
+        raise SystemExit(str(exc)) from None
+    settings = server.callpipe_state.settings
+    print(f"callpipe serving {args.bot} on http://{args.host}:{args.port}", flush=True)
+    print(f"  TeXML for dial-in: {settings.public_url}/texml   streams: {settings.public_url}/ws", flush=True)
+    server.run()
+    return 0
+
+
+def _texml(args: argparse.Namespace) -> int:
+    from callpipe.server.app import stream_url, texml_document
+    from callpipe.server.settings import SettingsError
+
+    settings = _settings_from(args)
+    try:
+        settings.check_for_serving()
+    except SettingsError as exc:
+        raise SystemExit(str(exc)) from None
+    if settings.secret("callpipe_secret"):
+        # A TeXML Bin is static: a token in it would expire, so it is issued long-lived.
+        settings.stream_token_ttl_secs = args.ttl_days * 86400
+    print(texml_document(settings, stream_url(settings, direction="inbound", call_sid=None, extra={})))
+    return 0
+
+
+async def _dial(args: argparse.Namespace) -> int:
+    import httpx
+
+    body = {}
+    if args.body:
+        try:
+            body = json.loads(args.body)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"--body must be JSON: {exc}") from None
+    settings = _settings_from(args)
+    key = args.api_key or settings.secret("callpipe_api_key")
+    if not key:
+        raise SystemExit("set CALLPIPE_API_KEY (or --api-key) to call /start")
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(
+            args.server.rstrip("/") + "/start",
+            json={"phone_number": args.phone_number, "body": body},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    print(json.dumps(response.json(), indent=2))
+    return 0 if response.status_code == 200 else 1
+
+
 # ---------------------------------------------------------------------------- demo
 
 
@@ -265,6 +350,32 @@ def _build_parser() -> argparse.ArgumentParser:
     load.add_argument("--codec", default="PCMU")
     load.add_argument("--json", help="also write the report as JSON to this file")
     load.add_argument("--quiet", action="store_true", help="no progress bar")
+    serve = sub.add_parser("serve", help="run the dial-in / dial-out server for a bot")
+    serve.add_argument(
+        "bot", nargs="?", help="bot file (bot.py) or module[:function] defining async def bot(runner_args)"
+    )
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--public-url", help="the public https URL Telnyx reaches (default: PUBLIC_URL)")
+
+    texml = sub.add_parser("texml", help="print the TeXML document for a TeXML Bin (dial-in)")
+    texml.add_argument("--public-url", help="the public https URL of the server (default: PUBLIC_URL)")
+    texml.add_argument("--ttl-days", type=float, default=365.0, help="stream token lifetime for a static bin")
+
+    dial = sub.add_parser("dial", help="ask a running server to place an outbound call (POST /start)")
+    dial.add_argument("phone_number", help="E.164 number, e.g. +15551234567")
+    dial.add_argument("--body", help="JSON passed to the bot as runner_args.body")
+    dial.add_argument("--server", default="http://127.0.0.1:8000", help="the callpipe server")
+    dial.add_argument("--api-key", help="CALLPIPE_API_KEY of the server (default: from the environment)")
+
+    fake = sub.add_parser(
+        "fake-telnyx", help="run the fake Telnyx API (dial-out answered by simulated callees)"
+    )
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=8765)
+    fake.add_argument("--api-key", default="test-key", help="the API key it accepts (default test-key)")
+    fake.add_argument("--webhook-url", help="where to send signed call webhooks")
+    fake.add_argument("--allow-remote", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -279,5 +390,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_call(args))
     if args.command == "load":
         return asyncio.run(_load(args))
+    if args.command == "serve":
+        configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+        return _serve(args)
+    if args.command == "texml":
+        return _texml(args)
+    if args.command == "dial":
+        return asyncio.run(_dial(args))
+    if args.command == "fake-telnyx":
+        configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+        return _fake_telnyx(args)
     parser.print_help(sys.stderr)
     return 2

@@ -1,6 +1,7 @@
 """``from callpipe.frames import *``: every frame type (Pipecat-style import path)."""
 
 from callpipe.pipeline.frames import (
+    AnsweringMachineDetectionFrame,
     AudioRawFrame,
     BotInterruptionFrame,
     BotStartedSpeakingFrame,
@@ -40,6 +41,7 @@ from callpipe.pipeline.frames import (
 )
 
 __all__ = [
+    "AnsweringMachineDetectionFrame",
     "AudioRawFrame",
     "BotInterruptionFrame",
     "BotStartedSpeakingFrame",

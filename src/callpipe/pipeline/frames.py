@@ -275,6 +275,18 @@ class OutputDTMFFrame(DataFrame):
     button: str
 
 
+@dataclass(slots=True, kw_only=True)
+class AnsweringMachineDetectionFrame(SystemFrame):
+    """Telnyx's answering-machine detection result for the call (from a webhook).
+
+    ``result`` is Telnyx's value, e.g. ``human``, ``machine``, ``not_sure``, or for the
+    greeting-end event ``beep_detected``.
+    """
+
+    result: str
+    event_type: str = ""
+
+
 # ---------------------------------------------------------------------- metrics
 
 

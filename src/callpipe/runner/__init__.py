@@ -26,6 +26,7 @@ __all__ = [
     "RunnerArguments",
     "TelephonyHandshakeError",
     "WebSocketRunnerArguments",
+    "create_telnyx_transport",
     "parse_telephony_websocket",
 ]
 
@@ -167,3 +168,49 @@ async def parse_telephony_websocket(
                 )
         # Anything else before start (media, a stray mark) is skipped within the bounds.
     raise await _refuse(websocket, f"no valid start message within {timeout:g}s / {max_messages} messages")
+
+
+def create_telnyx_transport(
+    runner_args: RunnerArguments,
+    *,
+    vad_params: Any = None,
+    vad: bool = True,
+    inbound_encoding: str | None = None,
+    api_key: str | None = None,
+    api_base_url: str | None = None,
+    **params: Any,
+) -> Any:
+    """The call's :class:`FastAPIWebsocketTransport`, ready to use, in one call.
+
+    The serializer is built from ``runner_args.call_data``; audio goes back in the call's
+    own encoding unless ``inbound_encoding`` says otherwise (it must match the TeXML
+    ``bidirectionalCodec``). ``TELNYX_API_KEY`` (or ``api_key``) turns on hang-up through
+    the REST API when the pipeline ends; ``TELNYX_API_BASE_URL`` points it elsewhere
+    (the simulator). A Silero VAD is attached unless ``vad=False``. Other keyword
+    arguments go to :class:`FastAPIWebsocketParams`.
+    """
+    import os
+
+    from callpipe.audio.vad import SileroVADAnalyzer, VADParams
+    from callpipe.transports.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
+    from callpipe.transports.serializers import TelnyxFrameSerializer, TelnyxSerializerParams
+
+    call_data = runner_args.call_data
+    key = api_key if api_key is not None else os.environ.get("TELNYX_API_KEY") or None
+    serializer = TelnyxFrameSerializer(
+        stream_id=call_data["stream_id"],
+        outbound_encoding=call_data["outbound_encoding"],
+        inbound_encoding=inbound_encoding or call_data["outbound_encoding"],
+        call_control_id=call_data.get("call_control_id"),
+        api_key=key,
+        params=TelnyxSerializerParams(
+            telnyx_sample_rate=call_data.get("sample_rate"),
+            auto_hang_up=bool(key and call_data.get("call_control_id")),
+            api_base_url=api_base_url or os.environ.get("TELNYX_API_BASE_URL") or None,
+        ),
+    )
+    analyzer = SileroVADAnalyzer(params=vad_params or VADParams(stop_secs=0.2)) if vad else None
+    return FastAPIWebsocketTransport(
+        websocket=runner_args.websocket,
+        params=FastAPIWebsocketParams(serializer=serializer, vad_analyzer=analyzer, **params),
+    )

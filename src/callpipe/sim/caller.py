@@ -176,6 +176,7 @@ class SimulatedCaller:
         self._outbox: collections.deque[str] = collections.deque()
         self._sender: asyncio.Task[None] | None = None
         self._hang_up_requested = asyncio.Event()
+        self.connected = asyncio.Event()  # set once connected + start have been sent
         self._clock_start = 0.0
         self._frames_sent = 0
         self._speech: collections.deque[bytes] = collections.deque()  # encoded 20 ms frames to say
@@ -247,6 +248,8 @@ class SimulatedCaller:
 
     async def run(self, turns: Iterable[CallerTurn], *, hang_up_after_secs: float = 1.5) -> CallResult:
         """Connect, speak ``turns``, wait ``hang_up_after_secs`` of bot silence, hang up."""
+        if self._hang_up_requested.is_set():
+            raise RuntimeError("the call was hung up before it connected")
         headers = dict(self.extra_headers)
         if self.auth_token:
             headers["x-telnyx-streaming-auth-token"] = self.auth_token
@@ -280,6 +283,8 @@ class SimulatedCaller:
                     custom_parameters=self.custom_parameters,
                 )
             )
+            self.connected.set()
+            self._emit("connected", stream_id=self.stream_id, call_control_id=self.call_control_id)
             receiver = asyncio.ensure_future(self._receive_loop())
             self._clock_start = time.monotonic()
             clock = OutputClock.for_running_loop()

@@ -27,11 +27,13 @@ import logging
 import math
 import re
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
+from callpipe import metrics
 from callpipe.audio.vad import SileroVADAnalyzer, VADEvent
 from callpipe.eager import run_eager
 from callpipe.log import call_id
@@ -121,6 +123,7 @@ class InputGuard:
         ``counts=False`` (an unknown event) is logged and totalled but never closes a call.
         """
         self.total += 1
+        metrics.REGISTRY.error("malformed_message")
         # Byte offsets and lengths are details of one message, not a new kind of fault.
         kind = _DETAIL_NUMBERS.sub("N", reason.split(" - at ")[0])[:80]
         if kind not in self._logged:
@@ -501,6 +504,7 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
             latency = now - self._speech_ended_at
             self._speech_ended_at = None
             logger.info("metrics voice_to_voice=%.1fms", latency * 1000)
+            metrics.REGISTRY.response_latency.observe(latency)
             emitted.append(MetricsFrame(data=[MetricsData(name="voice_to_voice", value=latency)]))
         # Frames held behind the audio just sent get the time at which it plays.
         held = self._held
@@ -616,6 +620,14 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
         await super().cleanup()
 
 
+_live_transports: weakref.WeakValueDictionary[str, FastAPIWebsocketTransport] = weakref.WeakValueDictionary()
+
+
+def transport_for_call(call_control_id: str) -> FastAPIWebsocketTransport | None:
+    """The live transport of a call (for webhook events the server routes into its pipeline)."""
+    return _live_transports.get(call_control_id)
+
+
 class FastAPIWebsocketTransport(EventHandlerMixin):
     """A call's WebSocket as a pair of processors: :meth:`input` and :meth:`output`.
 
@@ -640,6 +652,16 @@ class FastAPIWebsocketTransport(EventHandlerMixin):
             self.register_event_handler(event)
         self._input = FastAPIWebsocketInputTransport(self)
         self._output = FastAPIWebsocketOutputTransport(self)
+        if self.serializer.call_control_id:
+            _live_transports[self.serializer.call_control_id] = self
+
+    async def push_call_event(self, frame: Frame) -> None:
+        """Push a frame that came from outside the stream (a webhook) into the pipeline."""
+        await self._input.push_frame(frame)
+
+    async def end_from_outside(self, reason: str) -> None:
+        """The call ended elsewhere (a ``call.hangup`` webhook): end this pipeline now."""
+        await self._input.push_frame(CancelTaskFrame(reason=reason), FrameDirection.UPSTREAM)
 
     def input(self) -> FastAPIWebsocketInputTransport:
         """The processor that reads the call (first in the pipeline)."""

@@ -1,0 +1,472 @@
+"""The LLM interface: conversation context, context aggregators, streaming, function calls.
+
+Pipecat users know the shape::
+
+    context = LLMContext(messages=[{"role": "system", "content": prompt}], tools=tools)
+    aggregators = LLMContextAggregatorPair(context)
+    Pipeline([transport.input(), stt, aggregators.user(), llm, tts, transport.output(),
+              aggregators.assistant()])
+
+The user aggregator turns a finished user turn (VAD stop *and* a final transcript, or a
+timeout so a lost transcript never hangs the call; or a key press) into a user message and
+asks the LLM for a reply. The assistant aggregator sits *after* the output transport: it
+only sees the words the caller actually heard (the output releases them as their audio
+plays), so after a barge-in the context holds what was said, not what was planned.
+
+A provider implements :meth:`LLMService.run_llm`, an async iterator of text deltas and
+tool calls; the base class streams text downstream, runs tool handlers, appends the
+results to the context and asks again, and cancels everything on interruption.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from callpipe.pipeline.frames import (
+    CancelFrame,
+    DataFrame,
+    EndFrame,
+    Frame,
+    InputDTMFFrame,
+    InterimTranscriptionFrame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TranscriptionFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from callpipe.pipeline.processor import FrameDirection, FrameProcessor
+
+logger = logging.getLogger("callpipe.services")
+
+Message = dict[str, Any]
+
+
+# ------------------------------------------------------------------------ context
+
+
+@dataclass
+class FunctionSchema:
+    """A tool the LLM may call: name, description and JSON-schema parameters."""
+
+    name: str
+    description: str
+    properties: dict[str, Any] = field(default_factory=dict)
+    required: list[str] = field(default_factory=list)
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI ``tools`` entry."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": {"type": "object", "properties": self.properties, "required": self.required},
+            },
+        }
+
+
+class LLMContext:
+    """The conversation: OpenAI-style messages plus the tools on offer."""
+
+    def __init__(
+        self, messages: list[Message] | None = None, tools: list[FunctionSchema] | None = None
+    ) -> None:
+        self.messages: list[Message] = list(messages or [])
+        self.tools: list[FunctionSchema] = list(tools or [])
+
+    def add_message(self, message: Message) -> None:
+        """Append one message."""
+        self.messages.append(message)
+
+    def get_messages(self) -> list[Message]:
+        """The messages (the list itself)."""
+        return self.messages
+
+
+@dataclass(slots=True, kw_only=True)
+class LLMContextFrame(DataFrame):
+    """Ask the LLM to reply to ``context``."""
+
+    context: LLMContext
+
+
+@dataclass(slots=True, kw_only=True)
+class LLMMessagesAppendFrame(DataFrame):
+    """Append messages to the context, and by default run the LLM (e.g. the greeting)."""
+
+    messages: list[Message]
+    run_llm: bool = True
+
+
+@dataclass(slots=True)
+class LLMRunFrame(DataFrame):
+    """Run the LLM on the context as it is (e.g. to greet when the call connects)."""
+
+
+# ---------------------------------------------------------------------- aggregators
+
+
+class LLMUserAggregator(FrameProcessor):
+    """Collects the caller's turn and asks the LLM to answer it.
+
+    The turn ends when the VAD says the caller stopped *and* a final transcript has
+    arrived; if the transcript does not come within ``transcript_timeout_secs`` after
+    the stop, whatever has arrived is used (or the turn is dropped if nothing has).
+    """
+
+    def __init__(self, context: LLMContext, *, transcript_timeout_secs: float = 1.5) -> None:
+        super().__init__()
+        self.context = context
+        self.transcript_timeout_secs = transcript_timeout_secs
+        self._parts: list[str] = []
+        self._user_speaking = False
+        self._waiting_since: float | None = None
+        self._timeout: asyncio.TimerHandle | None = None
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Aggregate transcripts; commit the turn at its end."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TranscriptionFrame):
+            if frame.text.strip():
+                self._parts.append(frame.text.strip())
+            if not self._user_speaking and self._waiting_since is not None:
+                await self._commit()
+            return
+        if isinstance(frame, InterimTranscriptionFrame):
+            return
+        if isinstance(frame, UserStartedSpeakingFrame):
+            self._user_speaking = True
+            self._cancel_timeout()
+            self._waiting_since = None
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            self._user_speaking = False
+            self._waiting_since = time.monotonic()
+            if self._parts:
+                # A streaming STT may already have delivered the final words.
+                await self.push_frame(frame, direction)
+                await self._commit()
+                return
+            self._arm_timeout()
+        elif isinstance(frame, InputDTMFFrame):
+            await self.push_frame(frame, direction)
+            self.context.add_message(
+                {"role": "user", "content": f"(The caller pressed the {frame.button} key.)"}
+            )
+            await self.push_frame(LLMContextFrame(context=self.context))
+            return
+        elif isinstance(frame, LLMMessagesAppendFrame):
+            for message in frame.messages:
+                self.context.add_message(message)
+            if frame.run_llm:
+                await self.push_frame(LLMContextFrame(context=self.context))
+            return
+        elif isinstance(frame, LLMRunFrame):
+            await self.push_frame(LLMContextFrame(context=self.context))
+            return
+        elif isinstance(frame, EndFrame | CancelFrame):
+            self._cancel_timeout()
+        await self.push_frame(frame, direction)
+
+    def _arm_timeout(self) -> None:
+        self._cancel_timeout()
+        loop = asyncio.get_running_loop()
+        self._timeout = loop.call_later(self.transcript_timeout_secs, self._on_timeout)
+
+    def _cancel_timeout(self) -> None:
+        if self._timeout is not None:
+            self._timeout.cancel()
+            self._timeout = None
+
+    def _on_timeout(self) -> None:
+        self._timeout = None
+        if self._waiting_since is not None and not self._user_speaking:
+            logger.info("no final transcript %.1fs after the turn ended", self.transcript_timeout_secs)
+            self.create_task(self._commit(), "commit-after-timeout")
+
+    async def _commit(self) -> None:
+        self._cancel_timeout()
+        self._waiting_since = None
+        text = " ".join(self._parts).strip()
+        self._parts.clear()
+        if not text:
+            return
+        self.context.add_message({"role": "user", "content": text})
+        await self.push_frame(LLMContextFrame(context=self.context))
+
+
+class LLMAssistantAggregator(FrameProcessor):
+    """After the output transport: records what the caller heard as the assistant's reply."""
+
+    def __init__(self, context: LLMContext) -> None:
+        super().__init__()
+        self.context = context
+        self._heard: list[str] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Collect heard text; commit at the end of the reply or on interruption."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TTSTextFrame):
+            self._heard.append(frame.text)
+        elif isinstance(frame, LLMFullResponseEndFrame | TTSStoppedFrame | EndFrame | CancelFrame):
+            self._commit(interrupted=False)
+        elif isinstance(frame, InterruptionFrame):
+            self._commit(interrupted=True)
+        await self.push_frame(frame, direction)
+
+    def _commit(self, *, interrupted: bool) -> None:
+        text = " ".join(part.strip() for part in self._heard if part.strip())
+        self._heard.clear()
+        if text:
+            self.context.add_message({"role": "assistant", "content": text})
+            if interrupted:
+                logger.info("reply interrupted; context keeps what was heard: %r", text)
+
+
+class LLMContextAggregatorPair:
+    """The two aggregators around an LLM, sharing one :class:`LLMContext`."""
+
+    def __init__(self, context: LLMContext, *, transcript_timeout_secs: float = 1.5) -> None:
+        self.context = context
+        self._user = LLMUserAggregator(context, transcript_timeout_secs=transcript_timeout_secs)
+        self._assistant = LLMAssistantAggregator(context)
+
+    def user(self) -> LLMUserAggregator:
+        """Goes after STT, before the LLM."""
+        return self._user
+
+    def assistant(self) -> LLMAssistantAggregator:
+        """Goes after ``transport.output()``."""
+        return self._assistant
+
+
+# ------------------------------------------------------------------------ service
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """A tool call the model made: ``id``, ``name`` and JSON ``arguments``."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class FunctionCallParams:
+    """What a tool handler receives."""
+
+    function_name: str
+    tool_call_id: str
+    arguments: dict[str, Any]
+    llm: LLMService
+    context: LLMContext
+
+
+FunctionHandler = Callable[[FunctionCallParams], Awaitable[Any]]
+LLMChunk = str | ToolCall
+
+
+class LLMService(FrameProcessor):
+    """Base class: streams replies for :class:`LLMContextFrame`, runs tool calls.
+
+    Subclasses implement :meth:`run_llm`. A handler's return value (JSON-able) becomes the
+    tool result; the model is then asked again, up to ``max_tool_rounds`` times.
+    """
+
+    def __init__(self, *, model: str = "", max_tool_rounds: int = 4, name: str | None = None) -> None:
+        super().__init__(name=name)
+        self.model = model
+        self.max_tool_rounds = max_tool_rounds
+        self._functions: dict[str, FunctionHandler] = {}
+        self._generation: asyncio.Task[None] | None = None
+
+    def register_function(self, name: str, handler: FunctionHandler) -> None:
+        """Handle the model's calls to tool ``name`` with ``handler(params)``."""
+        self._functions[name] = handler
+
+    def run_llm(self, context: LLMContext) -> AsyncIterator[LLMChunk]:
+        """Stream the model's reply: text deltas and tool calls (an async generator in subclasses)."""
+        raise NotImplementedError
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Start a reply per context frame; cancel on interruption; finish before the end."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, LLMContextFrame):
+            await self.cancel_task(self._generation)
+            self._generation = self.create_task(self._generate(frame.context), "generate")
+            return
+        if isinstance(frame, InterruptionFrame):
+            await self.cancel_task(self._generation)
+            self._generation = None
+        elif isinstance(frame, EndFrame) and self._generation is not None and not self._generation.done():
+            await asyncio.wait({self._generation})  # the goodbye is still being written
+        await self.push_frame(frame, direction)
+
+    async def _generate(self, context: LLMContext) -> None:
+        await self.push_frame(LLMFullResponseStartFrame())
+        try:
+            for _ in range(self.max_tool_rounds + 1):
+                calls = await self._stream_once(context)
+                if not calls:
+                    break
+                await self._run_tools(context, calls)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("%s failed", self.name)
+            await self.push_error(f"{self.name}: {exc}")
+        finally:
+            await self.push_frame(LLMFullResponseEndFrame())
+
+    async def _stream_once(self, context: LLMContext) -> list[ToolCall]:
+        self.start_ttfb_metrics()
+        first = True
+        calls: list[ToolCall] = []
+        text: list[str] = []
+        async for chunk in self.run_llm(context):
+            if first:
+                first = False
+                await self.stop_ttfb_metrics(self.model)
+            if isinstance(chunk, ToolCall):
+                calls.append(chunk)
+            elif chunk:
+                text.append(chunk)
+                await self.push_frame(LLMTextFrame(chunk))
+        if calls:
+            # The model's tool request goes in the context (with any text it said first).
+            context.add_message(
+                {
+                    "role": "assistant",
+                    "content": "".join(text) or None,
+                    "tool_calls": [
+                        {
+                            "id": c.id,
+                            "type": "function",
+                            "function": {"name": c.name, "arguments": c.arguments},
+                        }
+                        for c in calls
+                    ],
+                }
+            )
+        return calls
+
+    async def _run_tools(self, context: LLMContext, calls: list[ToolCall]) -> None:
+        for call in calls:
+            handler = self._functions.get(call.name)
+            try:
+                arguments = json.loads(call.arguments or "{}")
+            except json.JSONDecodeError:
+                arguments = {}
+            if handler is None:
+                result: Any = {"error": f"unknown function {call.name}"}
+            else:
+                try:
+                    params = FunctionCallParams(call.name, call.id, arguments, self, context)
+                    result = await handler(params)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    logger.exception("tool %s failed", call.name)
+                    result = {"error": str(exc)}
+            context.add_message(
+                {
+                    "role": "tool",
+                    "tool_call_id": call.id,
+                    "content": json.dumps(result if result is not None else "ok"),
+                }
+            )
+
+    async def cleanup(self) -> None:
+        """Cancel any reply in progress."""
+        await self.cancel_task(self._generation)
+        await super().cleanup()
+
+
+class TelephonyTools:
+    """The tools every phone bot needs: ``end_call``, ``transfer_call``, ``send_dtmf``.
+
+    ``end_call`` asks the pipeline to end gracefully: the goodbye already streamed plays
+    out, then the call is hung up (the serializer's auto hang-up). ``transfer_call`` and
+    ``send_dtmf`` go through Telnyx's Call Control API for this call.
+    """
+
+    def __init__(self, *, call_control_id: str | None, client: Any | None) -> None:
+        self.call_control_id = call_control_id
+        self.client = client
+
+    @staticmethod
+    def schemas() -> list[FunctionSchema]:
+        """The three tools' schemas."""
+        return [
+            FunctionSchema("end_call", "Hang up once you have said goodbye.", {}, []),
+            FunctionSchema(
+                "transfer_call",
+                "Transfer the caller to a person at another phone number.",
+                {"to": {"type": "string", "description": "E.164 number, e.g. +15551234567"}},
+                ["to"],
+            ),
+            FunctionSchema(
+                "send_dtmf",
+                "Press keys on the phone line (e.g. to navigate a phone menu).",
+                {"digits": {"type": "string", "description": "digits, * or #"}},
+                ["digits"],
+            ),
+        ]
+
+    def register(self, llm: LLMService) -> None:
+        """Register the handlers on ``llm``."""
+        llm.register_function("end_call", self.end_call)
+        llm.register_function("transfer_call", self.transfer_call)
+        llm.register_function("send_dtmf", self.send_dtmf)
+
+    async def end_call(self, params: FunctionCallParams) -> Any:
+        """End the call after the goodbye."""
+        from callpipe.pipeline.frames import EndTaskFrame
+
+        await params.llm.push_frame(
+            EndTaskFrame(reason="the assistant ended the call"), FrameDirection.UPSTREAM
+        )
+        return {"status": "ending"}
+
+    async def transfer_call(self, params: FunctionCallParams) -> Any:
+        """Transfer the call through Call Control."""
+        to = str(params.arguments.get("to", ""))
+        if self.client is None or not self.call_control_id:
+            return {"error": "transfers are not available on this call"}
+        await self.client.transfer(self.call_control_id, to=to)
+        return {"status": "transferring", "to": to}
+
+    async def send_dtmf(self, params: FunctionCallParams) -> Any:
+        """Send key presses through Call Control."""
+        digits = str(params.arguments.get("digits", ""))
+        if self.client is None or not self.call_control_id:
+            return {"error": "DTMF is not available on this call"}
+        await self.client.send_dtmf(self.call_control_id, digits)
+        return {"status": "sent", "digits": digits}
+
+
+__all__ = [
+    "FunctionCallParams",
+    "FunctionSchema",
+    "LLMAssistantAggregator",
+    "LLMContext",
+    "LLMContextAggregatorPair",
+    "LLMContextFrame",
+    "LLMMessagesAppendFrame",
+    "LLMRunFrame",
+    "LLMService",
+    "LLMUserAggregator",
+    "TelephonyTools",
+    "ToolCall",
+]

@@ -1,0 +1,486 @@
+"""The callpipe server: TeXML for dial-in, ``/start`` for dial-out, ``/ws`` for the streams.
+
+Stateless by design: everything a call needs travels in its URLs (a signed stream token,
+the dial-out body, custom parameters), so any number of instances can sit behind a
+load balancer.
+
+Dial-in::
+
+    Telnyx --POST /texml--> TeXML <Connect><Stream url="wss://PUBLIC/ws?token=…">
+    Telnyx ==WS /ws=======> token check -> handshake -> bot(runner_args)
+
+Dial-out::
+
+    client --POST /start {"phone_number", "body"}--> Telnyx TeXML Calls API (Url=/answer?body=…)
+    Telnyx --POST /answer--> TeXML <Stream url="wss://PUBLIC/ws?body=…&token=…">
+    Telnyx ==WS /ws========> bot(runner_args) with runner_args.body
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from xml.sax.saxutils import quoteattr
+
+import msgspec
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.websockets import WebSocketState
+
+from callpipe import metrics
+from callpipe.log import call_id
+from callpipe.pipeline.frames import AnsweringMachineDetectionFrame
+from callpipe.runner import RunnerArguments, TelephonyHandshakeError, parse_telephony_websocket
+from callpipe.server.settings import ServerSettings
+from callpipe.server.tokens import TokenError, issue_token, verify_token
+from callpipe.telnyx.api import TelnyxClient, TelnyxError
+from callpipe.telnyx.webhooks import (
+    WebhookFailure,
+    WebhookVerificationError,
+    parse_webhook_event,
+    verify_webhook_headers,
+)
+from callpipe.transports.fastapi import fit_close_reason, transport_for_call
+
+logger = logging.getLogger("callpipe.server")
+
+BotFunction = Callable[[RunnerArguments], Awaitable[None]]
+
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+# Query parameters callpipe itself puts on stream URLs; the rest are the caller's own.
+RESERVED_PARAMS = frozenset({"token", "body", "direction"})
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_POLICY_VIOLATION = 1008
+
+
+# ------------------------------------------------------------------------ body codec
+
+
+def encode_body(body: dict[str, Any]) -> str:
+    """A dial-out body as URL-safe base64 of compact JSON (no ``+``, ``/`` or ``=``)."""
+    return base64.urlsafe_b64encode(msgspec.json.encode(body)).rstrip(b"=").decode("ascii")
+
+
+def decode_body(text: str | None) -> dict[str, Any]:
+    """Inverse of :func:`encode_body`; ``{}`` for none. ValueError if malformed."""
+    if not text:
+        return {}
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        body = msgspec.json.decode(raw)
+    except (ValueError, msgspec.DecodeError) as exc:
+        raise ValueError(f"malformed body parameter: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    return body
+
+
+# ------------------------------------------------------------------------ state
+
+
+@dataclass
+class _ActiveCall:
+    task: asyncio.Task[Any]
+    call_control_id: str
+    started_at: float
+
+
+@dataclass
+class ServerState:
+    """Per-app state: live calls, shutdown flag, dial-out rate limiter."""
+
+    settings: ServerSettings
+    bot: BotFunction
+    telnyx: TelnyxClient | None = None
+    calls: dict[str, _ActiveCall] = field(default_factory=dict)
+    draining: bool = False
+    no_calls: asyncio.Event = field(default_factory=asyncio.Event)
+    _dial_tokens: float = 0.0
+    _dial_refill_at: float = 0.0
+
+    def take_dial_token(self) -> bool:
+        """Token bucket for dial-out: ``dial_rate_per_sec`` sustained, the same as burst."""
+        rate = self.settings.dial_rate_per_sec
+        now = time.monotonic()
+        self._dial_tokens = min(rate, self._dial_tokens + (now - self._dial_refill_at) * rate)
+        self._dial_refill_at = now
+        if self._dial_tokens >= 1.0:
+            self._dial_tokens -= 1.0
+            return True
+        return False
+
+    async def drain(self, grace_secs: float) -> None:
+        """Stop taking calls; let live calls finish for ``grace_secs``, then end the rest."""
+        self.draining = True
+        if self.calls:
+            logger.info("shutting down: waiting up to %.0fs for %d call(s)", grace_secs, len(self.calls))
+            self.no_calls.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.no_calls.wait(), grace_secs)
+        remaining = [call.task for call in self.calls.values()]
+        if remaining:
+            logger.warning("shutting down: ending %d call(s) still running", len(remaining))
+            for task in remaining:
+                task.cancel()  # the pipeline is cancelled; auto hang-up hangs the call up
+            await asyncio.wait(remaining, timeout=10)
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _ws_base(settings: ServerSettings) -> str:
+    """``wss://host/prefix`` from PUBLIC_URL (http -> ws, https -> wss)."""
+    public = settings.public_url or ""
+    parts = urlsplit(public if "://" in public else f"https://{public}")
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme, "wss")
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def _http_base(settings: ServerSettings) -> str:
+    public = settings.public_url or ""
+    parts = urlsplit(public if "://" in public else f"https://{public}")
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme or "https")
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def stream_url(
+    settings: ServerSettings, *, direction: str, call_sid: str | None, extra: dict[str, str]
+) -> str:
+    """The ``/ws`` URL for one call: its own query parameters plus direction and token."""
+    params = {k: v for k, v in extra.items() if k not in RESERVED_PARAMS or k == "body"}
+    params["direction"] = direction
+    secret = settings.secret("callpipe_secret")
+    if secret:
+        params["token"] = issue_token(secret, ttl=settings.stream_token_ttl_secs, call_id=call_sid)
+    return f"{_ws_base(settings)}/ws?{urlencode(params)}"
+
+
+def texml_document(settings: ServerSettings, url: str) -> str:
+    """The TeXML that connects a call's audio to ``url`` (and nothing after it).
+
+    No ``<Pause>`` follows the stream: when the bot ends the stream, the call ends too.
+    """
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        "<Response><Connect>"
+        f'<Stream url={quoteattr(url)} bidirectionalMode="rtp"'
+        f" bidirectionalCodec={quoteattr(settings.stream_codec)}"
+        f' bidirectionalSamplingRate="{settings.stream_sample_rate}"/>'
+        "</Connect></Response>"
+    )
+
+
+# Largest TeXML request body read (Telnyx sends a dozen short form fields).
+MAX_FORM_BYTES = 64 * 1024
+
+
+async def _form_or_query(request: Request) -> dict[str, str]:
+    """Telnyx's TeXML request parameters: the query string, plus the form body of a POST.
+
+    The form is parsed here (``application/x-www-form-urlencoded``, what Telnyx sends)
+    rather than with ``request.form()``, which needs python-multipart; a body over
+    :data:`MAX_FORM_BYTES` is not read past that.
+    """
+    values = {k: v for k, v in request.query_params.items()}
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.method == "POST" and content_type in ("", "application/x-www-form-urlencoded"):
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_FORM_BYTES:
+                return values
+        values.update(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+    return values
+
+
+def _xml(text: str) -> Response:
+    return Response(content=text, media_type="application/xml")
+
+
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "detail": detail}}, status_code=status)
+
+
+# ------------------------------------------------------------------------ the app
+
+
+def create_app(
+    bot: BotFunction, settings: ServerSettings | None = None, *, telnyx: TelnyxClient | None = None
+) -> FastAPI:
+    """The FastAPI app that serves ``bot``. Settings are checked here, at start-up."""
+    settings = settings or ServerSettings()
+    settings.check_for_serving()
+    if telnyx is None and settings.secret("telnyx_api_key"):
+        telnyx = TelnyxClient(settings.secret("telnyx_api_key") or "", base_url=settings.telnyx_api_base_url)
+    state = ServerState(settings=settings, bot=bot, telnyx=telnyx)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from callpipe.audio.vad import SileroVADModel
+
+        await asyncio.to_thread(SileroVADModel.shared)  # load once, before the first call
+        yield
+        await state.drain(0.0)
+        if state.telnyx is not None:
+            await state.telnyx.aclose()
+
+    app = FastAPI(title="callpipe", lifespan=lifespan)
+    app.state.callpipe = state
+
+    # ------------------------------------------------------------------ dial-in
+
+    @app.api_route("/texml", methods=["GET", "POST"])
+    async def texml(request: Request) -> Response:
+        """Telnyx asks what to do with an incoming call: stream it to /ws."""
+        values = await _form_or_query(request)
+        call_sid = values.get("CallSid")
+        extra = dict(request.query_params)
+        url = stream_url(settings, direction="inbound", call_sid=call_sid, extra=extra)
+        return _xml(texml_document(settings, url))
+
+    @app.api_route("/answer", methods=["GET", "POST"])
+    async def answer(request: Request) -> Response:
+        """Telnyx fetches this when an outbound call is answered: stream it, body and all."""
+        values = await _form_or_query(request)
+        extra = dict(request.query_params)
+        try:
+            decode_body(extra.get("body"))
+        except ValueError as exc:
+            return _error(400, "bad_body", str(exc))
+        url = stream_url(settings, direction="outbound", call_sid=values.get("CallSid"), extra=extra)
+        return _xml(texml_document(settings, url))
+
+    # ------------------------------------------------------------------ dial-out
+
+    @app.post("/start")
+    async def start(request: Request) -> Response:
+        """Place an outbound call: ``{"phone_number": "+E164", "body": {...}}``."""
+        expected = settings.secret("callpipe_api_key")
+        if not expected:
+            return _error(503, "dial_out_disabled", "dial-out needs CALLPIPE_API_KEY and Telnyx settings")
+        auth = request.headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or not _equal(auth[7:], expected):
+            return _error(
+                401, "unauthorized", "a valid 'Authorization: Bearer <CALLPIPE_API_KEY>' is required"
+            )
+        raw = await request.body()
+        if len(raw) > settings.max_body_bytes:
+            return _error(413, "too_large", f"request body over {settings.max_body_bytes} bytes")
+        payload: dict[str, Any] = dict(request.query_params)
+        if raw:
+            try:
+                parsed = msgspec.json.decode(raw)
+            except msgspec.DecodeError:
+                return _error(400, "bad_json", "the request body must be JSON")
+            if not isinstance(parsed, dict):
+                return _error(400, "bad_json", "the request body must be a JSON object")
+            payload.update(parsed)
+        number = payload.get("phone_number")
+        if not isinstance(number, str) or not E164.match(number):
+            return _error(422, "bad_phone_number", "phone_number must be an E.164 number like +15551234567")
+        body = payload.get("body", {})
+        if isinstance(body, str):
+            try:
+                body = msgspec.json.decode(body)
+            except msgspec.DecodeError:
+                return _error(422, "bad_body", "body must be a JSON object")
+        if not isinstance(body, dict):
+            return _error(422, "bad_body", "body must be a JSON object")
+        if state.draining:
+            return _error(503, "shutting_down", "the server is shutting down")
+        if not state.take_dial_token():
+            return _error(429, "rate_limited", f"at most {settings.dial_rate_per_sec:g} dials per second")
+        if state.telnyx is None or not settings.dial_out_configured:
+            return _error(503, "dial_out_disabled", "dial-out needs TELNYX_API_KEY and the dial settings")
+        try:
+            result = await _dial(state, number, body)
+        except TelnyxError as exc:
+            logger.error("dial-out to %s failed: %s", number, exc)
+            return _error(502, "telnyx_error", str(exc))
+        return JSONResponse(result)
+
+    # ------------------------------------------------------------------ streams
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        """One call's media stream."""
+        call_id.set(f"ws-{uuid.uuid4().hex[:8]}")
+        # Accept first, so that a refusal reaches the peer as a close code with a reason
+        # (closing before the handshake would only answer HTTP 403).
+        await websocket.accept()
+        if state.draining:
+            await websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason="server shutting down")
+            metrics.REGISTRY.call_ended("refused")
+            return
+        token_claims = None
+        secret = settings.secret("callpipe_secret")
+        if not settings.callpipe_insecure_streams:
+            try:
+                token_claims = verify_token(secret or "", websocket.query_params.get("token"))
+            except TokenError as exc:
+                logger.warning("refusing stream: %s", exc)
+                await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=fit_close_reason(str(exc)))
+                metrics.REGISTRY.call_ended("refused")
+                return
+        try:
+            body = decode_body(websocket.query_params.get("body"))
+        except ValueError as exc:
+            await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=fit_close_reason(str(exc)))
+            metrics.REGISTRY.call_ended("refused")
+            return
+        try:
+            _, call_data = await parse_telephony_websocket(websocket)
+        except TelephonyHandshakeError:
+            metrics.REGISTRY.call_ended("refused")
+            return
+        ccid = call_data["call_control_id"]
+        call_id.set(ccid)
+        if token_claims is not None and token_claims.call_id and token_claims.call_id != ccid:
+            logger.warning("refusing stream: token is for another call")
+            await websocket.close(code=CLOSE_POLICY_VIOLATION, reason="stream token is for another call")
+            metrics.REGISTRY.call_ended("refused")
+            return
+        query = {k: v for k, v in websocket.query_params.items() if k not in RESERVED_PARAMS}
+        call_data["query_params"] = query
+        direction = websocket.query_params.get("direction", "inbound")
+        runner_args = RunnerArguments(
+            websocket=websocket,
+            call_data=call_data,
+            body=body,
+            direction=direction if direction in ("inbound", "outbound") else "inbound",
+            pipeline_idle_timeout_secs=settings.idle_timeout_secs,
+        )
+        await _run_bot(state, runner_args, ccid)
+
+    # ------------------------------------------------------------------ webhooks
+
+    @app.post("/webhooks/telnyx")
+    async def webhooks(request: Request) -> Response:
+        """Call lifecycle events from Telnyx (signature-checked when TELNYX_PUBLIC_KEY is set)."""
+        raw = await request.body()
+        public_key = settings.telnyx_public_key
+        if public_key:
+            try:
+                verify_webhook_headers(raw, request.headers, public_key)
+            except WebhookVerificationError as exc:
+                # 403 only for a genuine but stale (or future) delivery; anything unsigned,
+                # forged or malformed, a missing timestamp included, is 401.
+                stale = exc.reason in (WebhookFailure.TIMESTAMP_TOO_OLD, WebhookFailure.TIMESTAMP_IN_FUTURE)
+                logger.warning("rejected webhook: %s", exc)
+                return _error(403 if stale else 401, "bad_signature", str(exc))
+        try:
+            event = parse_webhook_event(raw)
+        except ValueError as exc:
+            return _error(400, "bad_event", str(exc))
+        await _handle_webhook(state, event.event_type, event.call_control_id or "", event.payload)
+        return JSONResponse({"ok": True})
+
+    # ------------------------------------------------------------------ operations
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        """Liveness: 200 while serving, 503 while draining for shutdown."""
+        body = {"status": "draining" if state.draining else "ok", "active_calls": len(state.calls)}
+        return JSONResponse(body, status_code=503 if state.draining else 200)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        """Prometheus metrics."""
+        return PlainTextResponse(metrics.REGISTRY.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def _equal(given: str, expected: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+async def _dial(state: ServerState, number: str, body: dict[str, Any]) -> dict[str, Any]:
+    settings = state.settings
+    assert state.telnyx is not None
+    encoded = encode_body(body)
+    if len(encoded) > settings.max_body_bytes * 2:
+        raise TelnyxError("body too large to carry in the call's URL")
+    if settings.dial_mode == "texml":
+        answer_url = f"{_http_base(settings)}/answer?{urlencode({'body': encoded})}"
+        data = await state.telnyx.texml_call(
+            account_sid=settings.telnyx_account_sid or "",
+            application_sid=settings.telnyx_application_sid or "",
+            to=number,
+            from_=settings.telnyx_phone_number or "",
+            url=answer_url,
+        )
+        call_control_id = str(data.get("call_sid") or data.get("call_control_id") or "")
+    else:
+        url = stream_url(settings, direction="outbound", call_sid=None, extra={"body": encoded})
+        data = await state.telnyx.dial(
+            to=number,
+            from_=settings.telnyx_phone_number or "",
+            connection_id=settings.telnyx_connection_id or "",
+            stream_url=url,
+            stream_track="inbound_track",
+            stream_bidirectional_mode="rtp",
+            stream_bidirectional_codec=settings.stream_codec,
+        )
+        call_control_id = str(data.get("call_control_id", ""))
+    logger.info("dialled %s: %s", number, call_control_id)
+    return {
+        "call_control_id": call_control_id,
+        "status": str(data.get("status", "queued")),
+        "phone_number": number,
+    }
+
+
+async def _run_bot(state: ServerState, runner_args: RunnerArguments, ccid: str) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    state.calls[ccid] = _ActiveCall(task=task, call_control_id=ccid, started_at=time.monotonic())
+    metrics.REGISTRY.call_started()
+    outcome = "completed"
+    try:
+        async with asyncio.timeout(state.settings.max_call_secs):
+            await state.bot(runner_args)
+    except TimeoutError:
+        outcome = "max_duration"
+        logger.warning("call reached MAX_CALL_SECS (%.0fs); ended", state.settings.max_call_secs)
+    except asyncio.CancelledError:
+        outcome = "ended_by_server"
+        raise
+    except Exception:
+        outcome = "error"
+        logger.exception("the bot failed")
+    finally:
+        state.calls.pop(ccid, None)
+        if not state.calls:
+            state.no_calls.set()
+        metrics.REGISTRY.call_ended(outcome)
+        websocket = runner_args.websocket
+        if websocket.client_state != WebSocketState.DISCONNECTED:
+            with contextlib.suppress(Exception):
+                await websocket.close(code=1000, reason="call ended")
+
+
+async def _handle_webhook(state: ServerState, event_type: str, ccid: str, payload: dict[str, Any]) -> None:
+    transport = transport_for_call(ccid) if ccid else None
+    if event_type == "call.hangup":
+        logger.info("call.hangup for %s (%s)", ccid, payload.get("hangup_cause", "?"))
+        if transport is not None:
+            await transport.end_from_outside(f"call hung up ({payload.get('hangup_cause', 'unknown')})")
+        else:
+            call = state.calls.get(ccid)
+            if call is not None:
+                call.task.cancel()
+    elif event_type.startswith("call.machine.") and transport is not None:
+        result = str(payload.get("result", ""))
+        await transport.push_call_event(AnsweringMachineDetectionFrame(result=result, event_type=event_type))

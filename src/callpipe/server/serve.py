@@ -1,0 +1,117 @@
+"""``callpipe serve``: load a bot, run the app under uvicorn, shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import inspect
+import logging
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from callpipe.server.app import BotFunction, ServerState, create_app
+from callpipe.server.settings import ServerSettings
+
+logger = logging.getLogger("callpipe.server")
+
+# Largest WebSocket message uvicorn accepts: a Telnyx media message is a few hundred
+# bytes; refusing big frames in the protocol layer means they are never buffered whole.
+WS_MAX_SIZE = 256 * 1024
+
+
+class BotLoadError(ValueError):
+    """The bot file or module could not be loaded, or has no ``async def bot(runner_args)``."""
+
+
+def load_bot(spec: str) -> BotFunction:
+    """Load ``bot`` from a file (``bot.py``) or a module (``package.module`` / ``module:function``)."""
+    module_name, _, attribute = spec.partition(":")
+    attribute = attribute or "bot"
+    path = Path(module_name)
+    try:
+        if path.suffix == ".py" or path.exists():
+            if not path.exists():
+                raise BotLoadError(f"bot file not found: {path}")
+            module_spec = importlib.util.spec_from_file_location(f"callpipe_bot_{path.stem}", path)
+            if module_spec is None or module_spec.loader is None:
+                raise BotLoadError(f"cannot load {path}")
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_spec.name] = module
+            sys.path.insert(0, str(path.resolve().parent))
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except BotLoadError:
+        raise
+    except Exception as exc:
+        raise BotLoadError(f"cannot load bot {spec!r}: {type(exc).__name__}: {exc}") from exc
+    function = getattr(module, attribute, None)
+    if function is None or not inspect.iscoroutinefunction(function):
+        raise BotLoadError(f"{spec!r} must define `async def {attribute}(runner_args)`")
+    bot: BotFunction = function
+    return bot
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn that drains calls on the first SIGTERM/SIGINT and forces on the second.
+
+    Draining: new streams and dial-outs are refused (``/healthz`` answers 503 so the load
+    balancer stops sending calls), live calls run on for up to ``grace_secs``, and any
+    still running then are ended (their pipelines cancelled, which hangs them up).
+    """
+
+    def __init__(self, config: uvicorn.Config, state: ServerState, grace_secs: float) -> None:
+        super().__init__(config)
+        self.callpipe_state = state
+        self.grace_secs = grace_secs
+        self._drain_task: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """First signal: drain, then exit. Second signal: exit now."""
+        if self._drain_task is not None:
+            super().handle_exit(sig, frame)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            super().handle_exit(sig, frame)
+            return
+        logger.info("signal %s: draining calls (up to %.0fs); send again to stop now", sig, self.grace_secs)
+        self.callpipe_state.draining = True
+        self._drain_task = loop.create_task(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self.callpipe_state.drain(self.grace_secs)
+        finally:
+            self.should_exit = True
+
+
+def build_server(
+    bot: BotFunction,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServerSettings | None = None,
+    log_level: str = "info",
+    **uvicorn_options: Any,
+) -> GracefulServer:
+    """The configured, not yet running, server for ``bot``."""
+    settings = settings or ServerSettings()
+    app = create_app(bot, settings)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        ws_max_size=WS_MAX_SIZE,
+        lifespan="on",
+        proxy_headers=True,
+        **uvicorn_options,
+    )
+    return GracefulServer(config, app.state.callpipe, settings.shutdown_grace_secs)

@@ -1,0 +1,98 @@
+"""Server settings, from the environment and a ``.env`` file (see ``.env.example``)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ServerSettings", "SettingsError"]
+
+
+class SettingsError(ValueError):
+    """A required setting is missing or wrong; the message names it and what it is for."""
+
+
+class ServerSettings(BaseSettings):
+    """Everything ``callpipe serve`` reads from its environment.
+
+    Secrets are :class:`~pydantic.SecretStr`, so they never appear in logs or reprs.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Telnyx account and application.
+    telnyx_api_key: SecretStr | None = None
+    telnyx_public_key: str | None = None
+    telnyx_account_sid: str | None = None
+    telnyx_application_sid: str | None = None
+    telnyx_connection_id: str | None = None
+    telnyx_phone_number: str | None = None
+    telnyx_api_base_url: str = "https://api.telnyx.com/v2"
+
+    # This server.
+    public_url: str | None = None
+    callpipe_secret: SecretStr | None = None
+    callpipe_api_key: SecretStr | None = None
+    callpipe_insecure_streams: bool = False
+    stream_codec: str = "PCMU"
+    stream_sample_rate: int = 8000
+    stream_token_ttl_secs: float = Field(default=600.0, gt=0)
+    dial_mode: str = "texml"  # "texml" (TeXML Calls API) or "call_control" (dial with stream_url)
+    dial_rate_per_sec: float = Field(default=10.0, gt=0)
+    max_call_secs: float = Field(default=1800.0, gt=0)
+    idle_timeout_secs: float = Field(default=300.0, gt=0)
+    shutdown_grace_secs: float = Field(default=30.0, ge=0)
+    max_body_bytes: int = Field(default=8192, gt=0)
+
+    # Providers (used by the built-in assistant).
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    deepgram_api_key: SecretStr | None = None
+    cartesia_api_key: SecretStr | None = None
+
+    def secret(self, name: str) -> str | None:
+        """The plain value of a secret setting, or ``None``."""
+        value = getattr(self, name)
+        return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+    def require(self, *names: str, purpose: str) -> None:
+        """Raise :class:`SettingsError` naming every missing setting and what it is for."""
+        missing = [name.upper() for name in names if not self.secret(name)]
+        if missing:
+            raise SettingsError(f"missing setting {', '.join(missing)}: needed {purpose} (see .env.example)")
+
+    def check_for_serving(self) -> None:
+        """Fail at start-up, with a clear message, on settings ``callpipe serve`` cannot run without."""
+        self.require(
+            "public_url", purpose="to tell Telnyx where to stream calls (e.g. https://bot.example.com)"
+        )
+        if not self.callpipe_insecure_streams:
+            self.require(
+                "callpipe_secret",
+                purpose="to sign stream URLs so only Telnyx can open calls (or set CALLPIPE_INSECURE_STREAMS=1 for local development)",
+            )
+        if self.dial_mode not in ("texml", "call_control"):
+            raise SettingsError(f"DIAL_MODE must be 'texml' or 'call_control', not {self.dial_mode!r}")
+
+    def check_for_dial_out(self) -> None:
+        """Settings that ``POST /start`` needs (checked at start-up when dial-out is on)."""
+        self.require("telnyx_api_key", purpose="to place outbound calls through Telnyx's API")
+        self.require("telnyx_phone_number", purpose="as the caller id of outbound calls")
+        self.require("callpipe_api_key", purpose="to authenticate POST /start requests")
+        if self.dial_mode == "texml":
+            self.require(
+                "telnyx_account_sid",
+                "telnyx_application_sid",
+                purpose="to place outbound calls with the TeXML Calls API",
+            )
+        else:
+            self.require("telnyx_connection_id", purpose="to dial outbound calls with Call Control")
+
+    @property
+    def dial_out_configured(self) -> bool:
+        """Whether the settings for dial-out are present."""
+        try:
+            self.check_for_dial_out()
+        except SettingsError:
+            return False
+        return True

@@ -1,0 +1,79 @@
+"""Signed, expiring stream tokens.
+
+Telnyx's TeXML ``<Stream>`` carries no authentication: anyone who learns the WebSocket
+URL could open streams and spend the operator's AI budget. So every stream URL callpipe
+issues carries a token - ``base64url(claims) "." base64url(HMAC-SHA256(secret, claims))``
+- that ``/ws`` checks before any pipeline starts. Claims: an expiry, a random nonce, and,
+when known at issue time, the call it is for (``call``: the TeXML ``CallSid`` /
+Call Control id), which ``/ws`` compares with the ``start`` message.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+__all__ = ["StreamToken", "TokenError", "issue_token", "verify_token"]
+
+
+class TokenError(ValueError):
+    """A stream token that is missing, malformed, forged or expired."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamToken:
+    """The verified claims of a token."""
+
+    expires_at: float
+    nonce: str
+    call_id: str | None
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def issue_token(
+    secret: str, *, ttl: float = 300.0, call_id: str | None = None, now: float | None = None
+) -> str:
+    """A token valid for ``ttl`` seconds, bound to ``call_id`` when given."""
+    if not secret:
+        raise ValueError("a stream token needs a non-empty secret (CALLPIPE_SECRET)")
+    issued = time.time() if now is None else now
+    claims: dict[str, object] = {"exp": int(issued + ttl), "n": secrets.token_urlsafe(9)}
+    if call_id:
+        claims["call"] = call_id
+    body = _b64(json.dumps(claims, separators=(",", ":")).encode())
+    signature = _b64(hmac.new(secret.encode(), body.encode(), hashlib.sha256).digest())
+    return f"{body}.{signature}"
+
+
+def verify_token(secret: str, token: str | None, *, now: float | None = None) -> StreamToken:
+    """Check signature and expiry; return the claims or raise :class:`TokenError`."""
+    if not token:
+        raise TokenError("missing stream token")
+    body, sep, signature = token.partition(".")
+    if not sep or not body or not signature:
+        raise TokenError("malformed stream token")
+    expected = _b64(hmac.new(secret.encode(), body.encode(), hashlib.sha256).digest())
+    if not hmac.compare_digest(expected, signature):
+        raise TokenError("invalid stream token signature")
+    try:
+        claims = json.loads(_unb64(body))
+        expires_at = float(claims["exp"])
+        nonce = str(claims["n"])
+        call_id = claims.get("call")
+    except (ValueError, KeyError, TypeError):
+        raise TokenError("malformed stream token claims") from None
+    if (time.time() if now is None else now) > expires_at:
+        raise TokenError("expired stream token")
+    return StreamToken(expires_at=expires_at, nonce=nonce, call_id=str(call_id) if call_id else None)

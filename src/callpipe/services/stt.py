@@ -1,0 +1,150 @@
+"""The speech-to-text interface.
+
+Two shapes, one contract (audio in, :class:`TranscriptionFrame` out):
+
+* :class:`STTService` - *streaming*: every :class:`InputAudioRawFrame` goes to
+  :meth:`STTService.process_audio` (a provider sends it to its live socket) and results
+  come back from the provider's own task as interim and final transcripts.
+* :class:`SegmentedSTTService` - *segmented*: audio between the VAD's start and stop
+  (plus a little before the start) is transcribed as one utterance by
+  :meth:`SegmentedSTTService.run_stt`, in a task, when the caller stops.
+
+Input audio is consumed here (nothing after the STT needs it), which keeps the per-frame
+cost of the rest of the pipeline at zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+
+from callpipe.pipeline.frames import (
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InputAudioRawFrame,
+    StartFrame,
+    TranscriptionFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from callpipe.pipeline.processor import FrameDirection, FrameProcessor
+
+logger = logging.getLogger("callpipe.services")
+
+
+class STTService(FrameProcessor):
+    """Base class for streaming STT: override :meth:`process_audio` and push transcripts."""
+
+    def __init__(self, *, language: str = "en", name: str | None = None) -> None:
+        super().__init__(name=name)
+        self.language = language
+        self.sample_rate = 0
+
+    async def process_audio(self, frame: InputAudioRawFrame) -> None:
+        """Send one frame of caller audio to the provider (must not block)."""
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Audio goes to :meth:`process_audio`; everything else passes on."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputAudioRawFrame):
+            await self.process_audio(frame)
+            return
+        if isinstance(frame, StartFrame):
+            self.sample_rate = frame.audio_in_sample_rate
+        await self.push_frame(frame, direction)
+
+    async def push_transcription(self, text: str, *, final: bool = True) -> None:
+        """Push a transcript downstream (from the provider's task)."""
+        from callpipe.pipeline.frames import InterimTranscriptionFrame
+
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        if final:
+            await self.push_frame(TranscriptionFrame(text, "caller", now, self.language))
+        else:
+            await self.push_frame(InterimTranscriptionFrame(text, "caller", now, self.language))
+
+
+class SegmentedSTTService(STTService):
+    """STT over whole utterances, bounded by the VAD; override :meth:`run_stt`.
+
+    ``preroll_secs`` of audio before the VAD's start are included (the VAD fires after
+    ``start_secs`` of speech, so the first syllable would otherwise be lost), and an
+    utterance longer than ``max_utterance_secs`` is cut there.
+    """
+
+    def __init__(
+        self,
+        *,
+        language: str = "en",
+        preroll_secs: float = 0.4,
+        max_utterance_secs: float = 30.0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(language=language, name=name)
+        self.preroll_secs = preroll_secs
+        self.max_utterance_secs = max_utterance_secs
+        self._preroll: collections.deque[bytes] = collections.deque()
+        self._preroll_bytes = 0
+        self._utterance = bytearray()
+        self._speaking = False
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    async def run_stt(self, pcm: bytes, sample_rate: int) -> str:
+        """Transcribe one utterance (PCM16 mono). Subclasses implement it."""
+        raise NotImplementedError
+
+    async def process_audio(self, frame: InputAudioRawFrame) -> None:
+        """Keep the audio of the current utterance (and a short pre-roll)."""
+        if self._speaking:
+            if len(self._utterance) < self.max_utterance_secs * 2 * frame.sample_rate:
+                self._utterance += frame.audio
+            return
+        self._preroll.append(frame.audio)
+        self._preroll_bytes += len(frame.audio)
+        limit = self.preroll_secs * 2 * frame.sample_rate
+        while self._preroll and self._preroll_bytes - len(self._preroll[0]) >= limit:
+            self._preroll_bytes -= len(self._preroll.popleft())
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Start/stop utterances on VAD events; finish transcribing before the end."""
+        if isinstance(frame, UserStartedSpeakingFrame):
+            self._speaking = True
+            self._utterance = bytearray(b"".join(self._preroll))
+            self._preroll.clear()
+            self._preroll_bytes = 0
+        elif isinstance(frame, UserStoppedSpeakingFrame) and self._speaking:
+            self._speaking = False
+            audio, self._utterance = bytes(self._utterance), bytearray()
+            if audio:
+                job = self.create_task(self._transcribe(audio), "transcribe")
+                self._jobs.add(job)
+                job.add_done_callback(self._jobs.discard)
+        elif isinstance(frame, EndFrame) and self._jobs:
+            await asyncio.wait(set(self._jobs), timeout=10)
+        elif isinstance(frame, CancelFrame):
+            self._utterance.clear()
+        await super().process_frame(frame, direction)
+
+    async def _transcribe(self, audio: bytes) -> None:
+        self.start_ttfb_metrics()
+        started = time.monotonic()
+        try:
+            text = await self.run_stt(audio, self.sample_rate)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("%s failed", self.name)
+            await self.push_error(f"{self.name}: {exc}")
+            return
+        await self.stop_ttfb_metrics()
+        logger.info(
+            "stt %.1fs of audio in %.0f ms: %r",
+            len(audio) / 2 / max(self.sample_rate, 1),
+            (time.monotonic() - started) * 1000,
+            text,
+        )
+        if text.strip():
+            await self.push_transcription(text.strip())

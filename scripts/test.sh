@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
-"$VENV_PY" -m pip install -q -e ".[dev]"
+"$VENV_PY" -m pip install -q -e ".[dev,local,openai]"
 exec "$VENV_PY" -m pytest "$@"

@@ -301,14 +301,16 @@ async def _dial(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    # The spoken demo (built-in assistant + embedded speech models) arrives with the
-    # services layer; until then say plainly what this build offers.
-    print(f"callpipe {__version__}: the offline demo conversation is not available in this build yet.")
-    print("Available now:")
-    print("  callpipe call URL        place a simulated Telnyx call to a running bot")
-    print("  callpipe load URL        many simulated calls at once, with latency and cost figures")
-    print("  Python API: callpipe.runner / callpipe.pipeline / callpipe.transports (see README)")
-    return 0
+    from callpipe import demo
+
+    lines: list[str] = list(args.say)
+    if args.script:
+        try:
+            text = Path(args.script).read_text()
+        except OSError as exc:
+            raise SystemExit(f"cannot read {args.script}: {exc}") from None
+        lines += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return demo.main(lines or None, record=args.record, transcript=args.json)
 
 
 # -------------------------------------------------------------------------- parser
@@ -322,7 +324,11 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    sub.add_parser("demo", help="hold a spoken demo call with the built-in assistant, offline")
+    demo = sub.add_parser("demo", help="hold a spoken demo call with the built-in assistant, offline")
+    demo.add_argument("--say", action="append", default=[], help="a line for the caller (repeatable)")
+    demo.add_argument("--script", help="a text file with one caller line per line")
+    demo.add_argument("--record", default="callpipe-demo.wav", help="stereo WAV of the call")
+    demo.add_argument("--json", default="callpipe-demo.json", help="JSON transcript of the call")
 
     call = sub.add_parser("call", help="place one simulated Telnyx call to a running bot")
     call.add_argument("url", help="the bot's WebSocket URL (ws://…/ws) or TeXML URL (http(s)://…/texml)")
@@ -385,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(logging.DEBUG if args.verbose else logging.WARNING)
     if args.command == "demo":
+        configure_logging(logging.DEBUG if args.verbose else logging.ERROR)
         return _demo(args)
     if args.command == "call":
         return asyncio.run(_call(args))

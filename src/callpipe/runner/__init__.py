@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketState
@@ -19,6 +19,9 @@ from starlette.websockets import WebSocket, WebSocketState
 from callpipe.audio import SUPPORTED_ENCODINGS
 from callpipe.telnyx import protocol
 from callpipe.transports.fastapi import fit_close_reason
+
+if TYPE_CHECKING:
+    from callpipe.transports.fastapi import FastAPIWebsocketTransport
 
 logger = logging.getLogger("callpipe.runner")
 
@@ -179,7 +182,7 @@ def create_telnyx_transport(
     api_key: str | None = None,
     api_base_url: str | None = None,
     **params: Any,
-) -> Any:
+) -> FastAPIWebsocketTransport:
     """The call's :class:`FastAPIWebsocketTransport`, ready to use, in one call.
 
     The serializer is built from ``runner_args.call_data``; audio goes back in the call's

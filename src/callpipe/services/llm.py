@@ -84,10 +84,20 @@ class LLMContext:
     ) -> None:
         self.messages: list[Message] = list(messages or [])
         self.tools: list[FunctionSchema] = list(tools or [])
+        self._listeners: list[Callable[[Message], None]] = []
 
     def add_message(self, message: Message) -> None:
-        """Append one message."""
+        """Append one message (and tell the listeners)."""
         self.messages.append(message)
+        for listener in self._listeners:
+            try:
+                listener(message)
+            except Exception:
+                logger.exception("context listener failed")
+
+    def on_message(self, listener: Callable[[Message], None]) -> None:
+        """Call ``listener(message)`` for every message added from now on (transcripts, logs)."""
+        self._listeners.append(listener)
 
     def get_messages(self) -> list[Message]:
         """The messages (the list itself)."""
@@ -344,11 +354,12 @@ class LLMService(FrameProcessor):
                 text.append(chunk)
                 await self.push_frame(LLMTextFrame(chunk))
         if calls:
-            # The model's tool request goes in the context (with any text it said first).
+            # The model's tool request goes in the context. Any text it said first is not
+            # repeated here: the assistant aggregator records it as the caller hears it.
             context.add_message(
                 {
                     "role": "assistant",
-                    "content": "".join(text) or None,
+                    "content": None,
                     "tool_calls": [
                         {
                             "id": c.id,

@@ -1,0 +1,228 @@
+"""The built-in assistant: what ``callpipe serve`` runs when no bot file is given.
+
+Each service is the real provider when its key is set, the embedded offline default
+otherwise (and the choice is logged):
+
+* STT: Deepgram (``DEEPGRAM_API_KEY``) or faster-whisper tiny.en (offline)
+* LLM: an OpenAI-compatible model (``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``) with the
+  same prompt and tools, or the scripted receptionist (offline)
+* TTS: Cartesia (``CARTESIA_API_KEY`` + ``CARTESIA_VOICE_ID``) or Piper (offline)
+
+The assistant is configured by :class:`AssistantConfig` (Python, or a JSON file named by
+``CALLPIPE_ASSISTANT_CONFIG``): who it is, what the office knows, which callers it
+recognizes by number, and turn-taking settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from callpipe.audio.vad import VADParams
+from callpipe.pipeline.pipeline import Pipeline
+from callpipe.pipeline.processor import FrameProcessor
+from callpipe.pipeline.task import PipelineParams, PipelineRunner, PipelineTask
+from callpipe.runner import RunnerArguments, create_telnyx_transport
+from callpipe.services.llm import (
+    LLMContext,
+    LLMContextAggregatorPair,
+    LLMRunFrame,
+    LLMService,
+    Message,
+    TelephonyTools,
+)
+from callpipe.services.scripted import OfficeInfo, ScriptedLLMService
+from callpipe.services.stt import STTService
+from callpipe.services.tts import TTSService
+
+logger = logging.getLogger("callpipe.assistant")
+
+SAMPLE_RATE = 8000  # the phone network's rate: no resampling on the way in or out
+
+
+@dataclass(kw_only=True)
+class AssistantConfig:
+    """How the built-in assistant behaves."""
+
+    office: OfficeInfo = field(default_factory=OfficeInfo)
+    extra_instructions: str = ""
+    vad_stop_secs: float = 0.3
+    transcript_timeout_secs: float = 1.5
+    idle_timeout_secs: float = 120.0
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> AssistantConfig:
+        """Load from JSON: ``{"office": {...OfficeInfo fields...}, "vad_stop_secs": 0.3, ...}``."""
+        data = json.loads(Path(path).read_text())
+        office = OfficeInfo(**data.pop("office", {}))
+        return cls(office=office, **data)
+
+    @classmethod
+    def from_env(cls) -> AssistantConfig:
+        """From ``CALLPIPE_ASSISTANT_CONFIG`` if set, else the defaults."""
+        path = os.environ.get("CALLPIPE_ASSISTANT_CONFIG")
+        return cls.from_file(path) if path else cls()
+
+    def system_prompt(self, caller_name: str = "") -> str:
+        """The prompt a real LLM gets (the scripted assistant follows the same brief)."""
+        office = self.office
+        known = f" The caller is {caller_name}, a patient; greet them by name." if caller_name else ""
+        return (
+            f"You are {office.assistant_name}, the receptionist of {office.business}, on a phone call."
+            f" Speak in short, natural sentences; no lists or markdown. Opening hours: {office.weekday_hours};"
+            f" {office.saturday_hours}; {office.sunday_hours}. Address: {office.address}."
+            " You can book appointments: ask for the service, the day and the time, then confirm them."
+            " When the caller is done, say goodbye and then call end_call."
+            + known
+            + " "
+            + self.extra_instructions
+        ).strip()
+
+    def to_json(self) -> str:
+        """The configuration as JSON (the format :meth:`from_file` reads)."""
+        return json.dumps(asdict(self), indent=2)
+
+
+# ------------------------------------------------------------------ service choice
+
+
+def choose_stt() -> STTService:
+    """Deepgram with a key, else the embedded Whisper."""
+    key = os.environ.get("DEEPGRAM_API_KEY")
+    if key:
+        from callpipe.services.deepgram import DeepgramSTTService
+
+        logger.info("STT: Deepgram")
+        base_url = os.environ.get("DEEPGRAM_BASE_URL") or "wss://api.deepgram.com"
+        return DeepgramSTTService(key, base_url=base_url, encoding="linear16", sample_rate=SAMPLE_RATE)
+    from callpipe.services.whisper import WhisperSTTService
+
+    logger.info("STT: embedded faster-whisper (tiny.en)")
+    return WhisperSTTService()
+
+
+def choose_llm(config: AssistantConfig, caller_number: str) -> LLMService:
+    """An OpenAI-compatible model with a key or base URL, else the scripted receptionist."""
+    key, base_url = os.environ.get("OPENAI_API_KEY"), os.environ.get("OPENAI_BASE_URL")
+    if key or base_url:
+        from callpipe.services.openai import OpenAILLMService
+
+        model = os.environ.get("OPENAI_MODEL", "gpt-4o-mini")
+        logger.info("LLM: OpenAI-compatible %s at %s", model, base_url or "api.openai.com")
+        return OpenAILLMService(key or "none", model=model, base_url=base_url)
+    logger.info("LLM: scripted receptionist (offline)")
+    return ScriptedLLMService(office=config.office, caller_number=caller_number)
+
+
+def choose_tts() -> TTSService:
+    """Cartesia with a key and voice, else the embedded Piper voice."""
+    key, voice = os.environ.get("CARTESIA_API_KEY"), os.environ.get("CARTESIA_VOICE_ID")
+    if key and voice:
+        from callpipe.services.cartesia import CartesiaTTSService
+
+        logger.info("TTS: Cartesia")
+        base_url = os.environ.get("CARTESIA_BASE_URL") or "wss://api.cartesia.ai"
+        return CartesiaTTSService(key, voice_id=voice, base_url=base_url, sample_rate=SAMPLE_RATE)
+    from callpipe.services.piper import PiperTTSService
+
+    logger.info("TTS: embedded Piper (en_US joe)")
+    return PiperTTSService(sample_rate=SAMPLE_RATE)
+
+
+def preload_models() -> None:
+    """Load the embedded models once per process (server start-up, demo)."""
+    from callpipe.audio.vad import SileroVADModel
+
+    SileroVADModel.shared()
+    if not os.environ.get("DEEPGRAM_API_KEY"):
+        from callpipe.services.whisper import WhisperSTTService
+
+        WhisperSTTService().load()
+    if not (os.environ.get("CARTESIA_API_KEY") and os.environ.get("CARTESIA_VOICE_ID")):
+        from callpipe.services.piper import PiperTTSService
+
+        PiperTTSService().load()
+
+
+# ------------------------------------------------------------------------ the bot
+
+
+def _telnyx_client() -> Any:
+    key = os.environ.get("TELNYX_API_KEY")
+    if not key:
+        return None
+    from callpipe.telnyx.api import TelnyxClient
+
+    return TelnyxClient(key, base_url=os.environ.get("TELNYX_API_BASE_URL") or "https://api.telnyx.com/v2")
+
+
+async def run_assistant(
+    runner_args: RunnerArguments,
+    config: AssistantConfig | None = None,
+    *,
+    on_message: Callable[[Message], None] | None = None,
+    extra_processors: list[FrameProcessor] | None = None,
+) -> None:
+    """Run the assistant for one call (``on_message`` sees every context message)."""
+    config = config or AssistantConfig.from_env()
+    call_data = runner_args.call_data
+    caller_number = str(call_data.get("from", ""))
+    if runner_args.direction == "outbound":
+        # On dial-out the "caller" in the stream is us; the person is the dialled number.
+        caller_number = str(call_data.get("to", ""))
+    caller_name = config.office.callers.get(caller_number, "")
+    first_name = (
+        runner_args.body.get("user", {}).get("firstName") if isinstance(runner_args.body, dict) else None
+    )
+    if isinstance(first_name, str) and first_name:
+        caller_name = first_name
+        config.office.callers.setdefault(caller_number, first_name)
+
+    transport = create_telnyx_transport(runner_args, vad_params=VADParams(stop_secs=config.vad_stop_secs))
+    stt, llm, tts = choose_stt(), choose_llm(config, caller_number), choose_tts()
+    client = _telnyx_client()
+    TelephonyTools(call_control_id=call_data.get("call_control_id"), client=client).register(llm)
+    context = LLMContext(
+        messages=[{"role": "system", "content": config.system_prompt(caller_name)}],
+        tools=TelephonyTools.schemas(),
+    )
+    if on_message is not None:
+        context.on_message(on_message)
+    aggregators = LLMContextAggregatorPair(context, transcript_timeout_secs=config.transcript_timeout_secs)
+    pipeline = Pipeline(
+        [
+            transport.input(),
+            stt,
+            aggregators.user(),
+            llm,
+            tts,
+            transport.output(),
+            aggregators.assistant(),
+            *(extra_processors or []),
+        ]
+    )
+    task = PipelineTask(
+        pipeline,
+        params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE, audio_out_sample_rate=SAMPLE_RATE),
+        idle_timeout_secs=config.idle_timeout_secs,
+    )
+
+    @transport.event_handler("on_client_connected")
+    async def greet(_transport: Any, _websocket: Any) -> None:
+        await task.queue_frame(LLMRunFrame())
+
+    try:
+        await PipelineRunner().run(task)
+    finally:
+        if client is not None:
+            await client.aclose()
+
+
+async def bot(runner_args: RunnerArguments) -> None:
+    """The built-in assistant as a bot entry point (``callpipe serve`` without a file)."""
+    await run_assistant(runner_args)

@@ -241,18 +241,24 @@ def _serve(args: argparse.Namespace) -> int:
     from callpipe.server.serve import BotLoadError, build_server, load_bot
     from callpipe.server.settings import SettingsError
 
-    if not args.bot:
-        raise SystemExit(
-            "callpipe serve needs a bot file for now (e.g. `callpipe serve examples/dial_in_bot.py`);"
-            " the built-in assistant arrives with the speech services"
-        )
     try:
-        bot = load_bot(args.bot)
+        if args.bot:
+            bot = load_bot(args.bot)
+        else:
+            from callpipe.services.assistant import bot as assistant_bot
+            from callpipe.services.assistant import preload_models
+
+            print("no bot file given: running the built-in assistant (loading its models…)", flush=True)
+            preload_models()
+            bot = assistant_bot
         server = build_server(bot, host=args.host, port=args.port, settings=_settings_from(args))
     except (BotLoadError, SettingsError) as exc:
         raise SystemExit(str(exc)) from None
     settings = server.callpipe_state.settings
-    print(f"callpipe serving {args.bot} on http://{args.host}:{args.port}", flush=True)
+    print(
+        f"callpipe serving {args.bot or 'the built-in assistant'} on http://{args.host}:{args.port}",
+        flush=True,
+    )
     print(f"  TeXML for dial-in: {settings.public_url}/texml   streams: {settings.public_url}/ws", flush=True)
     server.run()
     return 0

@@ -106,7 +106,7 @@ def choose_stt() -> STTService:
     return WhisperSTTService()
 
 
-def choose_llm(config: AssistantConfig, caller_number: str) -> LLMService:
+def choose_llm(config: AssistantConfig, caller_number: str, *, outbound: bool = False) -> LLMService:
     """An OpenAI-compatible model with a key or base URL, else the scripted receptionist."""
     key, base_url = os.environ.get("OPENAI_API_KEY"), os.environ.get("OPENAI_BASE_URL")
     if key or base_url:
@@ -116,7 +116,7 @@ def choose_llm(config: AssistantConfig, caller_number: str) -> LLMService:
         logger.info("LLM: OpenAI-compatible %s at %s", model, base_url or "api.openai.com")
         return OpenAILLMService(key or "none", model=model, base_url=base_url)
     logger.info("LLM: scripted receptionist (offline)")
-    return ScriptedLLMService(office=config.office, caller_number=caller_number)
+    return ScriptedLLMService(office=config.office, caller_number=caller_number, outbound=outbound)
 
 
 def choose_tts() -> TTSService:
@@ -161,6 +161,14 @@ def _telnyx_client() -> Any:
     return TelnyxClient(key, base_url=os.environ.get("TELNYX_API_BASE_URL") or "https://api.telnyx.com/v2")
 
 
+def _log_message(message: Message) -> None:
+    # The conversation, in the call's log (the call id is on every line).
+    if message.get("role") == "user":
+        logger.info("caller said: %s", message.get("content"))
+    elif message.get("role") == "assistant" and message.get("content"):
+        logger.info("bot said: %s", message.get("content"))
+
+
 async def run_assistant(
     runner_args: RunnerArguments,
     config: AssistantConfig | None = None,
@@ -184,13 +192,15 @@ async def run_assistant(
         config.office.callers.setdefault(caller_number, first_name)
 
     transport = create_telnyx_transport(runner_args, vad_params=VADParams(stop_secs=config.vad_stop_secs))
-    stt, llm, tts = choose_stt(), choose_llm(config, caller_number), choose_tts()
+    outbound = runner_args.direction == "outbound"
+    stt, llm, tts = choose_stt(), choose_llm(config, caller_number, outbound=outbound), choose_tts()
     client = _telnyx_client()
     TelephonyTools(call_control_id=call_data.get("call_control_id"), client=client).register(llm)
     context = LLMContext(
         messages=[{"role": "system", "content": config.system_prompt(caller_name)}],
         tools=TelephonyTools.schemas(),
     )
+    context.on_message(_log_message)
     if on_message is not None:
         context.on_message(on_message)
     aggregators = LLMContextAggregatorPair(context, transcript_timeout_secs=config.transcript_timeout_secs)

@@ -103,11 +103,17 @@ class ScriptedLLMService(LLMService):
     """The dental receptionist script, streamed like an LLM reply (see the module docstring)."""
 
     def __init__(
-        self, *, office: OfficeInfo | None = None, caller_number: str = "", name: str | None = None
+        self,
+        *,
+        office: OfficeInfo | None = None,
+        caller_number: str = "",
+        outbound: bool = False,
+        name: str | None = None,
     ) -> None:
         super().__init__(model="scripted-receptionist", name=name)
         self.office = office or OfficeInfo()
         self.caller_name = self.office.callers.get(caller_number, "")
+        self.outbound = outbound
         self._booking = _Booking()
         self._said_goodbye = False
 
@@ -125,6 +131,12 @@ class ScriptedLLMService(LLMService):
 
     def _greeting(self) -> str:
         office = self.office
+        if self.outbound:
+            hello = f"Hi {self.caller_name}" if self.caller_name else "Hi there"
+            return (
+                f"{hello}, this is {office.assistant_name} from {office.business}."
+                " I'm calling to help you book your next visit. Would you like to schedule one?"
+            )
         hello = f"Hi {self.caller_name}, thanks" if self.caller_name else "Thanks"
         return f"{hello} for calling {office.business}, this is {office.assistant_name}. How can I help you today?"
 

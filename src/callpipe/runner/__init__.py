@@ -104,6 +104,11 @@ async def parse_telephony_websocket(
     another provider's handshake, an unsupported encoding - the socket is closed with a
     reason and :class:`TelephonyHandshakeError` is raised.
     """
+    cached = getattr(websocket.state, "callpipe_telephony", None)
+    if cached is not None:
+        # Already parsed (by `callpipe serve`): a bot written from Pipecat's guide calls
+        # this again, and must get the same answer instead of waiting for a second start.
+        return "telnyx", dict(cached)
     if websocket.client_state == WebSocketState.CONNECTING:
         await websocket.accept()
     auth_token: str | None = None
@@ -161,7 +166,8 @@ async def parse_telephony_websocket(
                 "auth_token": auth_token,
                 "query_params": dict(websocket.query_params),
             }
-            return "telnyx", call_data
+            websocket.state.callpipe_telephony = call_data
+            return "telnyx", dict(call_data)
         if isinstance(event, protocol.UnknownEvent):
             provider = _provider_of(event.data)
             if provider is not None:

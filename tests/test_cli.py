@@ -44,8 +44,19 @@ def test_load_reports_latency_and_writes_json(tmp_path: Path, capsys: pytest.Cap
     report_path = tmp_path / "load.json"
     with BackgroundServer(app) as server:
         code = main(
-            ["load", server.ws_url + "/ws", "--calls", "5", "--duration", "4", "--ramp", "0.5"]
-            + ["--quiet", "--json", str(report_path)]
+            [
+                "load",
+                server.ws_url + "/ws",
+                "--calls",
+                "5",
+                "--duration",
+                "4",
+                "--ramp",
+                "0.5",
+                "--quiet",
+                "--json",
+                str(report_path),
+            ]
         )
     out = capsys.readouterr().out
     assert code == 0, out

@@ -92,6 +92,12 @@ class _ActiveCall:
     task: asyncio.Task[Any]
     call_control_id: str
     started_at: float
+    ended_by_server: bool = False
+
+    def end(self) -> None:
+        """Cancel the call's bot on purpose (shutdown, hang-up): a normal end, not a crash."""
+        self.ended_by_server = True
+        self.task.cancel()
 
 
 @dataclass
@@ -126,12 +132,12 @@ class ServerState:
             self.no_calls.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.no_calls.wait(), grace_secs)
-        remaining = [call.task for call in self.calls.values()]
-        if remaining:
-            logger.warning("shutting down: ending %d call(s) still running", len(remaining))
-            for task in remaining:
-                task.cancel()  # the pipeline is cancelled; auto hang-up hangs the call up
-            await asyncio.wait(remaining, timeout=10)
+        calls = list(self.calls.values())
+        if calls:
+            logger.warning("shutting down: ending %d call(s) still running", len(calls))
+            for call in calls:
+                call.end()  # the pipeline is cancelled; auto hang-up hangs the call up
+            await asyncio.wait([call.task for call in calls], timeout=10)
 
 
 # ------------------------------------------------------------------------ helpers
@@ -319,7 +325,7 @@ def create_app(
         await websocket.accept()
         if state.draining:
             await websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason="server shutting down")
-            metrics.REGISTRY.call_ended("refused")
+            _count_refused()
             return
         token_claims = None
         secret = settings.secret("callpipe_secret")
@@ -329,28 +335,29 @@ def create_app(
             except TokenError as exc:
                 logger.warning("refusing stream: %s", exc)
                 await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=fit_close_reason(str(exc)))
-                metrics.REGISTRY.call_ended("refused")
+                _count_refused()
                 return
         try:
             body = decode_body(websocket.query_params.get("body"))
         except ValueError as exc:
             await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=fit_close_reason(str(exc)))
-            metrics.REGISTRY.call_ended("refused")
+            _count_refused()
             return
         try:
             _, call_data = await parse_telephony_websocket(websocket)
         except TelephonyHandshakeError:
-            metrics.REGISTRY.call_ended("refused")
+            _count_refused()
             return
         ccid = call_data["call_control_id"]
         call_id.set(ccid)
         if token_claims is not None and token_claims.call_id and token_claims.call_id != ccid:
             logger.warning("refusing stream: token is for another call")
             await websocket.close(code=CLOSE_POLICY_VIOLATION, reason="stream token is for another call")
-            metrics.REGISTRY.call_ended("refused")
+            _count_refused()
             return
         query = {k: v for k, v in websocket.query_params.items() if k not in RESERVED_PARAMS}
         call_data["query_params"] = query
+        websocket.state.callpipe_telephony = call_data  # what a guide-style bot's own parse returns
         direction = websocket.query_params.get("direction", "inbound")
         runner_args = RunnerArguments(
             websocket=websocket,
@@ -400,6 +407,12 @@ def create_app(
     return app
 
 
+def _count_refused() -> None:
+    # A refused stream never started a call: count it without touching the active-call gauge
+    # (``call_ended`` would decrement it under a call that is still running).
+    metrics.REGISTRY.calls_total["refused"] += 1
+
+
 def _equal(given: str, expected: str) -> bool:
     import hmac
 
@@ -445,7 +458,8 @@ async def _dial(state: ServerState, number: str, body: dict[str, Any]) -> dict[s
 async def _run_bot(state: ServerState, runner_args: RunnerArguments, ccid: str) -> None:
     task = asyncio.current_task()
     assert task is not None
-    state.calls[ccid] = _ActiveCall(task=task, call_control_id=ccid, started_at=time.monotonic())
+    active = _ActiveCall(task=task, call_control_id=ccid, started_at=time.monotonic())
+    state.calls[ccid] = active
     metrics.REGISTRY.call_started()
     outcome = "completed"
     try:
@@ -456,7 +470,11 @@ async def _run_bot(state: ServerState, runner_args: RunnerArguments, ccid: str) 
         logger.warning("call reached MAX_CALL_SECS (%.0fs); ended", state.settings.max_call_secs)
     except asyncio.CancelledError:
         outcome = "ended_by_server"
-        raise
+        # Ended on purpose by ``_ActiveCall.end``: the handler returns normally (re-raising
+        # would make uvicorn log "Exception in ASGI application"). Any other cancellation
+        # propagates.
+        if not (active.ended_by_server and task.uncancel() == 0):
+            raise
     except Exception:
         outcome = "error"
         logger.exception("the bot failed")
@@ -480,7 +498,7 @@ async def _handle_webhook(state: ServerState, event_type: str, ccid: str, payloa
         else:
             call = state.calls.get(ccid)
             if call is not None:
-                call.task.cancel()
+                call.end()
     elif event_type.startswith("call.machine.") and transport is not None:
         result = str(payload.get("result", ""))
         await transport.push_call_event(AnsweringMachineDetectionFrame(result=result, event_type=event_type))

@@ -7,6 +7,8 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import os
+import re
 import sys
 from pathlib import Path
 from types import FrameType
@@ -22,6 +24,38 @@ logger = logging.getLogger("callpipe.server")
 # Largest WebSocket message uvicorn accepts: a Telnyx media message is a few hundred
 # bytes; refusing big frames in the protocol layer means they are never buffered whole.
 WS_MAX_SIZE = 256 * 1024
+
+
+# Settings that bots read from os.environ rather than from ServerSettings.
+BOT_ENVIRONMENT = (
+    "telnyx_api_key",
+    "telnyx_api_base_url",
+    "openai_api_key",
+    "openai_base_url",
+    "deepgram_api_key",
+    "cartesia_api_key",
+)
+
+_TOKEN_IN_URL = re.compile(r"(\btoken=)[^&\s\"]+")
+
+
+class RedactStreamTokens(logging.Filter):
+    """Keeps stream tokens out of uvicorn's request lines (``GET /ws?token=…``).
+
+    A token is a bearer credential for ``/ws`` (one in a TeXML Bin lives for months), so
+    it must not land in log storage.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact ``token=…`` in the record's arguments; never drops a record."""
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "token=" in a for a in record.args):
+            record.args = tuple(
+                _TOKEN_IN_URL.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+_REDACT_TOKENS = RedactStreamTokens()
 
 
 class BotLoadError(ValueError):
@@ -104,6 +138,13 @@ def build_server(
     """The configured, not yet running, server for ``bot``."""
     settings = settings or ServerSettings()
     app = create_app(bot, settings)
+    # Bots read these from the process environment (create_telnyx_transport for auto
+    # hang-up, the built-in assistant for its providers), which a .env file is not part
+    # of: export them, so that a setting works the same from .env or the environment.
+    for name in BOT_ENVIRONMENT:
+        value = settings.secret(name)
+        if value:
+            os.environ.setdefault(name.upper(), value)
     config = uvicorn.Config(
         app,
         host=host,
@@ -114,4 +155,7 @@ def build_server(
         proxy_headers=True,
         **uvicorn_options,
     )
+    # After uvicorn.Config, which (re)configures its loggers.
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(_REDACT_TOKENS)
     return GracefulServer(config, app.state.callpipe, settings.shutdown_grace_secs)

@@ -83,6 +83,13 @@ class AssistantConfig:
             + self.extra_instructions
         ).strip()
 
+    def stt_prompt(self) -> str:
+        """The vocabulary hint for the speech recognizer (what the call is about)."""
+        return (
+            f"A phone call to {self.office.business} about booking appointments, opening hours and the"
+            " address, on Monday, Tuesday, Wednesday, Thursday, Friday or Saturday."
+        )
+
     def to_json(self) -> str:
         """The configuration as JSON (the format :meth:`from_file` reads)."""
         return json.dumps(asdict(self), indent=2)
@@ -91,8 +98,8 @@ class AssistantConfig:
 # ------------------------------------------------------------------ service choice
 
 
-def choose_stt() -> STTService:
-    """Deepgram with a key, else the embedded Whisper."""
+def choose_stt(prompt: str | None = None) -> STTService:
+    """Deepgram with a key, else the embedded Whisper (biased by ``prompt``)."""
     key = os.environ.get("DEEPGRAM_API_KEY")
     if key:
         from callpipe.services.deepgram import DeepgramSTTService
@@ -103,7 +110,7 @@ def choose_stt() -> STTService:
     from callpipe.services.whisper import WhisperSTTService
 
     logger.info("STT: embedded faster-whisper (tiny.en)")
-    return WhisperSTTService()
+    return WhisperSTTService(prompt=prompt)
 
 
 def choose_llm(config: AssistantConfig, caller_number: str, *, outbound: bool = False) -> LLMService:
@@ -193,7 +200,11 @@ async def run_assistant(
 
     transport = create_telnyx_transport(runner_args, vad_params=VADParams(stop_secs=config.vad_stop_secs))
     outbound = runner_args.direction == "outbound"
-    stt, llm, tts = choose_stt(), choose_llm(config, caller_number, outbound=outbound), choose_tts()
+    stt, llm, tts = (
+        choose_stt(config.stt_prompt()),
+        choose_llm(config, caller_number, outbound=outbound),
+        choose_tts(),
+    )
     client = _telnyx_client()
     TelephonyTools(call_control_id=call_data.get("call_control_id"), client=client).register(llm)
     context = LLMContext(

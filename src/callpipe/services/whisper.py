@@ -66,7 +66,9 @@ class _SharedWhisper:
                 shared = cls._models[key] = cls(model, compute_type, cpu_threads)
             return shared
 
-    def transcribe(self, audio: np.ndarray[Any, np.dtype[np.float32]], language: str, beam_size: int) -> str:
+    def transcribe(
+        self, audio: np.ndarray[Any, np.dtype[np.float32]], language: str, beam_size: int, prompt: str | None
+    ) -> str:
         segments, _ = self.model.transcribe(
             audio,
             language=language,
@@ -74,6 +76,7 @@ class _SharedWhisper:
             vad_filter=False,
             without_timestamps=True,
             condition_on_previous_text=False,
+            initial_prompt=prompt,
         )
         return " ".join(segment.text.strip() for segment in segments).strip()
 
@@ -89,9 +92,13 @@ class WhisperSTTService(SegmentedSTTService):
         cpu_threads: int = 2,
         language: str = "en",
         beam_size: int = 1,
+        prompt: str | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(language=language, name=name)
+        # A short description of the call and its vocabulary biases the decoder towards the
+        # words that matter ("Thursday" rather than "Our stay" on 8 kHz audio).
+        self.prompt = prompt
         self.model_name = model or default_whisper_model()
         self.compute_type = compute_type
         self.cpu_threads = cpu_threads
@@ -109,5 +116,5 @@ class WhisperSTTService(SegmentedSTTService):
             audio = soxr.resample(audio, sample_rate, WHISPER_RATE).astype(np.float32)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            shared.executor, shared.transcribe, audio, self.language, self.beam_size
+            shared.executor, shared.transcribe, audio, self.language, self.beam_size, self.prompt
         )

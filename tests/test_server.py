@@ -42,7 +42,7 @@ from callpipe.runner import RunnerArguments, create_telnyx_transport
 from callpipe.server.app import create_app, decode_body
 from callpipe.server.background import BackgroundServer, free_port
 from callpipe.server.settings import ServerSettings, SettingsError
-from callpipe.server.tokens import issue_token, verify_token
+from callpipe.server.tokens import issue_token, scope_digest, sign_value, verify_token
 from callpipe.sim.bots import CannedReplyProcessor
 from callpipe.sim.caller import CallerTurn, CallResult, SimulatedCaller
 from callpipe.sim.fake_api import FakeTelnyxSimulator, FakeTelnyxState, create_fake_telnyx_app
@@ -680,7 +680,10 @@ async def test_texml_document_streams_rtp_with_nothing_after_it(monkeypatch: pyt
         async with h.http() as http:
             response = await http.post("/texml", data={"CallSid": "v3:abc", "From": CALLER, "To": OUR_NUMBER})
             get = await http.get("/texml", params={"CallSid": "v3:get"})
-            bad_answer = await http.post("/answer?body=%%%")
+            # /answer only takes URLs /start signed: a forged one is refused, and a signed
+            # but malformed body is a clear 400.
+            forged_answer = await http.post("/answer?body=e30")
+            bad_answer = await http.post(f"/answer?body=@@@&sig={sign_value(SECRET, 'answer', '@@@')}")
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("application/xml")
         root = ET.fromstring(response.text)
@@ -696,6 +699,7 @@ async def test_texml_document_streams_rtp_with_nothing_after_it(monkeypatch: pyt
         assert verify_token(SECRET, params["token"]).call_id == "v3:abc"
         _, get_params = _stream_of(get.text)
         assert verify_token(SECRET, get_params["token"]).call_id == "v3:get"
+        assert forged_answer.status_code == 403
         assert bad_answer.status_code == 400
 
 
@@ -776,3 +780,24 @@ def test_env_example_documents_every_setting() -> None:
     settings.check_for_serving()
     assert settings.public_url == "https://bot.example.com" and settings.secret("callpipe_secret")
     assert not settings.callpipe_insecure_streams and not settings.dial_out_configured
+
+
+async def test_a_stream_url_cannot_be_replayed_with_another_body_or_direction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from callpipe.server.app import encode_body
+
+    with serve(monkeypatch, greeting_secs=0.2, end_after_greeting=False, with_fake=False) as h:
+        body = encode_body({"user": {"firstName": "Ann"}})
+        token = issue_token(SECRET, scope=scope_digest("outbound", body))
+        for query, expect_refused in (
+            (f"direction=outbound&body={body}&token={token}", False),
+            (f"direction=outbound&body={encode_body({'user': {'firstName': 'Eve'}})}&token={token}", True),
+            (f"direction=inbound&body={body}&token={token}", True),
+        ):
+            caller = SimulatedCaller(f"{h.ws}?{query}", max_call_secs=5)
+            result = await asyncio.wait_for(caller.run([], hang_up_after_secs=0.3), 10)
+            if expect_refused:
+                assert result.close_code == 1008 and "do not match" in result.close_reason, query
+            else:
+                assert result.close_code != 1008 and result.greeting_latency is not None, query

@@ -41,7 +41,14 @@ from callpipe.log import call_id
 from callpipe.pipeline.frames import AnsweringMachineDetectionFrame
 from callpipe.runner import RunnerArguments, TelephonyHandshakeError, parse_telephony_websocket
 from callpipe.server.settings import ServerSettings
-from callpipe.server.tokens import TokenError, issue_token, verify_token
+from callpipe.server.tokens import (
+    TokenError,
+    check_value,
+    issue_token,
+    scope_digest,
+    sign_value,
+    verify_token,
+)
 from callpipe.telnyx.api import TelnyxClient, TelnyxError
 from callpipe.telnyx.webhooks import (
     WebhookFailure,
@@ -57,7 +64,7 @@ BotFunction = Callable[[RunnerArguments], Awaitable[None]]
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 # Query parameters callpipe itself puts on stream URLs; the rest are the caller's own.
-RESERVED_PARAMS = frozenset({"token", "body", "direction"})
+RESERVED_PARAMS = frozenset({"token", "body", "direction", "sig"})
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_POLICY_VIOLATION = 1008
 
@@ -166,7 +173,12 @@ def stream_url(
     params["direction"] = direction
     secret = settings.secret("callpipe_secret")
     if secret:
-        params["token"] = issue_token(secret, ttl=settings.stream_token_ttl_secs, call_id=call_sid)
+        # The token also covers direction and body, so a stolen URL cannot be replayed
+        # with a made-up body or as an "outbound" call.
+        scope = scope_digest(direction, params.get("body", ""))
+        params["token"] = issue_token(
+            secret, ttl=settings.stream_token_ttl_secs, call_id=call_sid, scope=scope
+        )
     return f"{_ws_base(settings)}/ws?{urlencode(params)}"
 
 
@@ -258,6 +270,11 @@ def create_app(
         """Telnyx fetches this when an outbound call is answered: stream it, body and all."""
         values = await _form_or_query(request)
         extra = dict(request.query_params)
+        secret = settings.secret("callpipe_secret")
+        if secret and not check_value(secret, "answer", extra.get("body", ""), extra.get("sig")):
+            # Only /start issues /answer URLs: anything else is a forged or altered body.
+            return _error(403, "bad_signature", "this /answer URL was not issued by this server")
+        extra.pop("sig", None)
         try:
             decode_body(extra.get("body"))
         except ValueError as exc:
@@ -350,6 +367,17 @@ def create_app(
             return
         ccid = call_data["call_control_id"]
         call_id.set(ccid)
+        if token_claims is not None and token_claims.scope is not None:
+            expected = scope_digest(
+                websocket.query_params.get("direction", "inbound"), websocket.query_params.get("body", "")
+            )
+            if expected != token_claims.scope:
+                logger.warning("refusing stream: its parameters do not match its token")
+                await websocket.close(
+                    code=CLOSE_POLICY_VIOLATION, reason="stream parameters do not match the token"
+                )
+                _count_refused()
+                return
         if token_claims is not None and token_claims.call_id and token_claims.call_id != ccid:
             logger.warning("refusing stream: token is for another call")
             await websocket.close(code=CLOSE_POLICY_VIOLATION, reason="stream token is for another call")
@@ -426,7 +454,11 @@ async def _dial(state: ServerState, number: str, body: dict[str, Any]) -> dict[s
     if len(encoded) > settings.max_body_bytes * 2:
         raise TelnyxError("body too large to carry in the call's URL")
     if settings.dial_mode == "texml":
-        answer_url = f"{_http_base(settings)}/answer?{urlencode({'body': encoded})}"
+        query = {"body": encoded}
+        secret = settings.secret("callpipe_secret")
+        if secret:
+            query["sig"] = sign_value(secret, "answer", encoded)
+        answer_url = f"{_http_base(settings)}/answer?{urlencode(query)}"
         data = await state.telnyx.texml_call(
             account_sid=settings.telnyx_account_sid or "",
             application_sid=settings.telnyx_application_sid or "",

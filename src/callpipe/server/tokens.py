@@ -18,7 +18,15 @@ import secrets
 import time
 from dataclasses import dataclass
 
-__all__ = ["StreamToken", "TokenError", "issue_token", "verify_token"]
+__all__ = [
+    "StreamToken",
+    "TokenError",
+    "check_value",
+    "issue_token",
+    "scope_digest",
+    "sign_value",
+    "verify_token",
+]
 
 
 class TokenError(ValueError):
@@ -27,11 +35,27 @@ class TokenError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class StreamToken:
-    """The verified claims of a token."""
+    """The verified claims of a token (``scope``: a digest of what the URL carries)."""
 
     expires_at: float
     nonce: str
     call_id: str | None
+    scope: str | None = None
+
+
+def scope_digest(*parts: str) -> str:
+    """A short digest binding a token to the other parameters of its URL (direction, body)."""
+    return _b64(hashlib.sha256("\x1f".join(parts).encode()).digest()[:16])
+
+
+def sign_value(secret: str, purpose: str, value: str) -> str:
+    """An HMAC of ``value`` for ``purpose`` (e.g. the dial-out body on the ``/answer`` URL)."""
+    return _b64(hmac.new(secret.encode(), f"{purpose}\x1f{value}".encode(), hashlib.sha256).digest())
+
+
+def check_value(secret: str, purpose: str, value: str, signature: str | None) -> bool:
+    """Whether ``signature`` is :func:`sign_value` of ``value``."""
+    return bool(signature) and hmac.compare_digest(sign_value(secret, purpose, value), signature or "")
 
 
 def _b64(data: bytes) -> str:
@@ -43,15 +67,22 @@ def _unb64(text: str) -> bytes:
 
 
 def issue_token(
-    secret: str, *, ttl: float = 300.0, call_id: str | None = None, now: float | None = None
+    secret: str,
+    *,
+    ttl: float = 300.0,
+    call_id: str | None = None,
+    scope: str | None = None,
+    now: float | None = None,
 ) -> str:
-    """A token valid for ``ttl`` seconds, bound to ``call_id`` when given."""
+    """A token valid for ``ttl`` seconds, bound to ``call_id`` and ``scope`` when given."""
     if not secret:
         raise ValueError("a stream token needs a non-empty secret (CALLPIPE_SECRET)")
     issued = time.time() if now is None else now
     claims: dict[str, object] = {"exp": int(issued + ttl), "n": secrets.token_urlsafe(9)}
     if call_id:
         claims["call"] = call_id
+    if scope:
+        claims["s"] = scope
     body = _b64(json.dumps(claims, separators=(",", ":")).encode())
     signature = _b64(hmac.new(secret.encode(), body.encode(), hashlib.sha256).digest())
     return f"{body}.{signature}"
@@ -72,8 +103,14 @@ def verify_token(secret: str, token: str | None, *, now: float | None = None) ->
         expires_at = float(claims["exp"])
         nonce = str(claims["n"])
         call_id = claims.get("call")
+        scope = claims.get("s")
     except (ValueError, KeyError, TypeError):
         raise TokenError("malformed stream token claims") from None
     if (time.time() if now is None else now) > expires_at:
         raise TokenError("expired stream token")
-    return StreamToken(expires_at=expires_at, nonce=nonce, call_id=str(call_id) if call_id else None)
+    return StreamToken(
+        expires_at=expires_at,
+        nonce=nonce,
+        call_id=str(call_id) if call_id else None,
+        scope=str(scope) if scope else None,
+    )

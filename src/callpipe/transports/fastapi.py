@@ -53,6 +53,7 @@ from callpipe.pipeline.frames import (
     OutputAudioRawFrame,
     StartFrame,
     SystemFrame,
+    TTSStoppedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -384,6 +385,7 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
         self._timed: collections.deque[tuple[float, Frame]] = collections.deque()  # (play time, frame)
         self._speaking = False
         self._active = False
+        self._reply_complete = False
         self._mark_counter = 0
         self._pending_mark: str | None = None
         self._mark_confirmed = False
@@ -421,19 +423,30 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
         elif isinstance(frame, UserStoppedSpeakingFrame):
             self._speech_ended_at = frame.speech_ended_at or time.monotonic()
             await self.push_frame(frame, direction)
+        elif isinstance(frame, TTSStoppedFrame):
+            # The reply is complete: the resampler's last few milliseconds belong to it.
+            self._queue_encoded(self._serializer.flush_output())
+            self._reply_complete = True
+            await self._pass_in_order(frame, direction)
         elif isinstance(frame, EndFrame):
             await self._end(frame)
         elif isinstance(frame, CancelFrame):
             await self._cancel(frame)
-        elif isinstance(frame, SystemFrame) or not self._active:
+        else:
+            await self._pass_in_order(frame, direction)
+
+    async def _pass_in_order(self, frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, SystemFrame) or not self._active:
             await self.push_frame(frame, direction)
         else:
             # In-order data behind queued audio: release it once that audio has played.
             self._held.append((self._enqueued, frame))
 
     def _queue_audio(self, frame: OutputAudioRawFrame) -> None:
-        encoded = self._serializer.encode_audio(frame.audio, frame.sample_rate)
-        if not encoded:
+        self._queue_encoded(self._serializer.encode_audio(frame.audio, frame.sample_rate))
+
+    def _queue_encoded(self, encoded: bytes) -> None:
+        if not encoded or self._closing:
             return
         self._buffer += encoded
         self._enqueued += len(encoded)
@@ -442,7 +455,8 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
             self._active = True
             assert self._clock is not None
             self._clock.activate(self)
-        if not self._speaking:
+        self._reply_complete = False
+        if not self._speaking and len(self._buffer) >= self._chunk_bytes:
             # Start at once rather than at the next tick: the first chunk's latency counts.
             self.on_tick(time.monotonic())
 
@@ -464,9 +478,10 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
                 chunks = math.ceil(due * 50.0 - 1e-9)
                 take = min(chunks * self._chunk_bytes, len(buffer))
                 size = take - take % self._chunk_bytes
-                if size == 0 and self._play_end - now < 0.021:
-                    # Less than a chunk is left and playback is about to run dry: this is
-                    # the tail of a reply. Send it, padded to 20 ms with silence.
+                if size == 0 and (self._reply_complete or (self._speaking and self._play_end - now < 0.021)):
+                    # Less than a chunk is left and the reply is over (or playback is about
+                    # to run dry mid-reply): send it, padded to 20 ms with silence. Before
+                    # the reply has started, a partial chunk waits for more audio instead.
                     size = take
                 if size:
                     self._send_chunk(size, now)
@@ -646,6 +661,8 @@ class FastAPIWebsocketTransport(EventHandlerMixin):
         self.websocket = websocket
         self.params = params
         self.serializer: TelnyxFrameSerializer = params.serializer
+        handshake = getattr(websocket.state, "callpipe_telephony", None) or {}
+        self.serializer.use_call_sample_rate(handshake.get("sample_rate"))
         self._closed = False
         self.call_id = call_id.get()
         for event in ("on_client_connected", "on_client_disconnected", "on_session_timeout"):

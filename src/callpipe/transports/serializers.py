@@ -156,6 +156,23 @@ class TelnyxFrameSerializer(FrameSerializer):
         """Set the pipeline input rate (resampling from the call's rate if they differ)."""
         self.set_pipeline_in_rate(self._params.sample_rate or frame.audio_in_sample_rate)
 
+    def use_call_sample_rate(self, rate: int | None) -> None:
+        """Adopt the rate from the call's ``start`` message for L16 (unless one was configured).
+
+        L16 runs at 8 or 16 kHz, and only the ``start`` message says which; the transport
+        passes it here so a bot written from the guide (which never mentions the rate)
+        still speaks L16 at the caller's rate.
+        """
+        if rate is None or self._params.telnyx_sample_rate is not None:
+            return
+        order = self._params.l16_byteorder
+        if self._decoder.name == "L16" and self._decoder.sample_rate != rate:
+            self._decoder = get_codec("L16", rate, l16_byteorder=order)
+            self.set_pipeline_in_rate(self._in_rate)
+        if self._encoder.name == "L16" and self._encoder.sample_rate != rate:
+            self._encoder = get_codec("L16", rate, l16_byteorder=order)
+            self._out_resampler = None
+
     def set_pipeline_in_rate(self, rate: int) -> None:
         """Produce input audio at ``rate`` (creates the call's inbound resampler)."""
         self._in_rate = rate
@@ -183,6 +200,13 @@ class TelnyxFrameSerializer(FrameSerializer):
             # One resampler per call direction, kept across frames (no state resets).
             resampler = self._out_resampler = StreamResampler(sample_rate, self._encoder.sample_rate)
         return self._encoder.encode(resampler.process(pcm))
+
+    def flush_output(self) -> bytes:
+        """The outbound resampler's tail (its ~30 ms delay), encoded: call at the end of a reply."""
+        if self._out_resampler is None or self._out_resampler.is_passthrough:
+            return b""
+        tail = self._out_resampler.flush()
+        return self._encoder.encode(tail) if tail else b""
 
     def reset_output(self) -> None:
         """Forget audio inside the outbound resampler (after a barge-in clears the reply)."""

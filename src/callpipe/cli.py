@@ -64,6 +64,43 @@ def _parse_params(items: Sequence[str]) -> dict[str, str]:
 # ---------------------------------------------------------------------------- call
 
 
+def _local_speech(*, need_voice: bool) -> tuple[Any, Any]:
+    """The embedded voice (for --say) and recognizer (to show what the bot said), if installed."""
+    try:
+        from callpipe.services.piper import PiperTTSService
+        from callpipe.services.whisper import WhisperSTTService
+
+        voice, stt = PiperTTSService(sample_rate=8000), WhisperSTTService()
+        return voice, stt
+    except Exception as exc:
+        if need_voice:
+            raise SystemExit(f"--say needs the embedded voice: {exc}") from None
+        return None, None
+
+
+def _transcribing_printer(stt: Any) -> Any:
+    """An event printer that also transcribes each of the bot's replies when it ends."""
+    loop = asyncio.get_running_loop()
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        _print_event(kind, data)
+        if kind == "bot_audio_stopped" and stt is not None and data.get("audio"):
+
+            async def show() -> None:
+                try:
+                    text = await stt.run_stt(data["audio"], data["sample_rate"])
+                except Exception as exc:
+                    text = f"(could not transcribe: {exc})"
+                print(f"bot:    “{text}”", flush=True)
+
+            _background.add(loop.create_task(show()))
+
+    return on_event
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
 def _print_event(kind: str, data: dict[str, Any]) -> None:
     if kind == "caller_turn":
         print(f"caller: {data.get('text') or '(audio)'}  [{data['secs']:.1f}s]", flush=True)
@@ -81,18 +118,23 @@ async def _call(args: argparse.Namespace) -> int:
     from callpipe.sim.caller import CallerTurn, SimulatedCaller
 
     turns: list[CallerTurn] = []
-    if args.say:
-        raise SystemExit(
-            "--say needs the embedded text-to-speech (install callpipe[local]); use --wav FILE for now"
-        )
+    voice, stt = _local_speech(need_voice=bool(args.say))
+    for line in args.say:
+        assert voice is not None
+        pcm = await voice.synthesize(line)
+        turns.append(CallerTurn(audio=pcm, sample_rate=8000, text=line, quiet_secs=args.wait))
     for path in args.wav:
         pcm, rate = _read_wav(path)
-        turns.append(CallerTurn(audio=pcm, sample_rate=rate, text=Path(path).name))
+        turns.append(CallerTurn(audio=pcm, sample_rate=rate, text=Path(path).name, quiet_secs=args.wait))
     if args.dtmf:
         turns.append(CallerTurn(dtmf=args.dtmf, text=f"DTMF {args.dtmf}"))
     if not turns:
         pcm, rate = _default_caller_audio()
-        turns.append(CallerTurn(audio=pcm, sample_rate=rate, text="Hello, can you hear me clearly?"))
+        turns.append(
+            CallerTurn(
+                audio=pcm, sample_rate=rate, text="Hello, can you hear me clearly?", quiet_secs=args.wait
+            )
+        )
     params = _parse_params(args.param)
     url = args.url
     caller_kw: dict[str, Any] = {
@@ -102,7 +144,7 @@ async def _call(args: argparse.Namespace) -> int:
         "to_number": args.to_number,
         "custom_parameters": params,
         "max_call_secs": args.max_secs,
-        "on_event": _print_event,
+        "on_event": _transcribing_printer(stt),
     }
     if url.startswith(("http://", "https://")):
         from callpipe.sim import texml
@@ -125,6 +167,8 @@ async def _call(args: argparse.Namespace) -> int:
     print(f"calling {url} …", flush=True)
     caller = SimulatedCaller(url, **caller_kw)
     result = await caller.run(turns, hang_up_after_secs=args.hang_up_after)
+    if _background:
+        await asyncio.wait(set(_background), timeout=10)
     print("—" * 40)
     if result.greeting_latency is not None:
         print(f"greeting after {result.greeting_latency * 1000:.0f} ms")
@@ -350,6 +394,9 @@ def _build_parser() -> argparse.ArgumentParser:
     call.add_argument("--max-secs", type=float, default=120.0, help="hang up after this long at most")
     call.add_argument(
         "--hang-up-after", type=float, default=1.5, help="seconds of bot silence before hanging up"
+    )
+    call.add_argument(
+        "--wait", type=float, default=1.5, help="seconds of bot silence before the caller speaks"
     )
 
     load = sub.add_parser("load", help="many simulated calls at once against a running bot")

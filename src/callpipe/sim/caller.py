@@ -157,6 +157,7 @@ class SimulatedCaller:
         self.record = record
         self.on_event = on_event
         self._burst_started: float | None = None  # when the bot's current reply became audible
+        self._burst_offset = 0  # where that reply starts in the bot track
         self._encoder = self.codec.new_instance()
         self._decoder = self.codec.new_instance()
         self._silence = self._encoder.encode(bytes(2 * self.frame_samples))
@@ -324,6 +325,15 @@ class SimulatedCaller:
                 if ws.close_code is not None:
                     self.result.close_code = ws.close_code
                     self.result.close_reason = ws.close_reason or ""
+        if self._burst_started is not None:
+            # The call ended while the bot's last reply was still the latest thing heard.
+            self._emit(
+                "bot_audio_stopped",
+                secs=self._bot_heard_until - self._burst_started,
+                audio=bytes(self._bot_track[self._burst_offset :]) if self.record else b"",
+                sample_rate=self.rate,
+            )
+            self._burst_started = None
         self.result.caller_track = bytes(self._caller_track)
         self.result.bot_track = bytes(self._bot_track)
         return self.result
@@ -506,6 +516,7 @@ class SimulatedCaller:
                 self._gap_started = None
             elif self._burst_started is None:
                 self._burst_started = now
+                self._burst_offset = len(self._bot_track)
                 turn = self._current_turn()
                 latency = now - turn.ended_at if turn is not None and now >= turn.ended_at else None
                 self._emit("bot_audio_started", latency=latency)
@@ -527,7 +538,13 @@ class SimulatedCaller:
         # A gap only counts if more audio of the same reply follows soon after.
         if self._gap_started is not None and now - self._gap_started > 0.5:
             if self._burst_started is not None:
-                self._emit("bot_audio_stopped", secs=self._gap_started - self._burst_started)
+                audio = bytes(self._bot_track[self._burst_offset :]) if self.record else b""
+                self._emit(
+                    "bot_audio_stopped",
+                    secs=self._gap_started - self._burst_started,
+                    audio=audio,
+                    sample_rate=self.rate,
+                )
                 self._burst_started = None
             self._gap_started = None
         if self.record:

@@ -84,8 +84,10 @@ class Harness:
 
     async def utterance(self, speech_secs: float = 0.5, silence_secs: float = 0.5) -> None:
         await self.task.queue_frame(UserStartedSpeakingFrame())
-        await self.audio(tone(speech_secs, self.rate) + silence(silence_secs, self.rate))
-        await self.task.queue_frame(UserStoppedSpeakingFrame())
+        await self.audio(tone(speech_secs, self.rate))
+        ended_at = time.monotonic()
+        await self.audio(silence(silence_secs, self.rate))
+        await self.task.queue_frame(UserStoppedSpeakingFrame(speech_ended_at=ended_at))
 
     def errors(self) -> list[ErrorFrame]:
         return self.up.seen(ErrorFrame, UP)
@@ -242,7 +244,7 @@ async def test_keepalive_is_sent_only_while_idle(fake: tuple[str, FakeDeepgramSt
             await h.audio(silence(0.02, 16000))
             await asyncio.sleep(0.02)
         assert len(state.last.control_of("KeepAlive")) <= before + 1
-        assert h.service.keepalives_sent == len(state.last.control_of("KeepAlive"))
+        await wait_until(lambda: h.service.keepalives_sent == len(state.last.control_of("KeepAlive")))
         await h.end()
     finally:
         await h.cancel()

@@ -55,7 +55,7 @@ def conversation() -> Iterator[list[str]]:
 async def _speech(text: str) -> bytes:
     from callpipe.services.piper import PiperTTSService
 
-    return await PiperTTSService(sample_rate=8000).synthesize(text)
+    return await PiperTTSService(sample_rate=8000, noise_scale=0.0, noise_w_scale=0.0).synthesize(text)
 
 
 def _settings(port: int, fake_base: str, **extra: Any) -> ServerSettings:

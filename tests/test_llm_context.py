@@ -12,10 +12,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import pytest
-
 from callpipe.pipeline import Pipeline
 from callpipe.pipeline.frames import (
+    ControlFrame,
+    DataFrame,
     EndFrame,
     Frame,
     InputDTMFFrame,
@@ -90,28 +90,39 @@ class EchoLLM(LLMService):
 
 
 class PlaybackOutput(FrameProcessor):
-    """A stand-in output transport: holds the LLM's words until their "audio" plays.
+    """A stand-in output transport: holds the reply until its "audio" plays.
 
-    ``play(n)`` releases the next ``n`` words as :class:`TTSTextFrame` (as a real output
-    does when their audio has been sent); an interruption drops the rest.
+    LLM words wait in order with the in-order frames behind them (as a real output holds
+    data and control frames behind queued audio); ``play(n)`` releases the next ``n``
+    words as :class:`TTSTextFrame` (as the output does once their audio has been sent),
+    plus the frames queued right behind them. An interruption drops everything pending.
     """
 
     def __init__(self) -> None:
         super().__init__(name="output")
-        self.pending: deque[str] = deque()
+        self.pending: deque[Frame] = deque()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
-        if isinstance(frame, LLMTextFrame):
-            self.pending.append(frame.text)
-            return
         if isinstance(frame, InterruptionFrame):
             self.pending.clear()
+        elif direction is FrameDirection.DOWNSTREAM and (
+            isinstance(frame, LLMTextFrame) or (self.pending and isinstance(frame, DataFrame | ControlFrame))
+        ):
+            self.pending.append(frame)
+            return
         await self.push_frame(frame, direction)
 
+    def words_pending(self) -> int:
+        return sum(isinstance(f, LLMTextFrame) for f in self.pending)
+
     async def play(self, n: int) -> None:
-        for _ in range(n):
-            await self.push_frame(TTSTextFrame(self.pending.popleft()))
+        while self.pending and (n > 0 or not isinstance(self.pending[0], LLMTextFrame)):
+            frame = self.pending.popleft()
+            if isinstance(frame, LLMTextFrame):
+                n -= 1
+                frame = TTSTextFrame(frame.text)
+            await self.push_frame(frame)
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
@@ -141,7 +152,7 @@ def stopped() -> UserStoppedSpeakingFrame:
 
 
 async def test_commits_when_the_transcript_comes_before_the_stop() -> None:
-    context, aggregator, recorder, pipeline = user_aggregator()
+    context, _aggregator, recorder, pipeline = user_aggregator()
     await pipeline.queue_frame(started())
     await pipeline.queue_frame(TranscriptionFrame("I'd like"))
     await pipeline.queue_frame(InterimTranscriptionFrame("to book an"))
@@ -160,7 +171,7 @@ async def test_commits_when_the_transcript_comes_before_the_stop() -> None:
 
 
 async def test_commits_when_the_stop_comes_before_the_transcript() -> None:
-    context, aggregator, recorder, pipeline = user_aggregator(timeout=5.0)
+    context, _aggregator, recorder, pipeline = user_aggregator(timeout=5.0)
     await pipeline.queue_frame(started())
     await pipeline.queue_frame(stopped())
     assert recorder.seen(LLMContextFrame) == [] and len(context.messages) == 1
@@ -177,7 +188,7 @@ async def test_commits_when_the_stop_comes_before_the_transcript() -> None:
 
 
 async def test_a_turn_resumed_before_the_transcript_is_one_turn() -> None:
-    context, aggregator, recorder, pipeline = user_aggregator(timeout=0.05)
+    context, _aggregator, recorder, pipeline = user_aggregator(timeout=0.05)
     await pipeline.queue_frame(started())
     await pipeline.queue_frame(stopped())
     await pipeline.queue_frame(started())  # a pause, then more words: the timer is off
@@ -192,7 +203,7 @@ async def test_a_turn_resumed_before_the_transcript_is_one_turn() -> None:
 
 
 async def test_no_transcript_after_the_stop_drops_the_turn_after_the_timeout() -> None:
-    context, aggregator, recorder, pipeline = user_aggregator(timeout=0.05)
+    context, _aggregator, recorder, pipeline = user_aggregator(timeout=0.05)
     await pipeline.queue_frame(started())
     await pipeline.queue_frame(stopped())
     await asyncio.sleep(0.15)
@@ -206,13 +217,8 @@ async def test_no_transcript_after_the_stop_drops_the_turn_after_the_timeout() -
     await pipeline.cleanup()
 
 
-@pytest.mark.xfail(
-    reason="LLMUserAggregator ignores interim transcripts, so its timeout can only drop the turn "
-    "(base-class change proposed: use the last interim transcript on timeout)",
-    strict=True,
-)
 async def test_timeout_commits_the_partial_transcript_when_no_final_comes() -> None:
-    context, aggregator, recorder, pipeline = user_aggregator(timeout=0.05)
+    context, _aggregator, recorder, pipeline = user_aggregator(timeout=0.05)
     await pipeline.queue_frame(started())
     await pipeline.queue_frame(InterimTranscriptionFrame("can you call me"))
     await pipeline.queue_frame(InterimTranscriptionFrame("can you call me back"))
@@ -225,7 +231,7 @@ async def test_timeout_commits_the_partial_transcript_when_no_final_comes() -> N
 
 
 async def test_empty_turns_are_dropped() -> None:
-    context, aggregator, recorder, pipeline = user_aggregator(timeout=0.05)
+    context, _aggregator, recorder, pipeline = user_aggregator(timeout=0.05)
     await pipeline.queue_frame(started())
     await pipeline.queue_frame(TranscriptionFrame("   "))
     await pipeline.queue_frame(stopped())
@@ -333,14 +339,16 @@ async def test_barge_in_keeps_only_the_words_the_caller_heard() -> None:
 
 
 async def test_reply_is_committed_at_the_response_end() -> None:
-    context, llm, output, recorder, pipeline = assistant_after_output()
+    context, _llm, output, recorder, pipeline = assistant_after_output()
     await pipeline.queue_frame(LLMContextFrame(context=context))
     # The LLM has finished writing; the caller has not heard it yet.
-    await wait_until(lambda: len(output.pending) == 2)
-    await output.play(2)
-    assert context.messages == [SYSTEM]
-    await wait_until(lambda: bool(recorder.seen(LLMFullResponseEndFrame)))
-    # LLMFullResponseEndFrame reaches the aggregator when the response is over.
+    await wait_until(
+        lambda: output.words_pending() == 2 and isinstance(output.pending[-1], LLMFullResponseEndFrame)
+    )
+    await output.play(1)
+    assert context.messages == [SYSTEM]  # half of it heard, the reply is not over
+    await output.play(1)  # the rest, and the end of the reply behind it
+    assert recorder.seen(LLMFullResponseEndFrame)
     assert context.messages[1:] == [{"role": "assistant", "content": "echo: (nothing)"}]
     await pipeline.cleanup()
 

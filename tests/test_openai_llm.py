@@ -511,6 +511,40 @@ async def test_interruption_cancels_the_stream(fake_openai: tuple[str, FakeOpenA
         assert h.errors() == []
 
 
+async def test_interruption_while_a_tool_runs_leaves_a_valid_context(
+    fake_openai: tuple[str, FakeOpenAIState],
+) -> None:
+    url, fake = fake_openai
+    fake.responder = weather_responder
+    llm = make_llm(url)
+    running_tool = asyncio.Event()
+
+    async def slow_weather(params: FunctionCallParams) -> Any:
+        running_tool.set()
+        await asyncio.sleep(10)  # a slow backend; the caller barges in meanwhile
+        return {"forecast": "sunny"}
+
+    llm.register_function("get_weather", slow_weather)
+    async with running(llm, tools=[WEATHER]) as h:
+        await h.say("What's the weather in Paris?")
+        await asyncio.wait_for(running_tool.wait(), DEADLINE)
+        await h.task.queue_frame(InterruptionFrame())
+        await wait_until(lambda: bool(h.down.seen(InterruptionFrame)))
+        # An interrupted reply ends without LLMFullResponseEndFrame (nothing left to speak).
+        assert not h.down.seen(LLMFullResponseEndFrame)
+
+        # The next turn must still be a valid conversation for the API.
+        fake.responder = scripted_replies("Sure, what else?")
+        await h.say("Never mind.")
+        await h.reply_done(1)
+        assert h.errors() == []
+        assert "".join(h.down.texts()) == "Sure, what else?"
+        request = fake.last_request
+        assert request.status_code == 200
+        roles = [m["role"] for m in request.messages]
+        assert roles == ["system", "user", "assistant", "tool", "user"]
+
+
 # ------------------------------------------------------------- the fake itself
 
 

@@ -70,7 +70,8 @@ def _local_speech(*, need_voice: bool) -> tuple[Any, Any]:
         from callpipe.services.piper import PiperTTSService
         from callpipe.services.whisper import WhisperSTTService
 
-        voice, stt = PiperTTSService(sample_rate=8000), WhisperSTTService()
+        voice = PiperTTSService(sample_rate=8000, noise_scale=0.0, noise_w_scale=0.0)
+        stt = WhisperSTTService()
         return voice, stt
     except Exception as exc:
         if need_voice:

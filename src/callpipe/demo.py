@@ -89,7 +89,8 @@ async def run_demo(lines: list[str], *, record: str, transcript: str, stop_secs:
     started = time.monotonic()
     _say("Loading the embedded models (VAD, Whisper tiny.en, Piper voice)…")
     await asyncio.to_thread(preload_models)
-    caller_voice = PiperTTSService(sample_rate=8000, length_scale=0.95)
+    # Deterministic caller voice (no sampling noise): the demo sounds the same on every run.
+    caller_voice = PiperTTSService(sample_rate=8000, length_scale=1.05, noise_scale=0.0, noise_w_scale=0.0)
     audio_lines = [await caller_voice.synthesize(line) for line in lines]
     result.load_secs = time.monotonic() - started
     _say(f"  ready in {result.load_secs:.1f}s")

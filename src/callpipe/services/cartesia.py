@@ -128,6 +128,8 @@ class CartesiaTTSService(TTSService):
             raise ValueError("a Cartesia voice_id is required")
         if encoding not in ("pcm_s16le", "pcm_mulaw"):
             raise ValueError(f"encoding must be 'pcm_s16le' or 'pcm_mulaw', got {encoding!r}")
+        if reconnect_attempts < 0 or response_timeout_secs <= 0:
+            raise ValueError("reconnect_attempts must not be negative and response_timeout_secs positive")
         if sample_rate not in SUPPORTED_SAMPLE_RATES:
             raise ValueError(f"Cartesia offers sample rates {SUPPORTED_SAMPLE_RATES}, not {sample_rate}")
         self._api_key = api_key
@@ -176,7 +178,7 @@ class CartesiaTTSService(TTSService):
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
             self.create_task(self._preconnect(), "cartesia-connect")
-        elif isinstance(frame, InterruptionFrame):
+        elif isinstance(frame, InterruptionFrame) and direction is FrameDirection.DOWNSTREAM:
             # The base has cancelled synthesis (which abandons a context mid-sentence);
             # a reply waiting between sentences still has an open context.
             if self._reply is not None:

@@ -14,7 +14,10 @@
   to the two-second bound) is sent once it is back. If every attempt fails, a non-fatal
   :class:`ErrorFrame` goes upstream and the call carries on without transcription.
 * On :class:`EndFrame` the queued audio is sent, then ``{"type": "CloseStream"}``; Deepgram
-  answers with its last results and a ``Metadata`` message and closes the socket.
+  answers with its last results and a ``Metadata`` message and closes the socket. A
+  :class:`CancelFrame` sends ``CloseStream`` too but does not wait for the answer.
+* TTFB metrics: from the end of the caller's speech (the VAD's ``speech_ended_at``) to
+  the final transcript covering it, one :class:`MetricsFrame` per turn.
 
 Encoding: ``linear16`` sends PCM16 at ``sample_rate`` (default: the pipeline's input
 rate). ``mulaw`` sends G.711 μ-law at 8 kHz - a phone call's own format, a quarter of
@@ -52,6 +55,8 @@ from callpipe.pipeline.frames import (
     EndFrame,
     Frame,
     InputAudioRawFrame,
+    MetricsData,
+    MetricsFrame,
     StartFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -120,6 +125,8 @@ class DeepgramSTTService(STTService):
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         if not api_key:
             raise ValueError("a Deepgram API key is required")
+        if keepalive_secs <= 0 or reconnect_attempts < 0:
+            raise ValueError("keepalive_secs must be positive and reconnect_attempts not negative")
         self._api_key = api_key
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -147,7 +154,8 @@ class DeepgramSTTService(STTService):
         self._failed = False
         self._last_sent = time.monotonic()
         self._received = 0
-        self._awaiting_final = False
+        self._speech_ended_at: float | None = None  # speech ended; its final is awaited
+        self._turn_final_at: float | None = None  # a final arrived during this turn
         # Counters, for logs and tests.
         self.connections = 0
         self.keepalives_sent = 0
@@ -203,11 +211,10 @@ class DeepgramSTTService(STTService):
             self._closing = True
             await self._send_close_stream_now()
         elif isinstance(frame, UserStartedSpeakingFrame):
-            self._awaiting_final = False
+            self._speech_ended_at = None
+            self._turn_final_at = None
         elif isinstance(frame, UserStoppedSpeakingFrame):
-            # TTFB here = from the VAD's end of speech to the next final transcript.
-            self.start_ttfb_metrics()
-            self._awaiting_final = True
+            await self._on_speech_end(frame.speech_ended_at or time.monotonic())
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
             self._start()
@@ -415,9 +422,7 @@ class DeepgramSTTService(STTService):
             if not text:
                 return
             if data.get("is_final"):
-                if self._awaiting_final:
-                    self._awaiting_final = False
-                    await self.stop_ttfb_metrics(self.model)
+                await self._on_final(time.monotonic())
                 await self.push_transcription(text, final=True)
             else:
                 await self.push_transcription(text, final=False)
@@ -429,6 +434,36 @@ class DeepgramSTTService(STTService):
             detail = data.get("description") or data.get("message") or data.get("variant") or "error"
             await self.push_error(f"{self.name}: Deepgram error: {detail}")
         # SpeechStarted, UtteranceEnd and future message types need nothing here.
+
+    # --------------------------------------------------------------------- metrics
+
+    # TTFB for streaming STT: from the end of the caller's speech (the VAD's
+    # ``speech_ended_at``) to the final transcript that covers it. Deepgram's endpointing
+    # often finalises before the VAD reports the stop (its stop window is usually longer),
+    # so a final that came after the speech ended but before the stop event is reported
+    # when the stop arrives; otherwise the next final is waited for.
+
+    async def _on_speech_end(self, ended_at: float) -> None:
+        final_at = self._turn_final_at
+        self._turn_final_at = None
+        if final_at is not None and final_at >= ended_at:
+            await self._report_ttfb(final_at - ended_at)
+        else:
+            self._speech_ended_at = ended_at
+
+    async def _on_final(self, now: float) -> None:
+        if self._speech_ended_at is not None:
+            ended_at, self._speech_ended_at = self._speech_ended_at, None
+            await self._report_ttfb(now - ended_at)
+        else:
+            self._turn_final_at = now
+
+    async def _report_ttfb(self, value: float) -> None:
+        if not self.metrics_enabled:
+            return
+        logger.info("metrics %s ttfb=%.1fms", self.name, value * 1000)
+        data = MetricsData(name="ttfb", value=max(0.0, value), processor=self.name, model=self.model)
+        await self.push_frame(MetricsFrame(data=[data]))
 
     # --------------------------------------------------------------------- closing
 

@@ -140,6 +140,7 @@ class LLMUserAggregator(FrameProcessor):
         self.context = context
         self.transcript_timeout_secs = transcript_timeout_secs
         self._parts: list[str] = []
+        self._interim = ""
         self._user_speaking = False
         self._waiting_since: float | None = None
         self._timeout: asyncio.TimerHandle | None = None
@@ -150,10 +151,12 @@ class LLMUserAggregator(FrameProcessor):
         if isinstance(frame, TranscriptionFrame):
             if frame.text.strip():
                 self._parts.append(frame.text.strip())
+            self._interim = ""
             if not self._user_speaking and self._waiting_since is not None:
                 await self._commit()
             return
         if isinstance(frame, InterimTranscriptionFrame):
+            self._interim = frame.text.strip()
             return
         if isinstance(frame, UserStartedSpeakingFrame):
             self._user_speaking = True
@@ -202,13 +205,16 @@ class LLMUserAggregator(FrameProcessor):
         self._timeout = None
         if self._waiting_since is not None and not self._user_speaking:
             logger.info("no final transcript %.1fs after the turn ended", self.transcript_timeout_secs)
-            self.create_task(self._commit(), "commit-after-timeout")
+            self.create_task(self._commit(use_interim=True), "commit-after-timeout")
 
-    async def _commit(self) -> None:
+    async def _commit(self, *, use_interim: bool = False) -> None:
         self._cancel_timeout()
         self._waiting_since = None
         text = " ".join(self._parts).strip()
+        if not text and use_interim:
+            text = self._interim  # the STT never finalised: its last guess beats nothing
         self._parts.clear()
+        self._interim = ""
         if not text:
             return
         self.context.add_message({"role": "user", "content": text})
@@ -281,6 +287,7 @@ class FunctionCallParams:
     arguments: dict[str, Any]
     llm: LLMService
     context: LLMContext
+    run_llm: bool = True  # set False: do not ask the model again after this tool
 
 
 FunctionHandler = Callable[[FunctionCallParams], Awaitable[Any]]
@@ -328,22 +335,20 @@ class LLMService(FrameProcessor):
         try:
             for _ in range(self.max_tool_rounds + 1):
                 calls = await self._stream_once(context)
-                if not calls:
+                if not calls or not await self._run_tools(context, calls):
                     break
-                await self._run_tools(context, calls)
         except asyncio.CancelledError:
+            # Interrupted: no end-of-reply, or the TTS would speak the leftover fragment.
             raise
         except Exception as exc:
             logger.exception("%s failed", self.name)
             await self.push_error(f"{self.name}: {exc}")
-        finally:
-            await self.push_frame(LLMFullResponseEndFrame())
+        await self.push_frame(LLMFullResponseEndFrame())
 
     async def _stream_once(self, context: LLMContext) -> list[ToolCall]:
         self.start_ttfb_metrics()
         first = True
         calls: list[ToolCall] = []
-        text: list[str] = []
         async for chunk in self.run_llm(context):
             if first:
                 first = False
@@ -351,11 +356,23 @@ class LLMService(FrameProcessor):
             if isinstance(chunk, ToolCall):
                 calls.append(chunk)
             elif chunk:
-                text.append(chunk)
                 await self.push_frame(LLMTextFrame(chunk))
-        if calls:
-            # The model's tool request goes in the context. Any text it said first is not
-            # repeated here: the assistant aggregator records it as the caller hears it.
+        return calls
+
+    async def _run_tools(self, context: LLMContext, calls: list[ToolCall]) -> bool:
+        """Run the calls; True if the model should be asked again (no handler said otherwise)."""
+        results: list[Any] = []
+        params: list[FunctionCallParams] = []
+        try:
+            for call in calls:
+                results.append(await self._run_tool(context, call, params))
+        finally:
+            # The model's tool request and a result for every call go into the context
+            # together, with no await in between, also when the caller interrupts while a
+            # tool runs: a tool call without its result makes every later request fail
+            # (OpenAI answers 400), and nothing else (the aggregators) can slip in between.
+            # Any text the model said first is not repeated here: the assistant aggregator
+            # records it as the caller hears it.
             context.add_message(
                 {
                     "role": "assistant",
@@ -370,33 +387,36 @@ class LLMService(FrameProcessor):
                     ],
                 }
             )
-        return calls
+            for i, call in enumerate(calls):
+                result = results[i] if i < len(results) else {"error": "interrupted by the caller"}
+                context.add_message(
+                    {
+                        "role": "tool",
+                        "tool_call_id": call.id,
+                        "content": json.dumps(result if result is not None else "ok"),
+                    }
+                )
+        return all(p.run_llm for p in params)
 
-    async def _run_tools(self, context: LLMContext, calls: list[ToolCall]) -> None:
-        for call in calls:
-            handler = self._functions.get(call.name)
-            try:
-                arguments = json.loads(call.arguments or "{}")
-            except json.JSONDecodeError:
-                arguments = {}
-            if handler is None:
-                result: Any = {"error": f"unknown function {call.name}"}
-            else:
-                try:
-                    params = FunctionCallParams(call.name, call.id, arguments, self, context)
-                    result = await handler(params)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    logger.exception("tool %s failed", call.name)
-                    result = {"error": str(exc)}
-            context.add_message(
-                {
-                    "role": "tool",
-                    "tool_call_id": call.id,
-                    "content": json.dumps(result if result is not None else "ok"),
-                }
-            )
+    async def _run_tool(self, context: LLMContext, call: ToolCall, ran: list[FunctionCallParams]) -> Any:
+        handler = self._functions.get(call.name)
+        try:
+            arguments = json.loads(call.arguments or "{}")
+        except json.JSONDecodeError:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            arguments = {}
+        if handler is None:
+            return {"error": f"unknown function {call.name}"}
+        try:
+            params = FunctionCallParams(call.name, call.id, arguments, self, context)
+            ran.append(params)
+            return await handler(params)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("tool %s failed", call.name)
+            return {"error": str(exc)}
 
     async def cleanup(self) -> None:
         """Cancel any reply in progress."""

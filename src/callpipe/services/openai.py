@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import openai
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk
@@ -198,7 +199,12 @@ class OpenAILLMService(LLMService):
         except openai.APIError as exc:
             raise self._error(exc, streaming=True, received=received) from None
         except Exception as exc:
-            # Older SDKs let transport errors out of the stream unwrapped.
+            # Older SDKs (before 2.x) let transport errors out of the stream unwrapped.
+            if isinstance(exc, httpx.TimeoutException | TimeoutError):
+                what = "went silent mid-reply for" if received else "did not answer within"
+                raise OpenAILLMError(
+                    f"the LLM server at {self.base_url} {what} {self.timeout:g} s", retryable=True
+                ) from None
             raise OpenAILLMError(
                 f"the LLM server at {self.base_url} broke off the reply: {self._redact(_describe(exc))}",
                 retryable=True,

@@ -53,12 +53,12 @@ class _SharedVoice:
                 voice = cls._voices[model] = cls(model, config)
             return voice
 
-    def synthesize(self, text: str, out_rate: int, length_scale: float | None) -> bytes:
+    def synthesize(self, text: str, out_rate: int, settings: dict[str, float]) -> bytes:
         syn_config: Any = None
-        if length_scale is not None:
+        if settings:
             from piper import SynthesisConfig
 
-            syn_config = SynthesisConfig(length_scale=length_scale)
+            syn_config = SynthesisConfig(**settings)  # type: ignore[arg-type]
         pieces = [chunk.audio_float_array for chunk in self.voice.synthesize(text, syn_config=syn_config)]
         if not pieces:
             return b""
@@ -79,6 +79,8 @@ class PiperTTSService(TTSService):
         model: str | None = None,
         config: str | None = None,
         length_scale: float | None = None,
+        noise_scale: float | None = None,
+        noise_w_scale: float | None = None,
         name: str | None = None,
     ) -> None:
         if model is None:
@@ -87,7 +89,17 @@ class PiperTTSService(TTSService):
         super().__init__(sample_rate=sample_rate, voice=model.rsplit("/", 1)[-1], name=name)
         self.model_path = model
         self.config_path = config or model + ".json"
-        self.length_scale = length_scale
+        # Piper's defaults unless set; noise 0 makes synthesis deterministic (the simulator
+        # uses that so a scripted caller sounds the same on every run).
+        self.settings = {
+            key: value
+            for key, value in (
+                ("length_scale", length_scale),
+                ("noise_scale", noise_scale),
+                ("noise_w_scale", noise_w_scale),
+            )
+            if value is not None
+        }
 
     def load(self) -> None:
         """Load the shared voice now instead of at the first sentence."""
@@ -98,7 +110,7 @@ class PiperTTSService(TTSService):
         shared = _SharedVoice.get(self.model_path, self.config_path)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            shared.executor, shared.synthesize, text, self.sample_rate, self.length_scale
+            shared.executor, shared.synthesize, text, self.sample_rate, self.settings
         )
 
     async def run_tts(self, text: str) -> AsyncIterator[bytes]:

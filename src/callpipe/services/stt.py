@@ -79,7 +79,7 @@ class SegmentedSTTService(STTService):
         self,
         *,
         language: str = "en",
-        preroll_secs: float = 0.4,
+        preroll_secs: float = 0.8,
         max_utterance_secs: float = 30.0,
         name: str | None = None,
     ) -> None:

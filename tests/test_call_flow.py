@@ -161,3 +161,21 @@ async def test_every_codec_end_to_end(encoding: str, rate: int, speech_8k: bytes
     bot = np.frombuffer(result.bot_track, dtype=np.int16).astype(np.float64)
     loud = bot[np.abs(bot) > 1000]
     assert len(loud) > 0.3 * rate
+
+
+async def test_with_min_words_speech_alone_does_not_interrupt_the_bot(speech_8k: bytes) -> None:
+    # No STT in this bot, so no words ever arrive: with interruption_min_words the VAD's
+    # start must not cut the bot off (a cough or "uh-huh" while it talks is not a barge-in).
+    config = CannedBotConfig(reply=tone(3.0, freq=500), greeting=None, interruption_min_words=2)
+    app, calls = create_canned_bot_app(config)
+    with BackgroundServer(app) as server:
+        caller = SimulatedCaller(server.ws_url + "/ws")
+        result = await caller.run(
+            [CallerTurn(audio=speech_8k), CallerTurn(audio=speech_8k, barge_in_after=0.8)],
+            hang_up_after_secs=0.5,
+        )
+        await calls[0].wait_finished(3)
+    assert result.clears == []
+    # Only the first turn (the bot silent) produced an interruption, which cuts nothing.
+    assert calls[0].responder.interruptions == 1
+    assert result.bot_audio_secs >= 6.0 - 0.1  # both 3 s replies were heard in full

@@ -14,6 +14,9 @@ from typing import Any
 
 from callpipe.pipeline import Pipeline
 from callpipe.pipeline.frames import (
+    BotInterruptionFrame,
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
     ControlFrame,
     DataFrame,
     EndFrame,
@@ -24,6 +27,7 @@ from callpipe.pipeline.frames import (
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    StartFrame,
     TextFrame,
     TranscriptionFrame,
     TTSStoppedFrame,
@@ -411,3 +415,23 @@ def test_telephony_tool_schemas() -> None:
     assert schemas["end_call"]["parameters"]["required"] == []
     assert schemas["transfer_call"]["parameters"]["required"] == ["to"]
     assert schemas["send_dtmf"]["parameters"]["required"] == ["digits"]
+
+
+async def test_min_words_interrupts_the_bot_only_after_enough_words() -> None:
+    context = LLMContext(messages=[{"role": "system", "content": "s"}])
+    head, tail = Recorder(), Recorder()
+    aggregator = LLMUserAggregator(context)
+    pipeline = Pipeline([head, aggregator, tail])
+    await pipeline.queue_frame(StartFrame(interruption_min_words=3))
+    # The bot is speaking (the output sends BotStartedSpeakingFrame upstream too).
+    await tail.push_frame(BotStartedSpeakingFrame(), FrameDirection.UPSTREAM)
+    await pipeline.queue_frame(InterimTranscriptionFrame("uh huh"))
+    assert head.seen(BotInterruptionFrame) == []  # two words: a backchannel, not a barge-in
+    await pipeline.queue_frame(InterimTranscriptionFrame("wait a second please"))
+    await pipeline.queue_frame(TranscriptionFrame("wait a second please"))
+    assert len(head.seen(BotInterruptionFrame)) == 1  # asked once per bot turn
+    # Once the bot has stopped, words never interrupt anything.
+    await tail.push_frame(BotStoppedSpeakingFrame(), FrameDirection.UPSTREAM)
+    await pipeline.queue_frame(InterimTranscriptionFrame("one two three four"))
+    assert len(head.seen(BotInterruptionFrame)) == 1
+    await pipeline.cleanup()

@@ -156,6 +156,7 @@ class StartFrame(SystemFrame):
     enable_metrics: bool = True
     enable_usage_metrics: bool = False
     interruption_min_secs: float = 0.0
+    interruption_min_words: int = 0
 
 
 @dataclass(slots=True, kw_only=True)

@@ -127,6 +127,7 @@ class FrameProcessor(EventHandlerMixin):
         self._allow_interruptions = True
         self._enable_metrics = True
         self._interruption_min_secs = 0.0
+        self._interruption_min_words = 0
         self._ttfb_started_at: float | None = None
 
     # ------------------------------------------------------------------- linking
@@ -176,6 +177,7 @@ class FrameProcessor(EventHandlerMixin):
             self._allow_interruptions = frame.allow_interruptions
             self._enable_metrics = frame.enable_metrics
             self._interruption_min_secs = frame.interruption_min_secs
+            self._interruption_min_words = frame.interruption_min_words
         elif isinstance(frame, CancelFrame):
             self.cancel_all_tasks()
 

@@ -51,6 +51,7 @@ class PipelineParams:
     enable_metrics: bool = True
     enable_usage_metrics: bool = False
     interruption_min_secs: float = 0.0
+    interruption_min_words: int = 0
 
 
 class _TaskSource(FrameProcessor):
@@ -164,6 +165,7 @@ class PipelineTask(EventHandlerMixin):
                 enable_metrics=self.params.enable_metrics,
                 enable_usage_metrics=self.params.enable_usage_metrics,
                 interruption_min_secs=self.params.interruption_min_secs,
+                interruption_min_words=self.params.interruption_min_words,
             )
             self._last_activity = time.monotonic()
             self._schedule_idle_check()

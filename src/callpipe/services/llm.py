@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from callpipe.pipeline.frames import (
+    BotInterruptionFrame,
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
     CancelFrame,
     DataFrame,
     EndFrame,
@@ -142,6 +145,8 @@ class LLMUserAggregator(FrameProcessor):
         self._parts: list[str] = []
         self._interim = ""
         self._user_speaking = False
+        self._bot_speaking = False
+        self._interrupt_requested = False
         self._waiting_since: float | None = None
         self._timeout: asyncio.TimerHandle | None = None
 
@@ -149,6 +154,7 @@ class LLMUserAggregator(FrameProcessor):
         """Aggregate transcripts; commit the turn at its end."""
         await super().process_frame(frame, direction)
         if isinstance(frame, TranscriptionFrame):
+            await self._maybe_interrupt(" ".join([*self._parts, frame.text]))
             if frame.text.strip():
                 self._parts.append(frame.text.strip())
             self._interim = ""
@@ -157,7 +163,12 @@ class LLMUserAggregator(FrameProcessor):
             return
         if isinstance(frame, InterimTranscriptionFrame):
             self._interim = frame.text.strip()
+            await self._maybe_interrupt(self._interim)
             return
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speaking, self._interrupt_requested = True, False
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speaking = False
         if isinstance(frame, UserStartedSpeakingFrame):
             self._user_speaking = True
             self._cancel_timeout()
@@ -190,6 +201,20 @@ class LLMUserAggregator(FrameProcessor):
         elif isinstance(frame, EndFrame | CancelFrame):
             self._cancel_timeout()
         await self.push_frame(frame, direction)
+
+    async def _maybe_interrupt(self, text: str) -> None:
+        """With ``interruption_min_words``: interrupt the bot once the caller said that many words."""
+        needed = self._interruption_min_words
+        if (
+            needed <= 0
+            or not self._bot_speaking
+            or self._interrupt_requested
+            or not self.interruptions_allowed
+        ):
+            return
+        if len(text.split()) >= needed:
+            self._interrupt_requested = True
+            await self.push_frame(BotInterruptionFrame(), FrameDirection.UPSTREAM)
 
     def _arm_timeout(self) -> None:
         self._cancel_timeout()

@@ -128,6 +128,7 @@ class CannedBotConfig:
     receive_timeout_secs: float | None = 10.0
     allow_interruptions: bool = True
     interruption_min_secs: float = 0.0
+    interruption_min_words: int = 0
     idle_timeout_secs: float | None = 300.0
 
 
@@ -219,6 +220,7 @@ def create_canned_bot_app(config: CannedBotConfig) -> tuple[FastAPI, list[Canned
                 audio_out_sample_rate=config.sample_rate,
                 allow_interruptions=config.allow_interruptions,
                 interruption_min_secs=config.interruption_min_secs,
+                interruption_min_words=config.interruption_min_words,
             ),
             idle_timeout_secs=config.idle_timeout_secs,
         )

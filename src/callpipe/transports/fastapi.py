@@ -337,6 +337,10 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         await self.push_frame(UserStartedSpeakingFrame())
         if not self.interruptions_allowed:
             return
+        if self._interruption_min_words > 0 and self._transport.output_processor.bot_speaking:
+            # While the bot talks, the words decide: the user aggregator asks for the
+            # interruption (BotInterruptionFrame) once enough of them were transcribed.
+            return
         vad_start = self._vad.params.start_secs if self._vad is not None else 0.0
         extra = self._interruption_min_secs - vad_start
         if extra > 0:
@@ -544,6 +548,11 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
             released.append(timed.popleft()[1])
         if released:
             self._emit(released, both_ways=False)
+
+    @property
+    def bot_speaking(self) -> bool:
+        """Whether bot audio is playing (or queued) right now."""
+        return self._speaking or bool(self._buffer)
 
     def on_mark(self, name: str) -> None:
         """Telnyx echoed a mark: the audio before it has been played to the caller."""

@@ -28,7 +28,6 @@ from callpipe.pipeline.frames import (
     LLMFullResponseStartFrame,
     LLMTextFrame,
     StartFrame,
-    TextFrame,
     TranscriptionFrame,
     TTSStoppedFrame,
     TTSTextFrame,
@@ -49,34 +48,13 @@ from callpipe.services.llm import (
     LLMUserAggregator,
     TelephonyTools,
 )
+from tests.helpers import Recorder
 
 DEADLINE = 3.0
 SYSTEM = {"role": "system", "content": "Be brief."}
 
 
 # --------------------------------------------------------------------- helpers
-
-
-class Recorder(FrameProcessor):
-    """Records every frame, then passes it on."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.frames: list[tuple[Frame, FrameDirection]] = []
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        self.frames.append((frame, direction))
-        await self.push_frame(frame, direction)
-
-    def seen(self, kind: type[Frame] = Frame) -> list[Frame]:
-        return [f for f, _ in self.frames if isinstance(f, kind)]
-
-    def kinds(self) -> list[type[Frame]]:
-        return [type(f) for f, _ in self.frames]
-
-    def texts(self) -> list[str]:
-        return [f.text for f, _ in self.frames if isinstance(f, TextFrame)]
 
 
 class EchoLLM(LLMService):

@@ -32,7 +32,7 @@ from callpipe.pipeline.frames import (
     MetricsFrame,
     StartFrame,
 )
-from callpipe.pipeline.processor import FrameDirection, FrameProcessor
+from callpipe.pipeline.processor import FrameDirection
 from callpipe.server.background import BackgroundServer
 from callpipe.services.llm import (
     FunctionCallParams,
@@ -52,6 +52,7 @@ from callpipe.sim.fake_openai import (
     words,
 )
 from callpipe.telnyx.api import TelnyxClient
+from tests.helpers import Recorder
 
 KEY = "sk-test-0123456789abcdef"
 DOWN = FrameDirection.DOWNSTREAM
@@ -67,28 +68,6 @@ WEATHER = FunctionSchema(
 
 
 # --------------------------------------------------------------------- helpers
-
-
-class Recorder(FrameProcessor):
-    """Records every frame with its direction, then passes it on."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.frames: list[tuple[Frame, FrameDirection]] = []
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        self.frames.append((frame, direction))
-        await self.push_frame(frame, direction)
-
-    def seen(self, kind: type[Frame] = Frame) -> list[Frame]:
-        return [f for f, _ in self.frames if isinstance(f, kind)]
-
-    def texts(self) -> list[str]:
-        return [f.text for f, _ in self.frames if isinstance(f, LLMTextFrame)]
-
-    def kinds(self) -> list[type[Frame]]:
-        return [type(f) for f, _ in self.frames]
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:

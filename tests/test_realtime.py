@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from callpipe.audio.vad import VADParams
 from callpipe.server.background import BackgroundServer
 from callpipe.sim.bots import CannedBotConfig, create_canned_bot_app
 from callpipe.sim.caller import CallerTurn, CallResult, SimulatedCaller
@@ -71,14 +72,20 @@ def _check_call(result: CallResult) -> None:
     assert result.greeting_latency is not None and result.greeting_latency < 0.4
     assert len(result.turns) == 1
     latency = result.turns[0].response_latency
-    # VAD stop window 0.2 s; generous bound for a loaded 2-core machine running both sides.
-    assert latency is not None and latency < 0.6, latency
+    # VAD stop window 0.4 s; generous bound for a loaded 2-core machine running both sides.
+    assert latency is not None and latency < 0.8, latency
     assert result.bot_audio_secs == pytest.approx(2.0, abs=0.1)
     assert max(result.gaps, default=0.0) < 0.06, result.gaps
 
 
 async def test_fifty_simultaneous_calls_each_get_on_time_audio(speech_8k: bytes) -> None:
-    app, calls = create_canned_bot_app(CannedBotConfig(reply=tone(1.0, freq=500), greeting=tone(1.0)))
+    # stop_secs 0.4: the clip has a short pause mid-sentence that, depending on how the
+    # caller's start lines up with the VAD's 32 ms windows, can end a turn at 0.2 s; this
+    # test is about on-time audio for many calls, not about turn-taking.
+    config = CannedBotConfig(
+        reply=tone(1.0, freq=500), greeting=tone(1.0), vad_params=VADParams(stop_secs=0.4)
+    )
+    app, calls = create_canned_bot_app(config)
     with BackgroundServer(app) as server:
         callers = [SimulatedCaller(server.ws_url + "/ws", record=False) for _ in range(50)]
         results = await asyncio.wait_for(

@@ -73,3 +73,10 @@ def test_load_validates_its_bounds() -> None:
         main(["load", "ws://127.0.0.1:9/ws", "--calls", "0"])
     with pytest.raises(SystemExit, match="--duration"):
         main(["load", "ws://127.0.0.1:9/ws", "--duration", "-1"])
+
+
+def test_simulated_traffic_stays_on_this_machine_by_default() -> None:
+    with pytest.raises(SystemExit, match="--allow-remote"):
+        main(["load", "ws://10.1.2.3:8000/ws", "--calls", "1"])
+    with pytest.raises(SystemExit, match="--allow-remote"):
+        main(["call", "wss://bot.example.com/ws"])

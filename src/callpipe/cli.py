@@ -51,6 +51,18 @@ def _write_stereo_wav(path: str, pcm: bytes, rate: int) -> None:
         wav.writeframes(pcm)
 
 
+def _require_loopback(url: str, allow_remote: bool, what: str) -> None:
+    """Simulated traffic goes to this machine unless the user explicitly says otherwise."""
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").lower()
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    if not loopback and not allow_remote:
+        raise SystemExit(
+            f"{what} only targets this machine (127.0.0.1/localhost) unless you pass --allow-remote"
+        )
+
+
 def _parse_params(items: Sequence[str]) -> dict[str, str]:
     params: dict[str, str] = {}
     for item in items:
@@ -118,6 +130,7 @@ def _print_event(kind: str, data: dict[str, Any]) -> None:
 async def _call(args: argparse.Namespace) -> int:
     from callpipe.sim.caller import CallerTurn, SimulatedCaller
 
+    _require_loopback(args.url, args.allow_remote, "callpipe call")
     turns: list[CallerTurn] = []
     voice, stt = _local_speech(need_voice=bool(args.say))
     for line in args.say:
@@ -193,6 +206,7 @@ async def _call(args: argparse.Namespace) -> int:
 async def _load(args: argparse.Namespace) -> int:
     from callpipe.sim.load import LoadConfig, LoadProgress, run_load
 
+    _require_loopback(args.url, args.allow_remote, "callpipe load")
     if args.calls < 1 or args.calls > 2000:
         raise SystemExit("--calls must be between 1 and 2000")
     if args.duration <= 0 or args.duration > 3600:
@@ -399,6 +413,7 @@ def _build_parser() -> argparse.ArgumentParser:
     call.add_argument(
         "--wait", type=float, default=1.5, help="seconds of bot silence before the caller speaks"
     )
+    call.add_argument("--allow-remote", action="store_true", help="allow a bot that is not on this machine")
 
     load = sub.add_parser("load", help="many simulated calls at once against a running bot")
     load.add_argument("url", help="the bot's WebSocket URL (ws://…/ws)")
@@ -410,6 +425,9 @@ def _build_parser() -> argparse.ArgumentParser:
     load.add_argument("--codec", default="PCMU")
     load.add_argument("--json", help="also write the report as JSON to this file")
     load.add_argument("--quiet", action="store_true", help="no progress bar")
+    load.add_argument(
+        "--allow-remote", action="store_true", help="allow a target that is not on this machine"
+    )
     serve = sub.add_parser("serve", help="run the dial-in / dial-out server for a bot")
     serve.add_argument(
         "bot", nargs="?", help="bot file (bot.py) or module[:function] defining async def bot(runner_args)"

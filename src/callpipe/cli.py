@@ -43,14 +43,6 @@ def _default_caller_audio() -> tuple[bytes, int]:
         return _read_wav(path)
 
 
-def _write_stereo_wav(path: str, pcm: bytes, rate: int) -> None:
-    with wave.open(path, "wb") as wav:
-        wav.setnchannels(2)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(pcm)
-
-
 def _require_loopback(url: str, allow_remote: bool, what: str) -> None:
     """Simulated traffic goes to this machine unless the user explicitly says otherwise."""
     from urllib.parse import urlsplit
@@ -195,7 +187,7 @@ async def _call(args: argparse.Namespace) -> int:
         f"call ended by {result.closed_by or 'caller'} ({result.close_code} {result.close_reason})".rstrip()
     )
     if args.record:
-        _write_stereo_wav(args.record, result.stereo_pcm(), result.sample_rate)
+        await asyncio.to_thread(result.write_wav, args.record)
         print(f"recording (caller left, bot right): {args.record}")
     return 1 if result.errors else 0
 

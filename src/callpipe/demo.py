@@ -17,7 +17,6 @@ import secrets
 import sys
 import threading
 import time
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,9 +182,7 @@ async def run_demo(lines: list[str], *, record: str, transcript: str, stop_secs:
             result.turns.append(DemoTurn("bot", text, _ms(latencies[caller_index]) if first else None))
     answers = [turn.text for turn in result.turns if turn.speaker == "bot"]
     result.booking_confirmed = any("booked" in line.lower() for line in answers)
-    await asyncio.to_thread(
-        _write_outputs, result, outcome.stereo_pcm(), outcome.sample_rate, record, transcript
-    )
+    await asyncio.to_thread(_write_outputs, result, outcome, record, transcript)
     _summary(result, record, transcript)
     return result
 
@@ -194,13 +191,9 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000
 
 
-def _write_outputs(result: DemoResult, pcm: bytes, rate: int, record: str, transcript: str) -> None:
+def _write_outputs(result: DemoResult, outcome: Any, record: str, transcript: str) -> None:
     Path(transcript).write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    with wave.open(record, "wb") as wav:
-        wav.setnchannels(2)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(pcm)
+    outcome.write_wav(record)
 
 
 def _summary(result: DemoResult, record: str, transcript: str) -> None:

@@ -22,6 +22,7 @@ import itertools
 import logging
 import time
 import uuid
+import wave
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +117,14 @@ class CallResult:
         stereo[: len(left), 0] = left
         stereo[: len(right), 1] = right
         return stereo.tobytes()
+
+    def write_wav(self, path: str) -> None:
+        """Write the call as a stereo WAV: caller left, bot right."""
+        with wave.open(path, "wb") as wav:
+            wav.setnchannels(2)
+            wav.setsampwidth(2)
+            wav.setframerate(self.sample_rate)
+            wav.writeframes(self.stereo_pcm())
 
 
 class SimulatedCaller:

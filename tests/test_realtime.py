@@ -108,8 +108,6 @@ async def test_fifty_simultaneous_calls_each_get_on_time_audio(speech_8k: bytes,
     process = await asyncio.create_subprocess_exec(
         sys.executable, str(script), str(port), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
-        [sys.executable, str(script), str(port)], cwd=root, env={**os.environ, "PYTHONPATH": str(root)}
-    )
     try:
         async with httpx.AsyncClient() as http:
             for _ in range(300):

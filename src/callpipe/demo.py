@@ -71,6 +71,38 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def ensure_loopback() -> None:
+    """Make sure 127.0.0.1 works: in a fresh network namespace (``unshare -n``, the way to
+    prove the demo needs no network) the loopback interface starts *down*. As root in that
+    namespace we may bring it up; otherwise say what to do."""
+    import errno
+    import socket
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("127.0.0.1", 9))
+        return
+    except OSError as exc:
+        if exc.errno != errno.ENETUNREACH:
+            return
+    finally:
+        probe.close()
+    try:
+        import fcntl
+        import struct
+
+        siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            request = struct.pack("16sh", b"lo", 0)
+            flags = struct.unpack("16sh", fcntl.ioctl(sock, siocgifflags, request))[1]
+            fcntl.ioctl(sock, siocsifflags, struct.pack("16sh", b"lo", flags | iff_up))
+        _say("(the loopback interface was down - a fresh network namespace? - and is now up)")
+    except OSError as exc:
+        raise RuntimeError(
+            f"127.0.0.1 is unreachable (loopback down: run `ip link set lo up`): {exc}"
+        ) from None
+
+
 async def run_demo(lines: list[str], *, record: str, transcript: str, stop_secs: float = 0.3) -> DemoResult:
     """Hold the demo call and write the recording and transcript."""
     from callpipe.server.app import create_app
@@ -84,6 +116,7 @@ async def run_demo(lines: list[str], *, record: str, transcript: str, stop_secs:
     from callpipe.sim.texml import place_texml_call
     from callpipe.telnyx.api import TelnyxClient
 
+    ensure_loopback()
     result = DemoResult()
     started = time.monotonic()
     _say("Loading the embedded models (VAD, Whisper tiny.en, Piper voice)…")

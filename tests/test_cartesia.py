@@ -14,7 +14,6 @@ from callpipe.pipeline import Pipeline, PipelineParams, PipelineTask
 from callpipe.pipeline.frames import (
     EndFrame,
     ErrorFrame,
-    Frame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -28,10 +27,11 @@ from callpipe.pipeline.frames import (
     TTSStoppedFrame,
     TTSTextFrame,
 )
-from callpipe.pipeline.processor import FrameDirection, FrameProcessor
+from callpipe.pipeline.processor import FrameDirection
 from callpipe.server.background import BackgroundServer, free_port
 from callpipe.services.cartesia import CartesiaTTSService
 from callpipe.sim.fake_cartesia import FakeCartesiaState, create_fake_cartesia_app
+from tests.helpers import Recorder
 
 UP = FrameDirection.UPSTREAM
 DOWN = FrameDirection.DOWNSTREAM
@@ -39,29 +39,13 @@ DEADLINE = 5.0
 CHARS_PER_SEC = 14.0  # the fake's speaking rate (secs_per_char = 1/14)
 
 
-class Collector(FrameProcessor):
-    """Records every frame with its direction and arrival time, and passes it on."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.frames: list[tuple[Frame, FrameDirection, float]] = []
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        self.frames.append((frame, direction, time.monotonic()))
-        await self.push_frame(frame, direction)
-
-    def seen(self, kind: type[Frame] = Frame, direction: FrameDirection | None = None) -> list[Any]:
-        return [f for f, d, _ in self.frames if isinstance(f, kind) and (direction is None or d is direction)]
-
-
 class Harness:
     """[up, service, down] in a running PipelineTask."""
 
     def __init__(self, service: CartesiaTTSService) -> None:
         self.service = service
-        self.up = Collector(name="up")
-        self.down = Collector(name="down")
+        self.up = Recorder(name="up")
+        self.down = Recorder(name="down")
         self.task = PipelineTask(
             Pipeline([self.up, service, self.down]),
             params=PipelineParams(audio_out_sample_rate=service.sample_rate),

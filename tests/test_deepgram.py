@@ -15,7 +15,6 @@ from callpipe.pipeline.frames import (
     CancelFrame,
     EndFrame,
     ErrorFrame,
-    Frame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
     MetricsFrame,
@@ -25,34 +24,16 @@ from callpipe.pipeline.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from callpipe.pipeline.processor import FrameDirection, FrameProcessor
+from callpipe.pipeline.processor import FrameDirection
 from callpipe.server.background import BackgroundServer, free_port
 from callpipe.services.deepgram import DeepgramSTTService
 from callpipe.sim.fake_deepgram import FakeDeepgramState, create_fake_deepgram_app
 from tests.conftest import tone
+from tests.helpers import Recorder
 
 UP = FrameDirection.UPSTREAM
 DOWN = FrameDirection.DOWNSTREAM
 DEADLINE = 5.0
-
-
-class Collector(FrameProcessor):
-    """Records every frame with its direction and arrival time, and passes it on."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.frames: list[tuple[Frame, FrameDirection, float]] = []
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        self.frames.append((frame, direction, time.monotonic()))
-        await self.push_frame(frame, direction)
-
-    def seen(self, kind: type[Frame] = Frame, direction: FrameDirection | None = None) -> list[Any]:
-        return [f for f, d, _ in self.frames if isinstance(f, kind) and (direction is None or d is direction)]
-
-    def arrival(self, frame: Frame) -> float:
-        return next(t for f, _, t in self.frames if f is frame)
 
 
 class Harness:
@@ -61,8 +42,8 @@ class Harness:
     def __init__(self, service: DeepgramSTTService, rate: int) -> None:
         self.service = service
         self.rate = rate
-        self.up = Collector(name="up")
-        self.down = Collector(name="down")
+        self.up = Recorder(name="up")
+        self.down = Recorder(name="down")
         self.task = PipelineTask(
             Pipeline([self.up, service, self.down]),
             params=PipelineParams(audio_in_sample_rate=rate),

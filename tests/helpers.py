@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Self
 
-from callpipe.pipeline.frames import Frame, TextFrame
+from callpipe.pipeline import Pipeline, PipelineParams, PipelineTask
+from callpipe.pipeline.frames import EndFrame, ErrorFrame, Frame, StartFrame, TextFrame
 from callpipe.pipeline.processor import FrameDirection, FrameProcessor
+
+DEADLINE = 5.0
 
 
 class Recorder(FrameProcessor):
@@ -36,3 +41,48 @@ class Recorder(FrameProcessor):
     def arrival(self, frame: Frame) -> float:
         """When ``frame`` arrived here (monotonic seconds)."""
         return next(t for f, _, t in self.frames if f is frame)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
+    """Poll ``predicate`` until it holds; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+class ServiceHarness:
+    """One service between two recorders, ``[up, service, down]``, in a running PipelineTask."""
+
+    def __init__(self, service: FrameProcessor, params: PipelineParams) -> None:
+        self.service = service
+        self.up = Recorder(name="up")
+        self.down = Recorder(name="down")
+        self.task = PipelineTask(
+            Pipeline([self.up, service, self.down]), params=params, idle_timeout_secs=None
+        )
+        self.run: asyncio.Task[None] | None = None
+
+    async def start(self) -> Self:
+        """Run the task and wait until the StartFrame went through."""
+        self.run = asyncio.ensure_future(self.task.run())
+        await wait_until(lambda: bool(self.down.seen(StartFrame)))
+        return self
+
+    def errors(self) -> list[ErrorFrame]:
+        """ErrorFrames the service pushed upstream."""
+        return self.up.seen(ErrorFrame, FrameDirection.UPSTREAM)
+
+    async def end(self) -> None:
+        """End the pipeline gracefully and wait for it."""
+        assert self.run is not None
+        await self.task.queue_frame(EndFrame())
+        await asyncio.wait_for(self.run, DEADLINE)
+
+    async def cancel(self) -> None:
+        """Cancel the pipeline (if still running) and wait for it."""
+        assert self.run is not None
+        if not self.run.done():
+            await self.task.cancel("test over")
+            await asyncio.wait_for(self.run, DEADLINE)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 
-from callpipe.pipeline import Pipeline, PipelineParams, PipelineTask
+from callpipe.pipeline import PipelineParams
 from callpipe.pipeline.frames import (
     EndFrame,
-    ErrorFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -31,31 +29,23 @@ from callpipe.pipeline.processor import FrameDirection
 from callpipe.server.background import BackgroundServer, free_port
 from callpipe.services.cartesia import CartesiaTTSService
 from callpipe.sim.fake_cartesia import FakeCartesiaState, create_fake_cartesia_app
-from tests.helpers import Recorder
+from tests.helpers import DEADLINE, ServiceHarness, wait_until
 
 UP = FrameDirection.UPSTREAM
 DOWN = FrameDirection.DOWNSTREAM
-DEADLINE = 5.0
 CHARS_PER_SEC = 14.0  # the fake's speaking rate (secs_per_char = 1/14)
 
 
-class Harness:
-    """[up, service, down] in a running PipelineTask."""
+class Harness(ServiceHarness):
+    """[up, Cartesia, down] in a running PipelineTask."""
+
+    service: CartesiaTTSService
 
     def __init__(self, service: CartesiaTTSService) -> None:
-        self.service = service
-        self.up = Recorder(name="up")
-        self.down = Recorder(name="down")
-        self.task = PipelineTask(
-            Pipeline([self.up, service, self.down]),
-            params=PipelineParams(audio_out_sample_rate=service.sample_rate),
-            idle_timeout_secs=None,
-        )
-        self.run: asyncio.Task[None] | None = None
+        super().__init__(service, PipelineParams(audio_out_sample_rate=service.sample_rate))
 
     async def start(self, *, connected: bool = True) -> Harness:
-        self.run = asyncio.ensure_future(self.task.run())
-        await wait_until(lambda: bool(self.down.seen(StartFrame)))
+        await super().start()
         if connected:
             await wait_until(lambda: self.service.connected)
         return self
@@ -74,28 +64,6 @@ class Harness:
 
     def audio_secs(self) -> float:
         return sum(f.duration for f in self.audio())
-
-    def errors(self) -> list[ErrorFrame]:
-        return self.up.seen(ErrorFrame, UP)
-
-    async def end(self) -> None:
-        assert self.run is not None
-        await self.task.queue_frame(EndFrame())
-        await asyncio.wait_for(self.run, DEADLINE)
-
-    async def cancel(self) -> None:
-        assert self.run is not None
-        if not self.run.done():
-            await self.task.cancel("test over")
-            await asyncio.wait_for(self.run, DEADLINE)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def speech_secs(*sentences: str) -> float:

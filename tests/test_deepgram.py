@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from callpipe.audio import ulaw_encode
-from callpipe.pipeline import Pipeline, PipelineParams, PipelineTask
+from callpipe.pipeline import PipelineParams
 from callpipe.pipeline.frames import (
     CancelFrame,
     EndFrame,
-    ErrorFrame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
     MetricsFrame,
-    StartFrame,
     TextFrame,
     TranscriptionFrame,
     UserStartedSpeakingFrame,
@@ -29,32 +27,20 @@ from callpipe.server.background import BackgroundServer, free_port
 from callpipe.services.deepgram import DeepgramSTTService
 from callpipe.sim.fake_deepgram import FakeDeepgramState, create_fake_deepgram_app
 from tests.conftest import tone
-from tests.helpers import Recorder
+from tests.helpers import DEADLINE, ServiceHarness, wait_until
 
 UP = FrameDirection.UPSTREAM
 DOWN = FrameDirection.DOWNSTREAM
-DEADLINE = 5.0
 
 
-class Harness:
-    """[up, service, down] in a running PipelineTask."""
+class Harness(ServiceHarness):
+    """[up, Deepgram, down] in a running PipelineTask."""
+
+    service: DeepgramSTTService
 
     def __init__(self, service: DeepgramSTTService, rate: int) -> None:
-        self.service = service
+        super().__init__(service, PipelineParams(audio_in_sample_rate=rate))
         self.rate = rate
-        self.up = Recorder(name="up")
-        self.down = Recorder(name="down")
-        self.task = PipelineTask(
-            Pipeline([self.up, service, self.down]),
-            params=PipelineParams(audio_in_sample_rate=rate),
-            idle_timeout_secs=None,
-        )
-        self.run: asyncio.Task[None] | None = None
-
-    async def start(self) -> Harness:
-        self.run = asyncio.ensure_future(self.task.run())
-        await wait_until(lambda: bool(self.down.seen(StartFrame)))
-        return self
 
     async def audio(self, pcm: bytes, frame_ms: int = 20) -> None:
         step = self.rate * frame_ms // 1000 * 2
@@ -70,34 +56,12 @@ class Harness:
         await self.audio(silence(silence_secs, self.rate))
         await self.task.queue_frame(UserStoppedSpeakingFrame(speech_ended_at=ended_at))
 
-    def errors(self) -> list[ErrorFrame]:
-        return self.up.seen(ErrorFrame, UP)
-
     def finals(self) -> list[str]:
         return [f.text for f in self.down.seen(TranscriptionFrame)]
-
-    async def end(self) -> None:
-        assert self.run is not None
-        await self.task.queue_frame(EndFrame())
-        await asyncio.wait_for(self.run, DEADLINE)
-
-    async def cancel(self) -> None:
-        assert self.run is not None
-        if not self.run.done():
-            await self.task.cancel("test over")
-            await asyncio.wait_for(self.run, DEADLINE)
 
 
 def silence(secs: float, rate: int) -> bytes:
     return bytes(int(secs * rate) * 2)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture()

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -253,32 +253,40 @@ async def _the_call(calls: list[CannedBotCall], stream_id: str, timeout: float =
     return found[0]
 
 
+@contextlib.asynccontextmanager
+async def _started_call(
+    config: CannedBotConfig, **raw_options: Any
+) -> AsyncIterator[tuple[RawCall, CannedBotCall]]:
+    """A canned bot on a real server and a raw call that has done its handshake (15 s bound)."""
+    app, calls = create_canned_bot_app(config)
+    async with asyncio.timeout(15):
+        with BackgroundServer(app) as server:
+            async with RawCall(server.ws_url + "/ws", **raw_options) as raw:
+                await raw.handshake()
+                yield raw, await _the_call(calls, raw.stream_id)
+
+
 # ------------------------------------------------------------------ single bad messages
 
 
 async def test_each_kind_of_malformed_message_is_dropped_counted_logged_once_and_the_call_goes_on(
     speech_8k: bytes, callpipe_log: list[logging.LogRecord]
 ) -> None:
-    app, calls = create_canned_bot_app(_config())
-    async with asyncio.timeout(15):
-        with BackgroundServer(app) as server:
-            async with RawCall(server.ws_url + "/ws") as raw:
-                await raw.handshake()
-                call = await _the_call(calls, raw.stream_id)
-                # Every kind twice, in two rounds more than a second apart (each round is
-                # under the per-second limit, so this is glitches, not sustained garbage).
-                await raw.send(*MALFORMED.values())
-                await asyncio.sleep(1.1)
-                await raw.send(*MALFORMED.values())
-                await raw.say(speech_8k)
-                await raw.wait_for_reply()
-                await _wait_for(lambda: call.responder.turns == 1, 2, "one answered turn")
-                inp = call.transport.input()
-                assert inp.messages_received == raw.sent  # nothing was skipped or lost
-                assert inp._guard.total == 2 * len(MALFORMED)
-                assert not raw.closed.is_set() and not call.finished.is_set()
-                await raw.send(raw.stop())
-                await _wait_for(call.finished.is_set, 3, "the bot's call to end")
+    async with _started_call(_config()) as (raw, call):
+        # Every kind twice, in two rounds more than a second apart (each round is
+        # under the per-second limit, so this is glitches, not sustained garbage).
+        await raw.send(*MALFORMED.values())
+        await asyncio.sleep(1.1)
+        await raw.send(*MALFORMED.values())
+        await raw.say(speech_8k)
+        await raw.wait_for_reply()
+        await _wait_for(lambda: call.responder.turns == 1, 2, "one answered turn")
+        inp = call.transport.input()
+        assert inp.messages_received == raw.sent  # nothing was skipped or lost
+        assert inp._guard.total == 2 * len(MALFORMED)
+        assert not raw.closed.is_set() and not call.finished.is_set()
+        await raw.send(raw.stop())
+        await _wait_for(call.finished.is_set, 3, "the bot's call to end")
 
     dropped = _dropped(callpipe_log)
     # Each kind logged once although each was sent twice (kinds that read alike may share a line).
@@ -304,20 +312,15 @@ async def test_each_kind_of_malformed_message_is_dropped_counted_logged_once_and
 async def test_odd_length_l16_audio_is_dropped_and_the_call_goes_on(
     speech_8k: bytes, callpipe_log: list[logging.LogRecord]
 ) -> None:
-    app, calls = create_canned_bot_app(_config())
-    async with asyncio.timeout(15):
-        with BackgroundServer(app) as server:
-            async with RawCall(server.ws_url + "/ws", encoding="L16", sample_rate=16000) as raw:
-                await raw.handshake()
-                call = await _the_call(calls, raw.stream_id)
-                odd = raw.media(bytes(641))  # 320.5 samples
-                await raw.send(raw.media(bytes(640)), odd, odd, raw.media(bytes(640)))
-                await raw.say(speech_8k)
-                await raw.wait_for_reply()
-                await _wait_for(lambda: call.responder.turns == 1, 2, "one answered turn")
-                assert call.transport.input()._guard.total == 2
-                assert call.transport.input().messages_received == raw.sent
-                assert not call.finished.is_set()
+    async with _started_call(_config(), encoding="L16", sample_rate=16000) as (raw, call):
+        odd = raw.media(bytes(641))  # 320.5 samples
+        await raw.send(raw.media(bytes(640)), odd, odd, raw.media(bytes(640)))
+        await raw.say(speech_8k)
+        await raw.wait_for_reply()
+        await _wait_for(lambda: call.responder.turns == 1, 2, "one answered turn")
+        assert call.transport.input()._guard.total == 2
+        assert call.transport.input().messages_received == raw.sent
+        assert not call.finished.is_set()
 
     dropped = _dropped(callpipe_log)
     assert len(dropped) == 1, dropped
@@ -328,52 +331,37 @@ async def test_a_burst_of_unknown_events_never_closes_the_call(
     speech_8k: bytes, callpipe_log: list[logging.LogRecord]
 ) -> None:
     """Unknown events are protocol additions, not garbage: counted and logged once, never fatal."""
-    app, calls = create_canned_bot_app(_config())
-    async with asyncio.timeout(15):
-        with BackgroundServer(app) as server:
-            async with RawCall(server.ws_url + "/ws") as raw:
-                await raw.handshake()
-                call = await _the_call(calls, raw.stream_id)
-                unknown = '{"event":"media_stats","stream_id":"' + raw.stream_id + '","stats":{"jitter":3}}'
-                await raw.send(*[unknown] * (3 * MAX_BAD_PER_SEC))
-                await raw.say(speech_8k)
-                await raw.wait_for_reply()
-                assert call.transport.input()._guard.total == 3 * MAX_BAD_PER_SEC
-                assert not call.finished.is_set()
+    async with _started_call(_config()) as (raw, call):
+        unknown = '{"event":"media_stats","stream_id":"' + raw.stream_id + '","stats":{"jitter":3}}'
+        await raw.send(*[unknown] * (3 * MAX_BAD_PER_SEC))
+        await raw.say(speech_8k)
+        await raw.wait_for_reply()
+        assert call.transport.input()._guard.total == 3 * MAX_BAD_PER_SEC
+        assert not call.finished.is_set()
     assert len(_dropped(callpipe_log)) == 1
 
 
 async def test_unknown_events_do_not_use_up_the_malformed_message_budget(speech_8k: bytes) -> None:
-    app, calls = create_canned_bot_app(_config())
-    async with asyncio.timeout(15):
-        with BackgroundServer(app) as server:
-            async with RawCall(server.ws_url + "/ws") as raw:
-                await raw.handshake()
-                call = await _the_call(calls, raw.stream_id)
-                unknown = '{"event":"media_stats","stats":{"jitter":3}}'
-                await raw.send(*[unknown] * (MAX_BAD_PER_SEC + 5))
-                await raw.send("one glitch, not json")
-                with contextlib.suppress(websockets.ConnectionClosed):
-                    await raw.say(speech_8k)
-                await raw.wait_for_reply()  # fails: closed with 1007 instead
-                assert call.responder.turns == 1
+    async with _started_call(_config()) as (raw, call):
+        unknown = '{"event":"media_stats","stats":{"jitter":3}}'
+        await raw.send(*[unknown] * (MAX_BAD_PER_SEC + 5))
+        await raw.send("one glitch, not json")
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await raw.say(speech_8k)
+        await raw.wait_for_reply()  # fails: closed with 1007 instead
+        assert call.responder.turns == 1
 
 
 async def test_varying_details_of_one_kind_are_still_logged_once(
     speech_8k: bytes, callpipe_log: list[logging.LogRecord]
 ) -> None:
-    app, calls = create_canned_bot_app(_config())
-    async with asyncio.timeout(15):
-        with BackgroundServer(app) as server:
-            async with RawCall(server.ws_url + "/ws", encoding="L16", sample_rate=16000) as raw:
-                await raw.handshake()
-                call = await _the_call(calls, raw.stream_id)
-                # Three malformed-JSON messages, three odd-length L16 payloads.
-                await raw.send("x", "xx not json", "xxxx not json either")
-                await raw.send(*(raw.media(bytes(n)) for n in (1, 321, 641)))
-                await raw.say(speech_8k)
-                await raw.wait_for_reply()
-                assert call.transport.input()._guard.total == 6
+    async with _started_call(_config(), encoding="L16", sample_rate=16000) as (raw, call):
+        # Three malformed-JSON messages, three odd-length L16 payloads.
+        await raw.send("x", "xx not json", "xxxx not json either")
+        await raw.send(*(raw.media(bytes(n)) for n in (1, 321, 641)))
+        await raw.say(speech_8k)
+        await raw.wait_for_reply()
+        assert call.transport.input()._guard.total == 6
     dropped = _dropped(callpipe_log)
     assert sum("not valid JSON" in line for line in dropped) == 1, dropped
     assert sum("undecodable audio" in line for line in dropped) == 1, dropped
@@ -385,16 +373,11 @@ async def test_varying_details_of_one_kind_are_still_logged_once(
 async def test_sustained_garbage_closes_the_call_with_1007_and_a_reason(
     callpipe_log: list[logging.LogRecord],
 ) -> None:
-    app, calls = create_canned_bot_app(_config())
-    async with asyncio.timeout(15):
-        with BackgroundServer(app) as server:
-            async with RawCall(server.ws_url + "/ws") as raw:
-                await raw.handshake()
-                call = await _the_call(calls, raw.stream_id)
-                with contextlib.suppress(websockets.ConnectionClosed):
-                    await raw.send(*["garbage"] * (2 * MAX_BAD_PER_SEC))
-                code, reason = await raw.wait_closed()
-                await _wait_for(call.finished.is_set, 3, "the bot's call to end")
+    async with _started_call(_config()) as (raw, call):
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await raw.send(*["garbage"] * (2 * MAX_BAD_PER_SEC))
+        code, reason = await raw.wait_closed()
+        await _wait_for(call.finished.is_set, 3, "the bot's call to end")
     assert code == INVALID_DATA
     assert f"more than {MAX_BAD_PER_SEC} malformed messages per second" in reason
     assert "not valid JSON" in reason  # says what the garbage was
@@ -408,48 +391,38 @@ async def test_sustained_garbage_closes_the_call_with_1007_and_a_reason(
 
 
 async def test_garbage_over_the_rate_across_a_window_boundary_still_closes() -> None:
-    app, calls = create_canned_bot_app(_config())
-    async with asyncio.timeout(15):
-        with BackgroundServer(app) as server:
-            async with RawCall(server.ws_url + "/ws") as raw:
-                await raw.handshake()
-                call = await _the_call(calls, raw.stream_id)
-                t0 = time.monotonic()
-                await raw.send("garbage")  # opens the guard's window
-                await asyncio.sleep(0.6)
-                t1 = time.monotonic()
-                with contextlib.suppress(websockets.ConnectionClosed):
-                    await raw.send(*["garbage"] * (MAX_BAD_PER_SEC - 1))
-                    await asyncio.sleep(t0 + 1.4 - time.monotonic())
-                    await raw.send(*["garbage"] * MAX_BAD_PER_SEC)
-                # 2 * MAX_BAD_PER_SEC - 1 bad messages within well under a second.
-                assert time.monotonic() - t1 < 1.0
-                code, _ = await raw.wait_closed(timeout=1.0)
-                assert code == INVALID_DATA
-                await _wait_for(call.finished.is_set, 3, "the bot's call to end")
+    async with _started_call(_config()) as (raw, call):
+        t0 = time.monotonic()
+        await raw.send("garbage")  # opens the guard's window
+        await asyncio.sleep(0.6)
+        t1 = time.monotonic()
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await raw.send(*["garbage"] * (MAX_BAD_PER_SEC - 1))
+            await asyncio.sleep(t0 + 1.4 - time.monotonic())
+            await raw.send(*["garbage"] * MAX_BAD_PER_SEC)
+        # 2 * MAX_BAD_PER_SEC - 1 bad messages within well under a second.
+        assert time.monotonic() - t1 < 1.0
+        code, _ = await raw.wait_closed(timeout=1.0)
+        assert code == INVALID_DATA
+        await _wait_for(call.finished.is_set, 3, "the bot's call to end")
 
 
 @pytest.mark.parametrize("kind", ["text", "binary"])
 async def test_a_message_over_64_kib_closes_the_call_with_1009(
     kind: str, callpipe_log: list[logging.LogRecord]
 ) -> None:
-    app, calls = create_canned_bot_app(_config())
-    async with asyncio.timeout(15):
-        with BackgroundServer(app) as server:
-            async with RawCall(server.ws_url + "/ws") as raw:
-                await raw.handshake()
-                call = await _the_call(calls, raw.stream_id)
-                # Exactly at the limit: a valid dtmf message padded to 64 KiB is accepted.
-                head = '{"event":"dtmf","dtmf":{"digit":"1"},"pad":"'
-                at_limit = head + "x" * (MAX_TEXT - len(head) - 2) + '"}'
-                assert len(at_limit) == MAX_TEXT
-                await raw.send(at_limit)
-                await _wait_for(lambda: call.responder.dtmf == ["1"], 2, "the padded dtmf")
-                over = head + "x" * (MAX_TEXT - len(head) - 1) + '"}'
-                assert len(over) == MAX_TEXT + 1
-                await raw.send(over if kind == "text" else over.encode())
-                code, reason = await raw.wait_closed()
-                await _wait_for(call.finished.is_set, 3, "the bot's call to end")
+    async with _started_call(_config()) as (raw, call):
+        # Exactly at the limit: a valid dtmf message padded to 64 KiB is accepted.
+        head = '{"event":"dtmf","dtmf":{"digit":"1"},"pad":"'
+        at_limit = head + "x" * (MAX_TEXT - len(head) - 2) + '"}'
+        assert len(at_limit) == MAX_TEXT
+        await raw.send(at_limit)
+        await _wait_for(lambda: call.responder.dtmf == ["1"], 2, "the padded dtmf")
+        over = head + "x" * (MAX_TEXT - len(head) - 1) + '"}'
+        assert len(over) == MAX_TEXT + 1
+        await raw.send(over if kind == "text" else over.encode())
+        code, reason = await raw.wait_closed()
+        await _wait_for(call.finished.is_set, 3, "the bot's call to end")
     assert code == TOO_BIG
     assert reason.startswith("oversized message") and str(MAX_TEXT + 1) in reason
     assert call.transport.input()._guard.total == 0  # not counted as a glitch
@@ -472,43 +445,33 @@ async def test_the_64_kib_cap_counts_bytes_not_characters() -> None:
 
 
 async def test_a_media_payload_over_one_second_closes_the_call_with_1009(speech_8k: bytes) -> None:
-    app, calls = create_canned_bot_app(_config())
-    async with asyncio.timeout(15):
-        with BackgroundServer(app) as server:
-            async with RawCall(server.ws_url + "/ws") as raw:
-                await raw.handshake()
-                call = await _the_call(calls, raw.stream_id)
-                one_second = raw.codec.encode(bytes(2 * 8000))
-                assert len(one_second) == 8000
-                await raw.send(raw.media(one_second))  # exactly 1 s: accepted
-                await raw.say(speech_8k)
-                await raw.wait_for_reply()
-                assert call.transport.input()._guard.total == 0
-                await raw.send(raw.media(one_second + b"\xff"))
-                code, reason = await raw.wait_closed()
-                await _wait_for(call.finished.is_set, 3, "the bot's call to end")
+    async with _started_call(_config()) as (raw, call):
+        one_second = raw.codec.encode(bytes(2 * 8000))
+        assert len(one_second) == 8000
+        await raw.send(raw.media(one_second))  # exactly 1 s: accepted
+        await raw.say(speech_8k)
+        await raw.wait_for_reply()
+        assert call.transport.input()._guard.total == 0
+        await raw.send(raw.media(one_second + b"\xff"))
+        code, reason = await raw.wait_closed()
+        await _wait_for(call.finished.is_set, 3, "the bot's call to end")
     assert code == TOO_BIG
     assert reason == "media payload of 8001 bytes is over 1 s"
 
 
 async def test_a_silent_socket_is_closed_with_1001() -> None:
-    app, calls = create_canned_bot_app(_config(receive_timeout_secs=0.5))
-    async with asyncio.timeout(15):
-        with BackgroundServer(app) as server:
-            async with RawCall(server.ws_url + "/ws") as raw:
-                await raw.handshake()
-                call = await _the_call(calls, raw.stream_id)
-                # Traffic keeps it open well past the timeout...
-                silence = raw.media(bytes(160))
-                for _ in range(10):
-                    await raw.send(silence)
-                    await asyncio.sleep(0.1)
-                assert not raw.closed.is_set()
-                # ...then the socket goes quiet.
-                quiet_since = time.monotonic()
-                code, reason = await raw.wait_closed(timeout=3)
-                waited = time.monotonic() - quiet_since
-                await _wait_for(call.finished.is_set, 3, "the bot's call to end")
+    async with _started_call(_config(receive_timeout_secs=0.5)) as (raw, call):
+        # Traffic keeps it open well past the timeout...
+        silence = raw.media(bytes(160))
+        for _ in range(10):
+            await raw.send(silence)
+            await asyncio.sleep(0.1)
+        assert not raw.closed.is_set()
+        # ...then the socket goes quiet.
+        quiet_since = time.monotonic()
+        code, reason = await raw.wait_closed(timeout=3)
+        waited = time.monotonic() - quiet_since
+        await _wait_for(call.finished.is_set, 3, "the bot's call to end")
     assert code == GOING_AWAY
     assert reason.startswith("no message from the caller's stream for")
     # receive_timeout_secs plus at most one watchdog period (timeout / 2), with a margin.
@@ -531,19 +494,14 @@ async def test_an_unsupported_encoding_is_refused_at_once_with_1008() -> None:
 
 
 async def test_media_after_stop_is_ignored(speech_8k: bytes) -> None:
-    app, calls = create_canned_bot_app(_config())
-    async with asyncio.timeout(15):
-        with BackgroundServer(app) as server:
-            async with RawCall(server.ws_url + "/ws") as raw:
-                await raw.handshake()
-                call = await _the_call(calls, raw.stream_id)
-                silence = raw.media(bytes(160))
-                await raw.send(*[silence] * 5, raw.stop())
-                pcm = speech_8k + bytes(2 * 4800)
-                with contextlib.suppress(websockets.ConnectionClosed):
-                    await raw.send(*(raw.media(frame) for frame in raw.frames(pcm)))
-                code, _ = await raw.wait_closed()
-                await _wait_for(call.finished.is_set, 3, "the bot's call to end")
+    async with _started_call(_config()) as (raw, call):
+        silence = raw.media(bytes(160))
+        await raw.send(*[silence] * 5, raw.stop())
+        pcm = speech_8k + bytes(2 * 4800)
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await raw.send(*(raw.media(frame) for frame in raw.frames(pcm)))
+        code, _ = await raw.wait_closed()
+        await _wait_for(call.finished.is_set, 3, "the bot's call to end")
     assert code == 1000
     assert call.transport.input().messages_received == 6  # 5 media + stop, nothing after
     assert call.responder.turns == 0

@@ -202,6 +202,10 @@ class Harness:
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base, timeout=10)
 
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {API_KEY}"}
+
     async def bot_call(self, index: int = 0, timeout: float = 8.0) -> BotCall:
         await wait_for(lambda: len(self.calls) > index, timeout, "the bot to receive the call")
         return self.calls[index]
@@ -462,11 +466,11 @@ async def test_streams_without_a_valid_token_are_refused_before_the_bot_runs(
                 assert result.bot_audio_secs == 0
             assert [c.call_data["call_control_id"] for c in h.calls] == ["v3:me"]  # only the good one ran
             async with h.http() as http:
-                metrics = (await http.get("/metrics")).text
+                metrics = (await http.get("/metrics", headers={"Authorization": f"Bearer {API_KEY}"})).text
             # Refusals are counted, and never count against the call that is running.
             assert 'callpipe_calls_total{outcome="refused"}' in metrics
             [active] = [line for line in metrics.splitlines() if line.startswith("callpipe_active_calls ")]
-            assert int(active.split()[1]) >= 1
+            assert float(active.split()[1]) >= 1
             await good.hang_up()
             assert (await asyncio.wait_for(run, 10)).greeting_heard_at is not None
         finally:
@@ -648,28 +652,97 @@ async def test_start_without_dial_out_settings_is_503(monkeypatch: pytest.Monkey
 # --------------------------------------------------------------------------- operations
 
 
-async def test_healthz_and_metrics_after_a_call(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_health_endpoints_and_metrics_after_a_call(monkeypatch: pytest.MonkeyPatch) -> None:
     with serve(monkeypatch, with_fake=False) as h:
         async with h.http() as http:
-            health = await http.get("/healthz")
+            assert (await http.get("/livez")).json() == {"status": "alive"}
+            health = await http.get("/healthz")  # the alias of readiness
             assert health.status_code == 200
             assert health.json() == {"status": "ok", "active_calls": 0}
+            assert (await http.get("/readyz")).json() == health.json()
 
             result = await _call(f"{h.ws}?token={issue_token(SECRET)}", hang_up=2.0)
             assert result.closed_by == "bot"
             await wait_for(lambda: h.calls and h.calls[0].finished.is_set(), what="the bot to finish")
             await wait_for(lambda: not h.state.calls, what="the call to be let go")
 
-            metrics = await http.get("/metrics")
+            # /metrics is behind the API key: nobody else learns call volumes.
+            assert (await http.get("/metrics")).status_code == 401
+            wrong = await http.get("/metrics", headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            metrics = await http.get("/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
             assert metrics.status_code == 200
             assert metrics.headers["content-type"].startswith("text/plain")
             text = metrics.text
             assert "# TYPE callpipe_active_calls gauge" in text
-            assert "callpipe_active_calls 0" in text.splitlines()
-            assert 'callpipe_calls_total{outcome="completed"}' in text
+            assert "callpipe_active_calls 0.0" in text.splitlines()
+            assert any(line.startswith('callpipe_calls_total{outcome="completed"} ') for line in text.splitlines())
             assert 'callpipe_response_latency_seconds_bucket{le="+Inf"}' in text
             assert "# TYPE callpipe_response_latency_seconds histogram" in text
             _no_secrets(text)
+
+
+async def test_metrics_need_a_key_or_the_metrics_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    with serve(monkeypatch, with_fake=False, callpipe_api_key=None, metrics_port=port) as h:
+        async with h.http() as http:
+            refused = await http.get("/metrics")
+            assert refused.status_code == 503 and "METRICS_PORT" in refused.json()["error"]["detail"]
+            # The separate listener answers without a key (it is meant for an internal network).
+            async with httpx.AsyncClient(timeout=5) as plain:
+                scraped = await plain.get(f"http://127.0.0.1:{port}/metrics")
+            assert scraped.status_code == 200
+            assert "# TYPE callpipe_calls_total counter" in scraped.text
+
+
+async def test_readiness_turns_503_at_max_calls_and_refuses_with_1013(monkeypatch: pytest.MonkeyPatch) -> None:
+    with serve(monkeypatch, greeting_secs=5.0, end_after_greeting=False, with_fake=False, max_calls=1) as h:
+        first = SimulatedCaller(f"{h.ws}?token={issue_token(SECRET)}", max_call_secs=10)
+        run = asyncio.ensure_future(first.run([], hang_up_after_secs=30))
+        try:
+            await wait_for(lambda: h.state.calls, what="the first call to start")
+            async with h.http() as http:
+                ready = await http.get("/readyz")
+                assert ready.status_code == 503 and ready.json()["status"] == "at_capacity"
+                assert (await http.get("/livez")).status_code == 200
+            second = await _call(f"{h.ws}?token={issue_token(SECRET)}")
+            assert second.close_code == 1013 and "MAX_CALLS" in second.close_reason
+            assert second.bot_audio_secs == 0
+            assert len(h.calls) == 1  # the second never reached the bot
+            await first.hang_up()
+            await asyncio.wait_for(run, 10)
+            await wait_for(lambda: not h.state.calls, what="the call to be let go")
+            async with h.http() as http:
+                assert (await http.get("/readyz")).status_code == 200
+        finally:
+            if not run.done():
+                await first.hang_up()
+                await asyncio.wait({run}, timeout=5)
+
+
+async def test_operator_hangs_up_a_live_call_through_the_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    with serve(monkeypatch, greeting_secs=8.0, end_after_greeting=False, with_fake=False) as h:
+        caller = SimulatedCaller(
+            f"{h.ws}?token={issue_token(SECRET, call_id='v3:op')}", call_control_id="v3:op", max_call_secs=15
+        )
+        run = asyncio.ensure_future(caller.run([], hang_up_after_secs=30))
+        try:
+            await wait_for(lambda: h.state.calls, what="the call to start")
+            async with h.http() as http:
+                assert (await http.post("/api/calls/v3:op/hangup")).status_code == 401
+                missing = await http.post("/api/calls/v3:nobody/hangup", headers=h.auth)
+                assert missing.status_code == 404
+                bad = await http.post("/api/calls/v3:op/transfer", headers=h.auth, json={"to": 5})
+                assert bad.status_code == 422
+                started = time.monotonic()
+                response = await http.post("/api/calls/v3:op/hangup", headers=h.auth)
+                assert response.status_code == 200 and response.json()["handled"] == "local"
+            result = await asyncio.wait_for(run, 5)
+            assert result.closed_by == "bot" and time.monotonic() - started < 2.0
+        finally:
+            if not run.done():
+                await caller.hang_up()
+                await asyncio.wait({run}, timeout=5)
 
 
 # --------------------------------------------------------------------------- TeXML documents

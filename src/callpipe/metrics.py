@@ -1,85 +1,117 @@
-"""Process-wide counters for ``GET /metrics`` (Prometheus text format), no dependencies.
+"""The metrics ``GET /metrics`` exports, on :mod:`prometheus_client`.
 
-The transports record into these as calls run (a few attribute updates per turn, never
-per frame); the server renders them. One event loop per process, so no locking.
+The transports and the server record into :data:`REGISTRY` as calls run (a few updates
+per turn, never per frame) through a small API: :meth:`Registry.call_started`,
+:meth:`Registry.call_ended`, :meth:`Registry.call_refused`, :meth:`Registry.error` and
+``REGISTRY.response_latency.observe(secs)``.
+
+Under ``callpipe serve --workers N`` every worker is its own process with its own
+counters. ``callpipe serve`` then sets ``PROMETHEUS_MULTIPROC_DIR`` (a temporary
+directory) before the workers start; prometheus-client's multiprocess mode keeps each
+process's values in a memory-mapped file there, and a scrape of any worker sums the files
+of all of them, so the box's totals are exposed, never one worker's. The environment
+variable must be set before this module is imported, which the supervisor guarantees by
+setting it before it spawns a worker.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections import Counter as _Counter
+import os
 
-__all__ = ["REGISTRY", "Registry"]
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+
+__all__ = ["CONTENT_TYPE", "MULTIPROC_ENV", "REGISTRY", "Registry", "mark_process_dead"]
 
 _LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+
+# ``_created`` samples double every counter's series and mean nothing summed across workers.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
-class Histogram:
-    """A cumulative histogram with fixed bucket bounds (seconds)."""
-
-    def __init__(self, bounds: tuple[float, ...] = _LATENCY_BUCKETS) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.total = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        """Record one value."""
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-        self.count += 1
+def _multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class Registry:
-    """The metrics callpipe exports."""
+    """The metrics callpipe exports, and the small recording API the rest of callpipe calls.
+
+    ``active_calls`` is this process's own count (what ``MAX_CALLS`` and ``/readyz``
+    look at); the exported gauge is summed over live workers (``livesum``).
+    """
 
     def __init__(self) -> None:
+        # Our own registry, not prometheus-client's global one: nothing else in the
+        # process (a bot's library) can add to or collide with what /metrics exports.
+        self.registry = CollectorRegistry(auto_describe=True)
         self.active_calls = 0
-        self.calls_total: _Counter[str] = _Counter()  # by outcome
-        self.errors_total: _Counter[str] = _Counter()  # by kind
-        self.response_latency = Histogram()
+        self._active = Gauge(
+            "callpipe_active_calls",
+            "Calls whose bot is running.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self._calls = Counter(
+            "callpipe_calls", "Calls handled, by outcome.", ["outcome"], registry=self.registry
+        )
+        self._errors = Counter("callpipe_errors", "Errors, by kind.", ["kind"], registry=self.registry)
+        self.response_latency = Histogram(
+            "callpipe_response_latency_seconds",
+            "Caller stopped speaking -> first bot audio sent.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.forwarded = Counter(
+            "callpipe_forwarded_events",
+            "Webhooks and control actions sent to (sent) or received from (received) the instance holding the call, by result.",
+            ["direction", "result"],
+            registry=self.registry,
+        )
 
     def call_started(self) -> None:
         """A call's bot started."""
         self.active_calls += 1
+        self._active.inc()
 
     def call_ended(self, outcome: str) -> None:
-        """A call's bot ended with ``outcome`` (completed, hangup, error, refused, ...)."""
-        self.active_calls = max(0, self.active_calls - 1)
-        self.calls_total[outcome] += 1
+        """A call's bot ended with ``outcome`` (completed, error, max_duration, ...)."""
+        if self.active_calls > 0:
+            self.active_calls -= 1
+            self._active.dec()
+        self._calls.labels(outcome=outcome).inc()
+
+    def call_refused(self) -> None:
+        """A stream was refused before any bot ran (never touches the active-call gauge)."""
+        self._calls.labels(outcome="refused").inc()
 
     def error(self, kind: str) -> None:
         """Count one error of ``kind``."""
-        self.errors_total[kind] += 1
+        self._errors.labels(kind=kind).inc()
 
-    def render(self) -> str:
-        """The Prometheus text exposition."""
-        lines = [
-            "# HELP callpipe_active_calls Calls whose bot is running.",
-            "# TYPE callpipe_active_calls gauge",
-            f"callpipe_active_calls {self.active_calls}",
-            "# HELP callpipe_calls_total Calls handled, by outcome.",
-            "# TYPE callpipe_calls_total counter",
-        ]
-        lines += [f'callpipe_calls_total{{outcome="{k}"}} {v}' for k, v in sorted(self.calls_total.items())]
-        lines += [
-            "# HELP callpipe_errors_total Errors, by kind.",
-            "# TYPE callpipe_errors_total counter",
-        ]
-        lines += [f'callpipe_errors_total{{kind="{k}"}} {v}' for k, v in sorted(self.errors_total.items())]
-        hist = self.response_latency
-        lines += [
-            "# HELP callpipe_response_latency_seconds Caller stopped speaking -> first bot audio sent.",
-            "# TYPE callpipe_response_latency_seconds histogram",
-        ]
-        cumulative = 0
-        for bound, count in zip(hist.bounds, hist.counts, strict=False):
-            cumulative += count
-            lines.append(f'callpipe_response_latency_seconds_bucket{{le="{bound}"}} {cumulative}')
-        lines.append(f'callpipe_response_latency_seconds_bucket{{le="+Inf"}} {hist.count}')
-        lines.append(f"callpipe_response_latency_seconds_sum {hist.total:.6f}")
-        lines.append(f"callpipe_response_latency_seconds_count {hist.count}")
-        return "\n".join(lines) + "\n"
+    def scrape_registry(self) -> CollectorRegistry:
+        """What a scrape exposes: this process's registry, or every worker's summed."""
+        directory = _multiprocess_dir()
+        if directory is None:
+            return self.registry
+        # A registry of its own holding only the multiprocess collector, as
+        # prometheus-client requires: it reads every worker's files at each collection
+        # (dead workers' live gauges excluded), never this process's values twice.
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined, path=directory)  # type: ignore[no-untyped-call]
+        return combined
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition (see :meth:`scrape_registry`)."""
+        return prometheus_client.generate_latest(self.scrape_registry())
+
+
+def mark_process_dead(pid: int) -> None:
+    """Forget a dead worker's live gauges (the supervisor calls this when a worker exits)."""
+    directory = _multiprocess_dir()
+    if directory is not None:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 REGISTRY = Registry()

@@ -33,13 +33,14 @@ from xml.sax.saxutils import quoteattr
 
 import msgspec
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.websockets import WebSocketState
 
 from callpipe import metrics
 from callpipe.log import call_id
-from callpipe.pipeline.frames import AnsweringMachineDetectionFrame
 from callpipe.runner import RunnerArguments, TelephonyHandshakeError, parse_telephony_websocket
+from callpipe.server import control
+from callpipe.server.health import health_router, start_metrics_listener
 from callpipe.server.settings import ServerSettings
 from callpipe.server.tokens import (
     TokenError,
@@ -49,6 +50,7 @@ from callpipe.server.tokens import (
     sign_value,
     verify_token,
 )
+from callpipe.store.base import CallStore
 from callpipe.telnyx.api import TelnyxClient, TelnyxError
 from callpipe.telnyx.webhooks import (
     WebhookFailure,
@@ -56,7 +58,7 @@ from callpipe.telnyx.webhooks import (
     parse_webhook_event,
     verify_webhook_headers,
 )
-from callpipe.transports.fastapi import fit_close_reason, transport_for_call
+from callpipe.transports.fastapi import fit_close_reason
 
 logger = logging.getLogger("callpipe.server")
 
@@ -109,27 +111,62 @@ class _ActiveCall:
 
 @dataclass
 class ServerState:
-    """Per-app state: live calls, shutdown flag, dial-out rate limiter."""
+    """Per-app state: live calls, readiness, shutdown flag, dial-out rate limiter.
+
+    ``store`` (when set) is shared by every instance on one database; ``control`` is this
+    process's internal control listener (see :mod:`callpipe.server.control`).
+    """
 
     settings: ServerSettings
     bot: BotFunction
     telnyx: TelnyxClient | None = None
+    store: CallStore | None = None
+    control: control.ControlPlane | None = None
     calls: dict[str, _ActiveCall] = field(default_factory=dict)
+    ready: bool = False
     draining: bool = False
+    metrics_server: Any = None
     no_calls: asyncio.Event = field(default_factory=asyncio.Event)
     _dial_tokens: float = 0.0
     _dial_refill_at: float = 0.0
 
+    def at_capacity(self) -> bool:
+        """Whether this process holds ``MAX_CALLS`` live calls (0: no limit)."""
+        limit = self.settings.max_calls
+        return limit > 0 and len(self.calls) >= limit
+
     def take_dial_token(self) -> bool:
-        """Token bucket for dial-out: ``dial_rate_per_sec`` sustained, the same as burst."""
+        """In-process token bucket for dial-out: ``dial_rate_per_sec`` sustained.
+
+        The burst is the rate, but never less than one dial: a rate below 1/s (one dial
+        every few seconds) must still let a dial through once a token has refilled.
+        """
         rate = self.settings.dial_rate_per_sec
+        capacity = max(1.0, rate)
         now = time.monotonic()
-        self._dial_tokens = min(rate, self._dial_tokens + (now - self._dial_refill_at) * rate)
+        self._dial_tokens = min(capacity, self._dial_tokens + (now - self._dial_refill_at) * rate)
         self._dial_refill_at = now
         if self._dial_tokens >= 1.0:
             self._dial_tokens -= 1.0
             return True
         return False
+
+    async def take_dial_slot(self) -> bool:
+        """One dial-out under the rate limit: shared through the store, else per process.
+
+        If the store cannot answer in time, the in-process bucket decides (logged): a
+        slow database must not stop dial-out, at the cost of a looser shared limit.
+        """
+        if self.store is None:
+            return self.take_dial_token()
+        try:
+            async with asyncio.timeout(self.settings.forward_timeout_secs):
+                return await self.store.take_dial_slot(self.settings.dial_rate_per_sec)
+        except Exception as exc:
+            logger.warning(
+                "shared dial rate limit unavailable (%s): using this instance's", type(exc).__name__
+            )
+            return self.take_dial_token()
 
     async def drain(self, grace_secs: float) -> None:
         """Stop taking calls; let live calls finish for ``grace_secs``, then end the rest."""
@@ -246,13 +283,19 @@ def create_app(
         from callpipe.audio.vad import SileroVADModel
 
         await asyncio.to_thread(SileroVADModel.shared)  # load once, before the first call
+        await _start_operations(state)
+        state.ready = True
         yield
+        state.ready = False
         await state.drain(0.0)
+        await _stop_operations(state)
         if state.telnyx is not None:
             await state.telnyx.aclose()
 
     app = FastAPI(title="callpipe", lifespan=lifespan)
     app.state.callpipe = state
+    app.include_router(health_router(state))
+    app.include_router(control.control_router(state))
 
     # ------------------------------------------------------------------ dial-in
 
@@ -320,7 +363,7 @@ def create_app(
             return _error(422, "bad_body", "body must be a JSON object")
         if state.draining:
             return _error(503, "shutting_down", "the server is shutting down")
-        if not state.take_dial_token():
+        if not await state.take_dial_slot():
             return _error(429, "rate_limited", f"at most {settings.dial_rate_per_sec:g} dials per second")
         if state.telnyx is None or not settings.dial_out_configured:
             return _error(503, "dial_out_disabled", "dial-out needs TELNYX_API_KEY and the dial settings")
@@ -340,8 +383,9 @@ def create_app(
         # Accept first, so that a refusal reaches the peer as a close code with a reason
         # (closing before the handshake would only answer HTTP 403).
         await websocket.accept()
-        if state.draining:
-            await websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason="server shutting down")
+        if state.draining or state.at_capacity():
+            reason = "server shutting down" if state.draining else "server at capacity (MAX_CALLS)"
+            await websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason=reason)
             _count_refused()
             return
         token_claims = None
@@ -419,26 +463,47 @@ def create_app(
         await _handle_webhook(state, event.event_type, event.call_control_id or "", event.payload)
         return JSONResponse({"ok": True})
 
-    # ------------------------------------------------------------------ operations
-
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        """Liveness: 200 while serving, 503 while draining for shutdown."""
-        body = {"status": "draining" if state.draining else "ok", "active_calls": len(state.calls)}
-        return JSONResponse(body, status_code=503 if state.draining else 200)
-
-    @app.get("/metrics")
-    async def metrics_endpoint() -> Response:
-        """Prometheus metrics."""
-        return PlainTextResponse(metrics.REGISTRY.render(), media_type="text/plain; version=0.0.4")
-
     return app
+
+
+async def _start_operations(state: ServerState) -> None:
+    """The internal control listener and the metrics port, before the first call."""
+    settings = state.settings
+    secret = settings.secret("callpipe_secret")
+    if secret and state.store is not None:
+        # Without a store nobody can look up where a call lives: nothing to forward to.
+        state.control = control.ControlPlane(
+            state,
+            secret,
+            host=settings.internal_host,
+            port=settings.internal_port,
+            advertised_url=settings.internal_url,
+            timeout_secs=settings.forward_timeout_secs,
+        )
+        await state.control.start()
+    if settings.metrics_port is not None and not _is_worker():
+        state.metrics_server = start_metrics_listener(settings.metrics_host, settings.metrics_port)
+
+
+async def _stop_operations(state: ServerState) -> None:
+    if state.control is not None:
+        await state.control.stop()
+    if state.metrics_server is not None:
+        state.metrics_server.shutdown()
+        state.metrics_server.server_close()
+
+
+def _is_worker() -> bool:
+    # Under ``--workers`` the supervisor serves METRICS_PORT for the whole box.
+    import os
+
+    return bool(os.environ.get("CALLPIPE_WORKER"))
 
 
 def _count_refused() -> None:
     # A refused stream never started a call: count it without touching the active-call gauge
     # (``call_ended`` would decrement it under a call that is still running).
-    metrics.REGISTRY.calls_total["refused"] += 1
+    metrics.REGISTRY.call_refused()
 
 
 def _equal(given: str, expected: str) -> bool:
@@ -490,6 +555,12 @@ async def _dial(state: ServerState, number: str, body: dict[str, Any]) -> dict[s
 async def _run_bot(state: ServerState, runner_args: RunnerArguments, ccid: str) -> None:
     task = asyncio.current_task()
     assert task is not None
+    if state.at_capacity():
+        # Checked again here, where registering the call follows without an await: streams
+        # that passed the early check together cannot push the process past MAX_CALLS.
+        await runner_args.websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason="server at capacity (MAX_CALLS)")
+        _count_refused()
+        return
     active = _ActiveCall(task=task, call_control_id=ccid, started_at=time.monotonic())
     state.calls[ccid] = active
     metrics.REGISTRY.call_started()
@@ -522,15 +593,8 @@ async def _run_bot(state: ServerState, runner_args: RunnerArguments, ccid: str) 
 
 
 async def _handle_webhook(state: ServerState, event_type: str, ccid: str, payload: dict[str, Any]) -> None:
-    transport = transport_for_call(ccid) if ccid else None
-    if event_type == "call.hangup":
-        logger.info("call.hangup for %s (%s)", ccid, payload.get("hangup_cause", "?"))
-        if transport is not None:
-            await transport.end_from_outside(f"call hung up ({payload.get('hangup_cause', 'unknown')})")
-        else:
-            call = state.calls.get(ccid)
-            if call is not None:
-                call.end()
-    elif event_type.startswith("call.machine.") and transport is not None:
-        result = str(payload.get("result", ""))
-        await transport.push_call_event(AnsweringMachineDetectionFrame(result=result, event_type=event_type))
+    """Deliver a Telnyx event to the call: here, or at the instance that holds it."""
+    event = control.ControlEvent(kind="webhook", event_type=event_type, payload=payload)
+    result = await control.dispatch(state, ccid, event)
+    if result == "not_found" and event_type == "call.hangup":
+        logger.info("call.hangup for %s: no live call here or elsewhere", ccid)

@@ -44,6 +44,15 @@ class ServerSettings(BaseSettings):
     shutdown_grace_secs: float = Field(default=30.0, ge=0)
     max_body_bytes: int = Field(default=8192, gt=0)
 
+    # Several instances and workers (see docs/architecture.md, "Several instances").
+    max_calls: int = Field(default=0, ge=0)  # live calls per process; 0 = no limit
+    internal_host: str = "127.0.0.1"  # the control listener other instances forward to
+    internal_port: int = Field(default=0, ge=0, le=65535)  # 0 = an ephemeral port
+    internal_url: str | None = None  # how other instances reach it (default http://host:port)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # /metrics there, unauthenticated
+    metrics_host: str = "127.0.0.1"
+    forward_timeout_secs: float = Field(default=2.0, gt=0)
+
     # Providers (used by the built-in assistant).
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None

@@ -1,0 +1,67 @@
+"""Pieces of running several instances that need no second process: the dial bucket,
+forward signatures, readiness, and the operator API's refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from callpipe.server import app as app_module
+from callpipe.server.app import ServerState
+from callpipe.server.control import sign_forward, verify_forward
+from callpipe.server.health import readiness
+from callpipe.server.settings import ServerSettings
+
+SECRET = "instances-secret-Zr81"
+
+
+async def _bot(runner_args: object) -> None:
+    return None
+
+
+def _state(**settings: object) -> ServerState:
+    values: dict[str, object] = {"public_url": "https://bot.example.com", "callpipe_secret": SECRET}
+    values.update(settings)
+    return ServerState(settings=ServerSettings(_env_file=None, **values), bot=_bot)  # type: ignore[call-arg, arg-type]
+
+
+def test_a_dial_rate_below_one_per_second_still_lets_dials_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(app_module.time, "monotonic", lambda: now[0])
+    state = _state(dial_rate_per_sec=0.5)  # one dial every two seconds
+    assert state.take_dial_token()
+    assert not state.take_dial_token()
+    now[0] += 1.0
+    assert not state.take_dial_token()  # half a token
+    now[0] += 1.0
+    assert state.take_dial_token()
+    now[0] += 60.0  # a long pause refills to one dial, not thirty
+    assert state.take_dial_token()
+    assert not state.take_dial_token()
+
+
+def test_the_dial_burst_is_the_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app_module.time, "monotonic", lambda: 50.0)
+    state = _state(dial_rate_per_sec=3)
+    assert [state.take_dial_token() for _ in range(4)] == [True, True, True, False]
+
+
+def test_forward_signatures_bind_body_secret_and_time() -> None:
+    body = b'{"kind":"hangup"}'
+    header = sign_forward(SECRET, body, now=10_000)
+    assert verify_forward(SECRET, body, header, now=10_005)
+    assert not verify_forward(SECRET, body + b" ", header, now=10_005)
+    assert not verify_forward("another-secret", body, header, now=10_005)
+    assert not verify_forward(SECRET, body, header, now=10_100)  # replayed later
+    assert not verify_forward(SECRET, body, None)
+    assert not verify_forward(SECRET, body, "t=abc,v1=00")
+
+
+def test_readiness_reasons() -> None:
+    state = _state(max_calls=1)
+    assert readiness(state) == (False, "starting")
+    state.ready = True
+    assert readiness(state) == (True, "ok")
+    state.calls["v3:x"] = object()  # type: ignore[assignment]
+    assert readiness(state) == (False, "at_capacity")
+    state.draining = True
+    assert readiness(state) == (False, "draining")

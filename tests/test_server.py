@@ -676,7 +676,9 @@ async def test_health_endpoints_and_metrics_after_a_call(monkeypatch: pytest.Mon
             text = metrics.text
             assert "# TYPE callpipe_active_calls gauge" in text
             assert "callpipe_active_calls 0.0" in text.splitlines()
-            assert any(line.startswith('callpipe_calls_total{outcome="completed"} ') for line in text.splitlines())
+            assert any(
+                line.startswith('callpipe_calls_total{outcome="completed"} ') for line in text.splitlines()
+            )
             assert 'callpipe_response_latency_seconds_bucket{le="+Inf"}' in text
             assert "# TYPE callpipe_response_latency_seconds histogram" in text
             _no_secrets(text)
@@ -695,7 +697,9 @@ async def test_metrics_need_a_key_or_the_metrics_port(monkeypatch: pytest.Monkey
             assert "# TYPE callpipe_calls_total counter" in scraped.text
 
 
-async def test_readiness_turns_503_at_max_calls_and_refuses_with_1013(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_readiness_turns_503_at_max_calls_and_refuses_with_1013(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     with serve(monkeypatch, greeting_secs=5.0, end_after_greeting=False, with_fake=False, max_calls=1) as h:
         first = SimulatedCaller(f"{h.ws}?token={issue_token(SECRET)}", max_call_secs=10)
         run = asyncio.ensure_future(first.run([], hang_up_after_secs=30))

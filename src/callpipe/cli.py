@@ -292,6 +292,10 @@ def _serve(args: argparse.Namespace) -> int:
     from callpipe.server.serve import BotLoadError, build_server, load_bot
     from callpipe.server.settings import SettingsError
 
+    if args.workers < 1:
+        raise SystemExit("--workers must be at least 1")
+    if args.workers > 1:
+        return _serve_workers(args)
     try:
         if args.bot:
             bot = load_bot(args.bot)
@@ -302,10 +306,10 @@ def _serve(args: argparse.Namespace) -> int:
             print("no bot file given: running the built-in assistant (loading its models…)", flush=True)
             preload_models()
             bot = assistant_bot
-        server = build_server(bot, host=args.host, port=args.port, settings=_settings_from(args))
+        settings = _settings_from(args)
+        server = build_server(bot, host=args.host, port=args.port, settings=settings)
     except (BotLoadError, SettingsError) as exc:
         raise SystemExit(str(exc)) from None
-    settings = server.callpipe_state.settings
     print(
         f"callpipe serving {args.bot or 'the built-in assistant'} on http://{args.host}:{args.port}",
         flush=True,
@@ -313,6 +317,29 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  TeXML for dial-in: {settings.public_url}/texml   streams: {settings.public_url}/ws", flush=True)
     server.run()
     return 0
+
+
+def _serve_workers(args: argparse.Namespace) -> int:
+    from callpipe.server.serve import BotLoadError, load_bot
+    from callpipe.server.settings import SettingsError
+    from callpipe.server.workers import run_workers
+
+    settings = _settings_from(args)
+    try:
+        if args.bot:
+            load_bot(args.bot)  # fail here, once, with a clear message, not in every worker
+        settings.check_for_serving()
+    except (BotLoadError, SettingsError) as exc:
+        raise SystemExit(str(exc)) from None
+    print(
+        f"callpipe serving {args.bot or 'the built-in assistant'} on http://{args.host}:{args.port}"
+        f" with {args.workers} workers",
+        flush=True,
+    )
+    level = logging.DEBUG if args.verbose else logging.INFO
+    return run_workers(
+        args.bot, host=args.host, port=args.port, workers=args.workers, settings=settings, level=level
+    )
 
 
 def _texml(args: argparse.Namespace) -> int:
@@ -427,6 +454,9 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--public-url", help="the public https URL Telnyx reaches (default: PUBLIC_URL)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes serving the port (default 1; e.g. one per core)"
+    )
 
     texml = sub.add_parser("texml", help="print the TeXML document for a TeXML Bin (dial-in)")
     texml.add_argument("--public-url", help="the public https URL of the server (default: PUBLIC_URL)")

@@ -94,20 +94,25 @@ def load_bot(spec: str) -> BotFunction:
 class GracefulServer(uvicorn.Server):
     """uvicorn that drains calls on the first SIGTERM/SIGINT and forces on the second.
 
-    Draining: new streams and dial-outs are refused (``/healthz`` answers 503 so the load
+    Draining: new streams and dial-outs are refused (``/readyz`` answers 503 so the load
     balancer stops sending calls), live calls run on for up to ``grace_secs``, and any
     still running then are ended (their pipelines cancelled, which hangs them up).
     """
 
-    def __init__(self, config: uvicorn.Config, state: ServerState, grace_secs: float) -> None:
+    def __init__(self, config: uvicorn.Config, state: ServerState | None, grace_secs: float) -> None:
         super().__init__(config)
         self.callpipe_state = state
         self.grace_secs = grace_secs
         self._drain_task: asyncio.Task[None] | None = None
 
+    def current_state(self) -> ServerState | None:
+        """The app's state (a worker only knows it once its app factory has run)."""
+        return self.callpipe_state
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """First signal: drain, then exit. Second signal: exit now."""
-        if self._drain_task is not None:
+        state = self.current_state()
+        if self._drain_task is not None or state is None:
             super().handle_exit(sig, frame)
             return
         try:
@@ -116,14 +121,45 @@ class GracefulServer(uvicorn.Server):
             super().handle_exit(sig, frame)
             return
         logger.info("signal %s: draining calls (up to %.0fs); send again to stop now", sig, self.grace_secs)
-        self.callpipe_state.draining = True
-        self._drain_task = loop.create_task(self._drain_then_exit())
+        state.draining = True
+        self._drain_task = loop.create_task(self._drain_then_exit(state))
 
-    async def _drain_then_exit(self) -> None:
+    async def _drain_then_exit(self, state: ServerState) -> None:
         try:
-            await self.callpipe_state.drain(self.grace_secs)
+            await state.drain(self.grace_secs)
         finally:
             self.should_exit = True
+
+
+def export_bot_environment(settings: ServerSettings) -> None:
+    """Put the settings bots read from ``os.environ`` there (they may come from ``.env``).
+
+    Bots read these from the process environment (create_telnyx_transport for auto
+    hang-up, the built-in assistant for its providers), which a .env file is not part
+    of: export them, so that a setting works the same from .env or the environment.
+    """
+    for name in BOT_ENVIRONMENT:
+        value = settings.secret(name)
+        if value:
+            os.environ.setdefault(name.upper(), value)
+
+
+def uvicorn_options(host: str, port: int, log_level: str) -> dict[str, Any]:
+    """The uvicorn settings every callpipe server runs with (single process or workers)."""
+    return {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "ws_max_size": WS_MAX_SIZE,
+        "lifespan": "on",
+        "proxy_headers": True,
+    }
+
+
+def redact_uvicorn_logs() -> None:
+    """Keep stream tokens out of uvicorn's logs (call after ``uvicorn.Config``)."""
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(_REDACT_TOKENS)
 
 
 def build_server(
@@ -133,29 +169,12 @@ def build_server(
     port: int = 8000,
     settings: ServerSettings | None = None,
     log_level: str = "info",
-    **uvicorn_options: Any,
+    **extra_uvicorn_options: Any,
 ) -> GracefulServer:
     """The configured, not yet running, server for ``bot``."""
     settings = settings or ServerSettings()
     app = create_app(bot, settings)
-    # Bots read these from the process environment (create_telnyx_transport for auto
-    # hang-up, the built-in assistant for its providers), which a .env file is not part
-    # of: export them, so that a setting works the same from .env or the environment.
-    for name in BOT_ENVIRONMENT:
-        value = settings.secret(name)
-        if value:
-            os.environ.setdefault(name.upper(), value)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        ws_max_size=WS_MAX_SIZE,
-        lifespan="on",
-        proxy_headers=True,
-        **uvicorn_options,
-    )
-    # After uvicorn.Config, which (re)configures its loggers.
-    for name in ("uvicorn.access", "uvicorn.error"):
-        logging.getLogger(name).addFilter(_REDACT_TOKENS)
+    export_bot_environment(settings)
+    config = uvicorn.Config(app, **uvicorn_options(host, port, log_level), **extra_uvicorn_options)
+    redact_uvicorn_logs()  # after uvicorn.Config, which (re)configures its loggers
     return GracefulServer(config, app.state.callpipe, settings.shutdown_grace_secs)

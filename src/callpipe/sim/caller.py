@@ -94,6 +94,7 @@ class CallResult:
     gaps: list[float] = field(default_factory=list)
     bot_audio_secs: float = 0.0  # heard (played), not just received
     closed_by: str = ""
+    closed_at: float | None = None  # time.monotonic() when the socket closed
     close_code: int | None = None
     close_reason: str = ""
     caller_track: bytes = b""
@@ -437,6 +438,8 @@ class SimulatedCaller:
         finally:
             if not self._closed.is_set() and not result.closed_by:
                 result.closed_by = "bot"
+            if result.closed_at is None:
+                result.closed_at = time.monotonic()
             self._closed.set()
 
     def _emit(self, kind: str, **data: Any) -> None:

@@ -296,6 +296,9 @@ def create_app(
     app.state.callpipe = state
     app.include_router(health_router(state))
     app.include_router(control.control_router(state))
+    from callpipe.console import mount_console
+
+    mount_console(app, state)  # /dashboard, /phone and their /console/api
 
     # ------------------------------------------------------------------ dial-in
 

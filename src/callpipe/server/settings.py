@@ -53,6 +53,16 @@ class ServerSettings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     forward_timeout_secs: float = Field(default=2.0, gt=0)
 
+    # Web console (/dashboard, /phone): its password (default: CALLPIPE_API_KEY), how long a
+    # sign-in lasts, and the per-unit prices (USD) of the call pages' cost estimate.
+    console_password: SecretStr | None = None
+    console_session_hours: float = Field(default=12.0, gt=0)
+    price_telephony_per_min: float = Field(default=0.0, ge=0)
+    price_stt_per_min: float = Field(default=0.0, ge=0)
+    price_llm_prompt_per_million: float = Field(default=0.0, ge=0)
+    price_llm_completion_per_million: float = Field(default=0.0, ge=0)
+    price_tts_per_million_chars: float = Field(default=0.0, ge=0)
+
     # Providers (used by the built-in assistant).
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None

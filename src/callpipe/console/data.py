@@ -1,0 +1,337 @@
+"""The console's JSON and SSE endpoints (cookie-authenticated), over the call store's queries.
+
+``/console/api/calls`` (list, filters, cursor), ``/console/api/calls/{id}`` (the whole
+record plus a cost estimate), ``…/recording``, ``…/live`` (SSE of one call's record while
+it runs), ``/console/api/live`` (SSE of the live calls), ``/console/api/overview``,
+``POST …/hangup`` and ``POST /console/api/phone/session`` (a browser call's stream URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
+from callpipe.console import views
+from callpipe.records.model import END_REASONS, IN_PROGRESS, CallRecord
+from callpipe.store.base import CallFilter, CallStore
+
+if TYPE_CHECKING:
+    from callpipe.console.router import ConsoleAuth
+    from callpipe.server.app import ServerState
+
+logger = logging.getLogger("callpipe.console")
+
+__all__ = ["add_api"]
+
+LIVE_POLL_SECS = 1.0
+CALL_POLL_SECS = 0.5
+HEARTBEAT_SECS = 15.0
+# Most records the overview reads (newest first) and live calls the live view details.
+OVERVIEW_MAX_CALLS = 5000
+LIVE_MAX_CALLS = 50
+MAX_PARAMS = 20
+MAX_PARAM_CHARS = 256
+MAX_SESSION_BYTES = 8192
+
+
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "detail": detail}}, status_code=status)
+
+
+def _store(state: ServerState) -> CallStore | None:
+    store: CallStore | None = getattr(state, "store", None)
+    return store
+
+
+def _date(text: str | None, *, end: bool = False) -> float | None:
+    """``YYYY-MM-DD`` (UTC) as UNIX seconds; ``end`` gives the next midnight. ValueError if bad."""
+    if not text:
+        return None
+    day = _dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=_dt.UTC)
+    return (day + _dt.timedelta(days=1 if end else 0)).timestamp()
+
+
+def call_filter(query: dict[str, str]) -> CallFilter:
+    """The store filter of the console's list query (``q`` is a number or transcript text)."""
+    q = (query.get("q") or "").strip()
+    digits = q.replace("+", "").replace(" ", "").replace("-", "")
+    is_number = bool(q) and digits.isdigit() and len(digits) >= 3
+    direction = query.get("direction") or None
+    if direction not in (None, "inbound", "outbound"):
+        raise ValueError("direction must be inbound or outbound")
+    end_reason = query.get("end_reason") or None
+    if end_reason is not None and end_reason not in END_REASONS:
+        raise ValueError(f"end_reason must be one of {', '.join(END_REASONS)}")
+    limit = int(query.get("limit") or 25)
+    return CallFilter(
+        direction=direction,
+        number=("+" + digits if q.startswith("+") else digits) if is_number else None,
+        text=q if q and not is_number else None,
+        end_reason=end_reason,
+        since=_date(query.get("since")),
+        until=_date(query.get("until"), end=True),
+        limit=max(1, min(limit, 200)),
+        cursor=query.get("cursor") or None,
+    )
+
+
+def _sse(
+    request: Request, produce: Callable[[], Awaitable[tuple[dict[str, Any] | None, bool]]], every: float
+) -> StreamingResponse:
+    """Server-sent events: ``produce()`` polled every ``every`` s, sent when it changes.
+
+    ``produce`` returns ``(data, done)``; the stream ends after a ``done`` value is sent.
+    """
+
+    async def events() -> AsyncIterator[str]:
+        last = None
+        quiet_since = time.monotonic()
+        while not await request.is_disconnected():
+            try:
+                value, done = await produce()
+            except Exception:
+                logger.exception("console: live query failed")
+                value, done = None, False
+            if value is not None:
+                text = json.dumps(value, separators=(",", ":"))
+                if text != last:
+                    last = text
+                    quiet_since = time.monotonic()
+                    yield f"data: {text}\n\n"
+            if done:
+                yield "event: end\ndata: {}\n\n"
+                return
+            if time.monotonic() - quiet_since > HEARTBEAT_SECS:
+                quiet_since = time.monotonic()
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(every)
+
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+def add_api(router: APIRouter, state: ServerState, auth: ConsoleAuth) -> None:
+    """Add the console's data endpoints to ``router``."""
+
+    def guard(request: Request, *, change: bool = False) -> Response | CallStore:
+        session = auth.session(request)
+        if session is None:
+            return _error(401, "unauthorized", "sign in at /login first")
+        if change and not auth.csrf_ok(request, session):
+            return _error(403, "csrf", "missing or wrong X-CSRF-Token")
+        store = _store(state)
+        if store is None:
+            return _error(503, "no_store", "call records are off on this server")
+        return store
+
+    @router.get("/console/api/calls")
+    async def list_calls(request: Request) -> Response:
+        store = guard(request)
+        if isinstance(store, Response):
+            return store
+        try:
+            flt = call_filter(dict(request.query_params))
+        except ValueError as exc:
+            return _error(422, "bad_filter", str(exc))
+        page = await store.list_calls(flt)
+        return JSONResponse(
+            {"calls": [views.call_row(r) for r in page.calls], "next_cursor": page.next_cursor}
+        )
+
+    @router.get("/console/api/calls/{call_control_id:path}/recording")
+    async def recording(request: Request, call_control_id: str) -> Response:
+        store = guard(request)
+        if isinstance(store, Response):
+            return store
+        record = await store.get_call(call_control_id)
+        path = Path(record.recording_path) if record and record.recording_path else None
+        if path is None or not path.is_file():
+            return _error(404, "no_recording", "no recording of this call on this server")
+        return FileResponse(path, media_type="audio/wav", filename=f"{_file_name(call_control_id)}.wav")
+
+    @router.get("/console/api/calls/{call_control_id:path}/live")
+    async def call_live(request: Request, call_control_id: str) -> Response:
+        store = guard(request)
+        if isinstance(store, Response):
+            return store
+
+        async def produce() -> tuple[dict[str, Any] | None, bool]:
+            record = await store.get_call(call_control_id)
+            if record is None:
+                return None, False  # not written yet: the call may be starting
+            return _record_json(state, record), record.end_reason != IN_PROGRESS
+
+        return _sse(request, produce, CALL_POLL_SECS)
+
+    @router.post("/console/api/calls/{call_control_id:path}/hangup")
+    async def hangup(request: Request, call_control_id: str) -> Response:
+        store = guard(request, change=True)
+        if isinstance(store, Response):
+            return store
+        ok = await hang_up(state, call_control_id)
+        if not ok:
+            return _error(404, "not_live", "no live call with this id")
+        return JSONResponse({"ok": True, "call_control_id": call_control_id})
+
+    @router.get("/console/api/calls/{call_control_id:path}")
+    async def get_call(request: Request, call_control_id: str) -> Response:
+        store = guard(request)
+        if isinstance(store, Response):
+            return store
+        record = await store.get_call(call_control_id)
+        if record is None:
+            return _error(404, "not_found", "no call with this id")
+        headers = {}
+        if request.query_params.get("download"):
+            headers["Content-Disposition"] = f'attachment; filename="{_file_name(call_control_id)}.json"'
+        return JSONResponse(_record_json(state, record), headers=headers)
+
+    @router.get("/console/api/live")
+    async def live(request: Request) -> Response:
+        store = guard(request)
+        if isinstance(store, Response):
+            return store
+
+        async def produce() -> tuple[dict[str, Any] | None, bool]:
+            return {"calls": await live_calls(store)}, False
+
+        return _sse(request, produce, LIVE_POLL_SECS)
+
+    @router.get("/console/api/overview")
+    async def overview(request: Request) -> Response:
+        store = guard(request)
+        if isinstance(store, Response):
+            return store
+        try:
+            days = max(1, min(int(request.query_params.get("days") or 14), 90))
+        except ValueError:
+            return _error(422, "bad_days", "days must be a whole number")
+        now = time.time()
+        records = await _recent(store, since=now - 86400 * days)
+        return JSONResponse(views.overview(records, days=days, now=now))
+
+    @router.post("/console/api/phone/session")
+    async def phone_session(request: Request) -> Response:
+        guarded = guard(request, change=True)
+        if isinstance(guarded, Response) and guarded.status_code != 503:
+            return guarded  # the softphone works without records too
+        raw = await request.body()
+        if len(raw) > MAX_SESSION_BYTES:
+            return _error(413, "too_large", "request body too large")
+        try:
+            return JSONResponse(phone_call(state, json.loads(raw or b"{}")))
+        except (ValueError, TypeError) as exc:
+            return _error(422, "bad_request", str(exc))
+
+
+def _file_name(call_control_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in call_control_id)
+
+
+def _record_json(state: ServerState, record: CallRecord) -> dict[str, Any]:
+    url = f"/console/api/calls/{record.call_control_id}/recording" if record.recording_path else None
+    data = record.to_json(full=True, recording_url=url)
+    data["cost"] = views.cost_estimate(record, prices(state))
+    data["v2v_p50_ms"] = views.call_row(record)["v2v_p50_ms"]
+    return data
+
+
+def prices(state: ServerState) -> views.Prices:
+    """The per-unit prices from the settings."""
+    s = state.settings
+    return views.Prices(
+        telephony_per_min=s.price_telephony_per_min,
+        stt_per_min=s.price_stt_per_min,
+        llm_prompt_per_million=s.price_llm_prompt_per_million,
+        llm_completion_per_million=s.price_llm_completion_per_million,
+        tts_per_million_chars=s.price_tts_per_million_chars,
+    )
+
+
+async def live_calls(store: CallStore) -> list[dict[str, Any]]:
+    """The in-progress calls, newest first, each with what is being said now."""
+    page = await store.list_calls(CallFilter(end_reason=IN_PROGRESS, limit=LIVE_MAX_CALLS))
+    now = time.time()
+    rows = []
+    for record in page.calls:
+        full = record if record.turns else (await store.get_call(record.call_control_id)) or record
+        rows.append(views.live_row(full, now))
+    return rows
+
+
+async def _recent(store: CallStore, *, since: float) -> list[CallRecord]:
+    records: list[CallRecord] = []
+    cursor: str | None = None
+    while len(records) < OVERVIEW_MAX_CALLS:
+        page = await store.list_calls(CallFilter(since=since, limit=200, cursor=cursor))
+        records.extend(page.calls)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return records
+
+
+async def hang_up(state: ServerState, call_control_id: str) -> bool:
+    """End a live call held by this server; ``False`` if it holds no such call."""
+    from callpipe.transports.fastapi import transport_for_call
+
+    transport = transport_for_call(call_control_id)
+    if transport is not None:
+        await transport.end_from_outside("hung up from the console")
+        return True
+    call = state.calls.get(call_control_id)
+    if call is None:
+        return False
+    call.end()
+    return True
+
+
+def _params(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_PARAMS:
+        raise ValueError(f"custom_parameters must be an object of at most {MAX_PARAMS} entries")
+    params = {str(k): str(v) for k, v in value.items()}
+    if any(len(k) > MAX_PARAM_CHARS or len(v) > MAX_PARAM_CHARS for k, v in params.items()):
+        raise ValueError(f"custom parameter names and values are at most {MAX_PARAM_CHARS} characters")
+    return params
+
+
+def _number(value: Any, default: str) -> str:
+    text = str(value or default).strip()
+    if len(text) > 32 or not all(c.isalnum() or c in "+-:@._" for c in text):
+        raise ValueError("from/to must be a phone number or a short SIP-style name")
+    return text
+
+
+def phone_call(state: ServerState, request: Any) -> dict[str, Any]:
+    """A browser call's identity, media format and signed, single-call stream URL query."""
+    from callpipe.server.app import stream_url
+
+    if not isinstance(request, dict):
+        raise ValueError("the request body must be a JSON object")
+    hd = bool(request.get("hd"))
+    ccid = f"v3:console-{uuid.uuid4().hex}"
+    url = stream_url(state.settings, direction="inbound", call_sid=ccid, extra={})
+    return {
+        "call_control_id": ccid,
+        "call_session_id": f"console-session-{uuid.uuid4().hex[:12]}",
+        "stream_id": str(uuid.uuid4()),
+        "stream_query": urlsplit(url).query,
+        "encoding": "L16" if hd else "PCMU",
+        "sample_rate": 16000 if hd else 8000,
+        "from": _number(request.get("from"), "+15550100001"),
+        "to": _number(request.get("to"), state.settings.telnyx_phone_number or "+15550100002"),
+        "custom_parameters": _params(request.get("custom_parameters")),
+    }

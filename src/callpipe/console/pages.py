@@ -1,0 +1,47 @@
+"""The console's HTML pages: small templates shipped in ``static/``, filled with escaped values."""
+
+from __future__ import annotations
+
+import functools
+import html
+import re
+from importlib import resources
+
+from fastapi.responses import HTMLResponse
+
+__all__ = ["render_page", "static_dir"]
+
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+# The pages load only their own scripts and styles, and connect only to this origin.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob:; connect-src 'self' ws: wss:; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'self'"
+)
+
+
+def static_dir() -> str:
+    """The directory of the console's static assets (inside the installed package)."""
+    return str(resources.files("callpipe.console") / "static")
+
+
+@functools.cache
+def _template(name: str) -> str:
+    return (resources.files("callpipe.console") / "static" / f"{name}.html").read_text("utf-8")
+
+
+def render_page(name: str, values: dict[str, str], *, status: int = 200) -> HTMLResponse:
+    """The page ``name`` with ``{{key}}`` replaced by the HTML-escaped ``values[key]``."""
+
+    def fill(match: re.Match[str]) -> str:
+        return html.escape(values.get(match.group(1), ""), quote=True)
+
+    body = _PLACEHOLDER.sub(fill, _template(name))
+    headers = {
+        "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+    }
+    return HTMLResponse(body, status_code=status, headers=headers)

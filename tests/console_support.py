@@ -30,9 +30,11 @@ PASSWORD = "console-pass-Tt61"
 @contextlib.asynccontextmanager
 async def chromium(*extra_args: str) -> AsyncIterator[Any]:
     """A real headless Chromium (Debian's), driven by Playwright; never downloads a browser."""
+    import os
+
     import pytest
 
-    if not Path(CHROMIUM).exists():
+    if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run scripts/system-deps.sh")
     from playwright.async_api import async_playwright
 
@@ -46,7 +48,9 @@ async def chromium(*extra_args: str) -> AsyncIterator[Any]:
 
 async def sign_in(page: Any, base_url: str, password: str = PASSWORD, next_path: str = "/dashboard") -> None:
     """Sign in through the real form."""
-    await page.goto(f"{base_url}/login?next={next_path}")
+    from urllib.parse import quote
+
+    await page.goto(f"{base_url}/login?next={quote(next_path, safe='')}")
     await page.fill("#password", password)
     async with page.expect_navigation():
         await page.click("#sign-in")
@@ -69,8 +73,12 @@ def sample_record(ccid: str, *, started_at: float, recording: Path | None = None
     """A finished call with every kind of thing the call page shows (interruption, tool, DTMF)."""
     t0 = started_at
     latency = Latency(
-        vad_stop_ms=200, stt_final_ms=310, llm_first_token_ms=520, tts_first_audio_ms=640,
-        first_audio_sent_ms=660, heard_ms=700,
+        vad_stop_ms=200,
+        stt_final_ms=310,
+        llm_first_token_ms=520,
+        tts_first_audio_ms=640,
+        first_audio_sent_ms=660,
+        heard_ms=700,
     )
     return CallRecord(
         call_control_id=ccid,
@@ -86,24 +94,56 @@ def sample_record(ccid: str, *, started_at: float, recording: Path | None = None
         end_reason="caller_hangup",
         hangup_by="caller",
         turns=[
-            Turn(speaker="bot", text="Hello, Bright Smile Dental.", started_at=t0 + 0.5, ended_at=t0 + 1.8,
-                 heard_text="Hello, Bright Smile Dental.", latency=Latency(first_audio_sent_ms=120, heard_ms=160)),
-            Turn(speaker="caller", text="I'd like to book a cleaning.", started_at=t0 + 2.0, ended_at=t0 + 3.5),
-            Turn(speaker="bot", text="Sure, which day works for you this week?", started_at=t0 + 4.2,
-                 ended_at=t0 + 5.0, heard_text="Sure, which day", interrupted=True, latency=latency,
-                 tool_calls=[ToolCall(name="find_slot", arguments={"day": "thu"}, result="3pm", at=t0 + 4.0)]),
+            Turn(
+                speaker="bot",
+                text="Hello, Bright Smile Dental.",
+                started_at=t0 + 0.5,
+                ended_at=t0 + 1.8,
+                heard_text="Hello, Bright Smile Dental.",
+                latency=Latency(first_audio_sent_ms=120, heard_ms=160),
+            ),
+            Turn(
+                speaker="caller", text="I'd like to book a cleaning.", started_at=t0 + 2.0, ended_at=t0 + 3.5
+            ),
+            Turn(
+                speaker="bot",
+                text="Sure, which day works for you this week?",
+                started_at=t0 + 4.2,
+                ended_at=t0 + 5.0,
+                heard_text="Sure, which day",
+                interrupted=True,
+                latency=latency,
+                tool_calls=[ToolCall(name="find_slot", arguments={"day": "thu"}, result="3pm", at=t0 + 4.0)],
+            ),
             Turn(speaker="caller", text="Thursday at three.", started_at=t0 + 5.1, ended_at=t0 + 6.3),
-            Turn(speaker="bot", text="Booked for Thursday at 3 pm.", started_at=t0 + 7.0, ended_at=t0 + 8.5,
-                 heard_text="Booked for Thursday at 3 pm.", latency=Latency(
-                     vad_stop_ms=200, stt_final_ms=280, llm_first_token_ms=450, tts_first_audio_ms=590,
-                     first_audio_sent_ms=600, heard_ms=650)),
+            Turn(
+                speaker="bot",
+                text="Booked for Thursday at 3 pm.",
+                started_at=t0 + 7.0,
+                ended_at=t0 + 8.5,
+                heard_text="Booked for Thursday at 3 pm.",
+                latency=Latency(
+                    vad_stop_ms=200,
+                    stt_final_ms=280,
+                    llm_first_token_ms=450,
+                    tts_first_audio_ms=590,
+                    first_audio_sent_ms=600,
+                    heard_ms=650,
+                ),
+            ),
         ],
         events=[
             CallEvent(type="dtmf", at=t0 + 9.0, name="5"),
-            CallEvent(type="webhook", at=t0 + 12.0, name="call.hangup", data={"hangup_cause": "normal_clearing"}),
+            CallEvent(
+                type="webhook", at=t0 + 12.0, name="call.hangup", data={"hangup_cause": "normal_clearing"}
+            ),
         ],
-        usage=Usage(stt_audio_secs={"deepgram": 12.0}, llm_prompt_tokens={"openai": 900},
-                    llm_completion_tokens={"openai": 60}, tts_characters={"cartesia": 95}),
+        usage=Usage(
+            stt_audio_secs={"deepgram": 12.0},
+            llm_prompt_tokens={"openai": 900},
+            llm_completion_tokens={"openai": 60},
+            tts_characters={"cartesia": 95},
+        ),
         custom={"outcome": "booked"},
         recording_path=str(recording) if recording else None,
     )

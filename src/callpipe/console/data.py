@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from callpipe.console import views
 from callpipe.records.model import END_REASONS, IN_PROGRESS, CallRecord
 from callpipe.store.base import CallFilter, CallStore
+from callpipe.telnyx.api import TelnyxError
 
 if TYPE_CHECKING:
     from callpipe.console.router import ConsoleAuth
@@ -50,8 +51,7 @@ def _error(status: int, code: str, detail: str) -> JSONResponse:
 
 
 def _store(state: ServerState) -> CallStore | None:
-    store: CallStore | None = getattr(state, "store", None)
-    return store
+    return state.store
 
 
 def _date(text: str | None, *, end: bool = False) -> float | None:
@@ -179,10 +179,15 @@ def add_api(router: APIRouter, state: ServerState, auth: ConsoleAuth) -> None:
         store = guard(request, change=True)
         if isinstance(store, Response):
             return store
-        ok = await hang_up(state, call_control_id)
-        if not ok:
+        try:
+            result = await hang_up(state, call_control_id)
+        except TelnyxError as exc:
+            return _error(502, "telnyx_error", str(exc))
+        if result == "not_found":
             return _error(404, "not_live", "no live call with this id")
-        return JSONResponse({"ok": True, "call_control_id": call_control_id})
+        if result == "failed":
+            return _error(502, "forward_failed", "the instance holding the call did not answer")
+        return JSONResponse({"ok": True, "call_control_id": call_control_id, "handled": result})
 
     @router.get("/console/api/calls/{call_control_id:path}")
     async def get_call(request: Request, call_control_id: str) -> Response:
@@ -282,19 +287,14 @@ async def _recent(store: CallStore, *, since: float) -> list[CallRecord]:
     return records
 
 
-async def hang_up(state: ServerState, call_control_id: str) -> bool:
-    """End a live call held by this server; ``False`` if it holds no such call."""
-    from callpipe.transports.fastapi import transport_for_call
+async def hang_up(state: ServerState, call_control_id: str) -> str:
+    """End a live call, whichever instance holds it (the operator API's own path).
 
-    transport = transport_for_call(call_control_id)
-    if transport is not None:
-        await transport.end_from_outside("hung up from the console")
-        return True
-    call = state.calls.get(call_control_id)
-    if call is None:
-        return False
-    call.end()
-    return True
+    ``"local"``/``"forwarded"`` on success, ``"not_found"`` or ``"failed"`` otherwise.
+    """
+    from callpipe.server.control import ControlEvent, dispatch
+
+    return await dispatch(state, call_control_id, ControlEvent(kind="hangup"))
 
 
 def _params(value: Any) -> dict[str, str]:

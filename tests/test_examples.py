@@ -58,10 +58,15 @@ async def _speech(text: str) -> bytes:
     return await PiperTTSService(sample_rate=8000, noise_scale=0.0, noise_w_scale=0.0).synthesize(text)
 
 
+# The voice URL's secret path segment authenticates Telnyx's TeXML fetch (TEXML_PATH_SECRET).
+PATH_SECRET = secrets.token_urlsafe(18)
+
+
 def _settings(port: int, fake_base: str, **extra: Any) -> ServerSettings:
     return ServerSettings(
         public_url=f"http://127.0.0.1:{port}",
         callpipe_secret=secrets.token_urlsafe(16),  # type: ignore[arg-type]
+        texml_path_secret=PATH_SECRET,  # type: ignore[arg-type]
         telnyx_api_key="test-key",  # type: ignore[arg-type]
         telnyx_api_base_url=fake_base,
         _env_file=None,  # type: ignore[call-arg]
@@ -83,7 +88,7 @@ async def test_dial_in_example_routes_by_dialled_number_and_greets_known_callers
         app = create_app(bot, _settings(port, telnyx.base_url + "/v2"))
         with BackgroundServer(app, port=port) as server:
             _, caller = await place_texml_call(
-                server.base_url + "/texml", from_number="+15550001234", to_number="+15550005555"
+                f"{server.base_url}/texml/{PATH_SECRET}", from_number="+15550001234", to_number="+15550005555"
             )
             turns = [CallerTurn(audio=question, quiet_secs=1.5), CallerTurn(audio=goodbye, quiet_secs=1.5)]
             result = await asyncio.wait_for(caller.run(turns, hang_up_after_secs=3.0), 90)

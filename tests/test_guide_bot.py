@@ -58,17 +58,24 @@ async def guide_bot(runner_args: RunnerArguments) -> None:
     await PipelineRunner(handle_sigint=False).run(task)
 
 
+# The voice URL's secret path segment authenticates Telnyx's TeXML fetch (TEXML_PATH_SECRET).
+PATH_SECRET = secrets.token_urlsafe(18)
+
+
 async def test_guide_style_bot_runs_under_the_server(speech_8k: bytes) -> None:
     SEEN.clear()
     port = free_port()
     settings = ServerSettings(
         public_url=f"http://127.0.0.1:{port}",
         callpipe_secret=secrets.token_urlsafe(16),  # type: ignore[arg-type]
+        texml_path_secret=PATH_SECRET,  # type: ignore[arg-type]
         _env_file=None,  # type: ignore[call-arg]
     )
     with BackgroundServer(create_app(guide_bot, settings), port=port) as server:
         _, caller = await place_texml_call(
-            server.base_url + "/texml?campaign_id=c-7", from_number="+15550001111", to_number="+15550002222"
+            f"{server.base_url}/texml/{PATH_SECRET}?campaign_id=c-7",
+            from_number="+15550001111",
+            to_number="+15550002222",
         )
         result = await asyncio.wait_for(caller.run([CallerTurn(audio=speech_8k)], hang_up_after_secs=0.8), 30)
     assert SEEN and SEEN[0]["transport_type"] == "telnyx"

@@ -296,7 +296,8 @@ async def test_transfer_call_reaches_telnyx(
         [FakeToolCall("transfer_call", {"to": "+15557654321"})], "Transferring you now."
     )
     llm = make_llm(url)
-    TelephonyTools(call_control_id=ccid, client=client).register(llm)
+    # The bot's own code allows this number (a transfer anywhere else is refused).
+    TelephonyTools(call_control_id=ccid, client=client, transfer_numbers=["+15557654321"]).register(llm)
     try:
         async with running(llm, tools=TelephonyTools.schemas()) as h:
             await h.say("Put me through to a person, please.")
@@ -333,6 +334,70 @@ async def test_send_dtmf_reaches_telnyx(
             assert request.json["digits"] == "1234#" and request.status_code == 200
             assert telnyx.calls[ccid].dtmf[0]["digits"] == "1234#"
             assert json.loads(h.context.messages[-1]["content"]) == {"status": "sent", "digits": "1234#"}
+            assert h.errors() == []
+    finally:
+        await client.aclose()
+
+
+def _tool_results(h: Harness) -> list[str]:
+    return [str(m["content"]) for m in h.context.messages if m["role"] == "tool"]
+
+
+async def test_transfers_outside_the_allowlist_are_refused_and_the_model_is_told(
+    fake_openai: tuple[str, FakeOpenAIState], fake_telnyx: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, fake = fake_openai
+    telnyx_url, telnyx = fake_telnyx
+    client, ccid = await dial(telnyx_url)
+    monkeypatch.setenv("TRANSFER_ALLOWED_NUMBERS", "+15550100999, +1800*")
+    # A caller talked the model into a premium-rate number abroad, then into a toll-free one.
+    fake.responder = scripted_replies(
+        [FakeToolCall("transfer_call", {"to": "+882345678901"})],
+        "I cannot transfer you there.",
+        [FakeToolCall("transfer_call", {"to": "+18005550123"})],
+        "Transferring you now.",
+    )
+    llm = make_llm(url)
+    TelephonyTools(call_control_id=ccid, client=client).register(llm)
+    try:
+        async with running(llm, tools=TelephonyTools.schemas()) as h:
+            await h.say("Transfer me to +882345678901.")
+            await h.reply_done()
+            assert telnyx.requests_to("/v2/calls/*/actions/transfer") == []  # nothing was dialled
+            refusal = json.loads(_tool_results(h)[0])
+            assert "not allowed" in refusal["error"] and "+882345678901" in refusal["error"]
+            await h.say("Then the toll-free line, please.")
+            await h.reply_done(2)
+            [request] = telnyx.requests_to("/v2/calls/*/actions/transfer")
+            assert request.json["to"] == "+18005550123"  # the +1800* prefix allows it
+            assert h.errors() == []
+    finally:
+        await client.aclose()
+
+
+async def test_send_dtmf_refuses_long_or_odd_key_strings(
+    fake_openai: tuple[str, FakeOpenAIState], fake_telnyx: tuple[str, Any]
+) -> None:
+    url, fake = fake_openai
+    telnyx_url, telnyx = fake_telnyx
+    client, ccid = await dial(telnyx_url)
+    fake.responder = scripted_replies(
+        [FakeToolCall("send_dtmf", {"digits": "1" * 200})],
+        "That is too many keys.",
+        [FakeToolCall("send_dtmf", {"digits": "12;rm -rf"})],
+        "Those are not keys.",
+    )
+    llm = make_llm(url)
+    TelephonyTools(call_control_id=ccid, client=client).register(llm)
+    try:
+        async with running(llm, tools=TelephonyTools.schemas()) as h:
+            await h.say("Press one two hundred times.")
+            await h.reply_done()
+            assert "between 1 and 32" in json.loads(_tool_results(h)[0])["error"]
+            await h.say("Press twelve semicolon.")
+            await h.reply_done(2)
+            assert "0-9" in json.loads(_tool_results(h)[1])["error"]
+            assert telnyx.requests_to("/v2/calls/*/actions/send_dtmf") == []
             assert h.errors() == []
     finally:
         await client.aclose()

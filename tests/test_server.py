@@ -22,11 +22,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from callpipe.cli import main as cli_main
 from callpipe.pipeline.frames import (
@@ -42,7 +43,7 @@ from callpipe.runner import RunnerArguments, create_telnyx_transport
 from callpipe.server.app import create_app, decode_body
 from callpipe.server.background import BackgroundServer, free_port
 from callpipe.server.settings import ServerSettings, SettingsError
-from callpipe.server.tokens import issue_token, scope_digest, sign_value, verify_token
+from callpipe.server.tokens import issue_token, scope_digest, sign_expiring, verify_token
 from callpipe.sim.bots import CannedReplyProcessor
 from callpipe.sim.caller import CallerTurn, CallResult, SimulatedCaller
 from callpipe.sim.fake_api import FakeTelnyxSimulator, FakeTelnyxState, create_fake_telnyx_app
@@ -180,6 +181,8 @@ class Harness:
     sim: FakeTelnyxSimulator | None
     settings: ServerSettings
     calls: list[BotCall]
+    # Signs TeXML requests and webhooks as Telnyx would (TELNYX_PUBLIC_KEY is its public half).
+    signing_key: Ed25519PrivateKey
 
     @property
     def base(self) -> str:
@@ -237,8 +240,10 @@ def serve(
     calls: list[BotCall] = []
     bot = make_bot(calls, greeting_secs=greeting_secs, end_after_greeting=end_after_greeting)
     port = free_port()
+    signing_key, public_key = generate_webhook_keypair()
     values: dict[str, Any] = {
         "public_url": f"http://127.0.0.1:{port}",
+        "telnyx_public_key": public_key,
         "callpipe_secret": SECRET,
         "callpipe_api_key": API_KEY,
         "telnyx_api_key": TELNYX_KEY,
@@ -247,7 +252,11 @@ def serve(
         "telnyx_phone_number": OUR_NUMBER,
         "max_call_secs": 30.0,
     }
-    sim = FakeTelnyxSimulator(callee_silence_secs=0.5, max_call_secs=20.0) if with_fake and simulate else None
+    sim = (
+        FakeTelnyxSimulator(callee_silence_secs=0.5, max_call_secs=20.0, webhook_private_key=signing_key)
+        if with_fake and simulate
+        else None
+    )
     fake_app = create_fake_telnyx_app(TELNYX_KEY, simulator=sim) if with_fake else None
     fake = BackgroundServer(fake_app) if fake_app is not None else None
     try:
@@ -267,6 +276,7 @@ def serve(
                 sim,
                 settings,
                 calls,
+                signing_key,
             )
             if fake is not None:
                 fake.stop()  # simulated callees hang up before the bot server goes
@@ -296,6 +306,17 @@ def _stream_of(xml: str) -> tuple[str, dict[str, str]]:
     return url, {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
 
+async def _post_texml(
+    http: httpx.AsyncClient, h: Harness, form: dict[str, str], path: str = "/texml", sign: bool = True
+) -> httpx.Response:
+    """POST a TeXML request as Telnyx does: form-encoded, signed (``sign``) with the harness key."""
+    raw = urlencode(form).encode()
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    if sign:
+        headers.update(sign_webhook(raw, h.signing_key))
+    return await http.post(path, content=raw, headers=headers)
+
+
 async def _call(url: str, *, call_control_id: str | None = None, hang_up: float = 0.3) -> CallResult:
     """A silent caller on ``url`` that hangs up after ``hang_up`` s of bot silence."""
     caller = SimulatedCaller(url, call_control_id=call_control_id, max_call_secs=10.0)
@@ -322,6 +343,7 @@ async def test_dial_in_texml_streams_to_the_bot_with_caller_numbers_and_params(
             from_number=CALLER,
             to_number=OUR_NUMBER,
             max_call_secs=10.0,
+            signing_key=h.signing_key,
         )
         url, params = _stream_of(instructions.xml)
         assert url.startswith(f"{h.server.ws_url}/ws?")
@@ -354,7 +376,7 @@ async def test_dial_in_hang_up_for_a_call_telnyx_does_not_know_is_still_requeste
 ) -> None:
     with serve(monkeypatch, simulate=False) as h:
         assert h.fake_state is not None
-        _, caller = await place_texml_call(f"{h.base}/texml", max_call_secs=10.0)
+        _, caller = await place_texml_call(f"{h.base}/texml", max_call_secs=10.0, signing_key=h.signing_key)
         result = await asyncio.wait_for(caller.run([], hang_up_after_secs=5.0), 15)
         call = await h.bot_call()
         await wait_for(call.finished.is_set, what="the bot to finish")
@@ -489,6 +511,7 @@ async def test_insecure_streams_opt_out_accepts_streams_without_token(
         with_fake=False,
         callpipe_secret=None,
         callpipe_insecure_streams=True,
+        telnyx_public_key=None,  # no stream token to guard, so /texml may answer unsigned
     ) as h:
         async with h.http() as http:
             xml = (await http.post("/texml", data={"CallSid": "v3:x"})).text
@@ -570,14 +593,27 @@ async def test_webhooks_are_verified_and_reach_the_call(monkeypatch: pytest.Monk
         assert (await post(other, sign_webhook(other, private))).status_code == 200
 
 
-async def test_webhooks_without_a_public_key_are_accepted_unsigned(monkeypatch: pytest.MonkeyPatch) -> None:
-    with serve(monkeypatch, with_fake=False) as h:
+async def test_webhooks_without_a_public_key_are_refused_unless_insecure_is_opted_into(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    with serve(monkeypatch, with_fake=False, telnyx_public_key=None) as h:
+        async with h.http() as http:
+            response = await http.post("/webhooks/telnyx", content=_event("call.hangup", "v3:any"))
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "webhooks_disabled"
+        assert "TELNYX_PUBLIC_KEY" in response.json()["error"]["detail"]
+        assert "CALLPIPE_INSECURE_WEBHOOKS" in response.json()["error"]["detail"]
+    assert "TELNYX_PUBLIC_KEY is not set" in caplog.text  # said at start-up
+    caplog.clear()
+    with serve(monkeypatch, with_fake=False, telnyx_public_key=None, callpipe_insecure_webhooks=True) as h:
         async with h.http() as http:
             body = _event("call.initiated", "v3:nobody")
             response = await http.post("/webhooks/telnyx", content=body)
             assert response.status_code == 200
             garbage = await http.post("/webhooks/telnyx", content=b"not json")
             assert garbage.status_code == 400
+    assert "CALLPIPE_INSECURE_WEBHOOKS=1" in caplog.text and "UNSIGNED" in caplog.text
 
 
 # --------------------------------------------------------------------------- /start errors
@@ -755,12 +791,15 @@ async def test_operator_hangs_up_a_live_call_through_the_api(monkeypatch: pytest
 async def test_texml_document_streams_rtp_with_nothing_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
     with serve(monkeypatch, with_fake=False, stream_codec="PCMA") as h:
         async with h.http() as http:
-            response = await http.post("/texml", data={"CallSid": "v3:abc", "From": CALLER, "To": OUR_NUMBER})
-            get = await http.get("/texml", params={"CallSid": "v3:get"})
+            response = await _post_texml(http, h, {"CallSid": "v3:abc", "From": CALLER, "To": OUR_NUMBER})
+            get = await http.get(
+                "/texml", params={"CallSid": "v3:get"}, headers=sign_webhook(b"", h.signing_key)
+            )
             # /answer only takes URLs /start signed: a forged one is refused, and a signed
             # but malformed body is a clear 400.
             forged_answer = await http.post("/answer?body=e30")
-            bad_answer = await http.post(f"/answer?body=@@@&sig={sign_value(SECRET, 'answer', '@@@')}")
+            exp, sig = sign_expiring(SECRET, "answer", "@@@", ttl=60)
+            bad_answer = await http.post(f"/answer?body=@@@&exp={exp}&sig={sig}")
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("application/xml")
         root = ET.fromstring(response.text)
@@ -787,13 +826,22 @@ def test_callpipe_texml_prints_the_document(
     monkeypatch.setenv("CALLPIPE_SECRET", SECRET)
     root_logger = logging.getLogger()
     handlers, level = list(root_logger.handlers), root_logger.level
-    try:
-        code = cli_main(["texml", "--public-url", "https://bot.example.com/agent", "--ttl-days", "30"])
-    finally:  # the CLI configures logging for the process; leave pytest's as it was
-        root_logger.handlers[:] = handlers
-        root_logger.setLevel(level)
-    assert code == 0
-    text = capsys.readouterr().out
+
+    def run(*args: str) -> int:
+        try:
+            return cli_main(["texml", "--public-url", "https://bot.example.com/agent", *args])
+        finally:  # the CLI configures logging for the process; leave pytest's as it was
+            root_logger.handlers[:] = handlers
+            root_logger.setLevel(level)
+
+    # Without a path secret: a token for ONE stream within minutes, not a year-long one,
+    # and the operator is told so.
+    with pytest.raises(SystemExit, match="ttl-minutes"):
+        run("--ttl-minutes", "600")
+    assert run() == 0
+    printed = capsys.readouterr()
+    text = printed.out
+    assert "ONE stream within 10 minutes" in printed.err and "TEXML_PATH_SECRET" in printed.err
     root = ET.fromstring(text)
     assert "Pause" not in text and [child.tag for child in root] == ["Connect"]
     stream = root.find("Connect/Stream")
@@ -803,9 +851,23 @@ def test_callpipe_texml_prints_the_document(
     assert url.startswith("wss://bot.example.com/agent/ws?")
     params = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
     claims = verify_token(SECRET, params["token"])
-    assert claims.call_id is None  # a static bin serves every call
-    assert 29 * 86400 < claims.expires_at - time.time() <= 30 * 86400
+    assert claims.call_id is None
+    assert 9 * 60 < claims.expires_at - time.time() <= 10 * 60
     assert SECRET not in text
+
+    # With TEXML_PATH_SECRET: a static document that works for every call, by sending each
+    # call to the server, which issues it a token of its own.
+    path_secret = "p" * 20
+    monkeypatch.setenv("TEXML_PATH_SECRET", path_secret)
+    assert run() == 0
+    printed = capsys.readouterr()
+    root = ET.fromstring(printed.out)
+    [redirect] = list(root)
+    assert redirect.tag == "Redirect" and redirect.get("method") == "POST"
+    assert redirect.text == f"https://bot.example.com/agent/texml/{path_secret}"
+    assert "token" not in printed.out and SECRET not in printed.out
+    assert "redirects every call" in printed.err
+    monkeypatch.delenv("TEXML_PATH_SECRET")
 
     monkeypatch.delenv("CALLPIPE_SECRET")
     with pytest.raises(SystemExit, match="CALLPIPE_SECRET"):

@@ -314,7 +314,11 @@ def _serve(args: argparse.Namespace) -> int:
         f"callpipe serving {args.bot or 'the built-in assistant'} on http://{args.host}:{args.port}",
         flush=True,
     )
-    print(f"  TeXML for dial-in: {settings.public_url}/texml   streams: {settings.public_url}/ws", flush=True)
+    texml_path = "/texml/<TEXML_PATH_SECRET>" if settings.secret("texml_path_secret") else "/texml"
+    print(
+        f"  TeXML for dial-in: {settings.public_url}{texml_path}   streams: {settings.public_url}/ws",
+        flush=True,
+    )
     server.run()
     return 0
 
@@ -343,7 +347,10 @@ def _serve_workers(args: argparse.Namespace) -> int:
 
 
 def _texml(args: argparse.Namespace) -> int:
-    from callpipe.server.app import stream_url, texml_document
+    """Print TeXML for a TeXML Bin, and say on stderr how long and how often it works."""
+    from xml.sax.saxutils import escape
+
+    from callpipe.server.app import _http_base, stream_url, texml_document
     from callpipe.server.settings import SettingsError
 
     settings = _settings_from(args)
@@ -351,10 +358,33 @@ def _texml(args: argparse.Namespace) -> int:
         settings.check_for_serving()
     except SettingsError as exc:
         raise SystemExit(str(exc)) from None
+    path_secret = settings.secret("texml_path_secret")
+    if path_secret:
+        # A static bin that works for every call: it sends each call to the server, which
+        # gives the call a stream token of its own (bound to its CallSid, single-use).
+        url = f"{_http_base(settings)}/texml/{path_secret}"
+        print(
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<Response><Redirect method="POST">{escape(url)}</Redirect></Response>'
+        )
+        print(
+            "This document redirects every call to PUBLIC_URL/texml/<TEXML_PATH_SECRET>, which issues "
+            "each call its own single-use stream token. Keep it private: the path is a secret. "
+            "(Or give Telnyx that URL as the TeXML application's voice URL.)",
+            file=sys.stderr,
+        )
+        return 0
+    if not 0 < args.ttl_minutes <= 60:
+        raise SystemExit("--ttl-minutes must be between 0 and 60")
+    url = stream_url(settings, direction="inbound", call_sid=None, extra={}, ttl=args.ttl_minutes * 60)
+    print(texml_document(settings, url))
     if settings.secret("callpipe_secret"):
-        # A TeXML Bin is static: a token in it would expire, so it is issued long-lived.
-        settings.stream_token_ttl_secs = args.ttl_days * 86400
-    print(texml_document(settings, stream_url(settings, direction="inbound", call_sid=None, extra={})))
+        print(
+            f"NOTE: this document's stream token is bound to no call: it opens ONE stream within "
+            f"{args.ttl_minutes:g} minutes, then never again. For a TeXML Bin that serves every call, "
+            "set TEXML_PATH_SECRET and run this again.",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -460,7 +490,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     texml = sub.add_parser("texml", help="print the TeXML document for a TeXML Bin (dial-in)")
     texml.add_argument("--public-url", help="the public https URL of the server (default: PUBLIC_URL)")
-    texml.add_argument("--ttl-days", type=float, default=365.0, help="stream token lifetime for a static bin")
+    texml.add_argument(
+        "--ttl-minutes",
+        type=float,
+        default=10.0,
+        help="without TEXML_PATH_SECRET: lifetime of the document's one-use stream token (max 60)",
+    )
 
     dial = sub.add_parser("dial", help="ask a running server to place an outbound call (POST /start)")
     dial.add_argument("phone_number", help="E.164 number, e.g. +15551234567")

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 from xml.sax.saxutils import quoteattr
 
 import msgspec
@@ -40,24 +40,23 @@ from callpipe import metrics
 from callpipe.log import call_id
 from callpipe.runner import RunnerArguments, TelephonyHandshakeError, parse_telephony_websocket
 from callpipe.server import control
+from callpipe.server.bodies import BodyTooLarge, read_capped, read_form_or_query
 from callpipe.server.health import health_router, start_metrics_listener
+from callpipe.server.replay import ReplayGuard
 from callpipe.server.settings import ServerSettings
+from callpipe.server.telnyx_auth import RequestAuthError, TelnyxRequestAuth
 from callpipe.server.tokens import (
+    StreamToken,
     TokenError,
-    check_value,
+    check_expiring,
     issue_token,
     scope_digest,
-    sign_value,
+    sign_expiring,
     verify_token,
 )
 from callpipe.store.base import CallStore
 from callpipe.telnyx.api import TelnyxClient, TelnyxError
-from callpipe.telnyx.webhooks import (
-    WebhookFailure,
-    WebhookVerificationError,
-    parse_webhook_event,
-    verify_webhook_headers,
-)
+from callpipe.telnyx.webhooks import DEFAULT_TOLERANCE, parse_webhook_event
 from callpipe.transports.fastapi import fit_close_reason
 
 logger = logging.getLogger("callpipe.server")
@@ -66,7 +65,7 @@ BotFunction = Callable[[RunnerArguments], Awaitable[None]]
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 # Query parameters callpipe itself puts on stream URLs; the rest are the caller's own.
-RESERVED_PARAMS = frozenset({"token", "body", "direction", "sig"})
+RESERVED_PARAMS = frozenset({"token", "body", "direction", "sig", "exp"})
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_POLICY_VIOLATION = 1008
 
@@ -124,6 +123,7 @@ class ServerState:
     control: control.ControlPlane | None = None
     calls: dict[str, _ActiveCall] = field(default_factory=dict)
     ready: bool = False
+    replay: ReplayGuard = field(default_factory=ReplayGuard)
     draining: bool = False
     metrics_server: Any = None
     no_calls: asyncio.Event = field(default_factory=asyncio.Event)
@@ -203,18 +203,34 @@ def _http_base(settings: ServerSettings) -> str:
 
 
 def stream_url(
-    settings: ServerSettings, *, direction: str, call_sid: str | None, extra: dict[str, str]
+    settings: ServerSettings,
+    *,
+    direction: str,
+    call_sid: str | None,
+    extra: dict[str, str],
+    body: str | None = None,
+    ttl: float | None = None,
 ) -> str:
-    """The ``/ws`` URL for one call: its own query parameters plus direction and token."""
-    params = {k: v for k, v in extra.items() if k not in RESERVED_PARAMS or k == "body"}
+    """The ``/ws`` URL for one call: its own query parameters plus direction, body and token.
+
+    ``body`` (an encoded dial-out body) is passed only by the code paths that verified it:
+    ``/start`` and the ``/answer`` URLs it signed; a ``body`` in ``extra`` is dropped. A
+    token bound to no call lives ``UNBOUND_TOKEN_TTL_SECS`` at most (or ``ttl``).
+    """
+    params = {k: v for k, v in extra.items() if k not in RESERVED_PARAMS}
+    if body:
+        params["body"] = body
     params["direction"] = direction
     secret = settings.secret("callpipe_secret")
     if secret:
         # The token also covers direction and body, so a stolen URL cannot be replayed
         # with a made-up body or as an "outbound" call.
         scope = scope_digest(direction, params.get("body", ""))
+        lifetime = settings.stream_token_ttl_secs
+        if not call_sid:
+            lifetime = min(lifetime, settings.unbound_token_ttl_secs)
         params["token"] = issue_token(
-            secret, ttl=settings.stream_token_ttl_secs, call_id=call_sid, scope=scope
+            secret, ttl=lifetime if ttl is None else ttl, call_id=call_sid, scope=scope
         )
     return f"{_ws_base(settings)}/ws?{urlencode(params)}"
 
@@ -238,25 +254,6 @@ def texml_document(settings: ServerSettings, url: str) -> str:
 MAX_FORM_BYTES = 64 * 1024
 
 
-async def _form_or_query(request: Request) -> dict[str, str]:
-    """Telnyx's TeXML request parameters: the query string, plus the form body of a POST.
-
-    The form is parsed here (``application/x-www-form-urlencoded``, what Telnyx sends)
-    rather than with ``request.form()``, which needs python-multipart; a body over
-    :data:`MAX_FORM_BYTES` is not read past that.
-    """
-    values = {k: v for k, v in request.query_params.items()}
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if request.method == "POST" and content_type in ("", "application/x-www-form-urlencoded"):
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > MAX_FORM_BYTES:
-                return values
-        values.update(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
-    return values
-
-
 def _xml(text: str) -> Response:
     return Response(content=text, media_type="application/xml")
 
@@ -277,11 +274,13 @@ def create_app(
     if telnyx is None and settings.secret("telnyx_api_key"):
         telnyx = TelnyxClient(settings.secret("telnyx_api_key") or "", base_url=settings.telnyx_api_base_url)
     state = ServerState(settings=settings, bot=bot, telnyx=telnyx)
+    telnyx_auth = TelnyxRequestAuth(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from callpipe.audio.vad import SileroVADModel
 
+        telnyx_auth.log_startup()
         await asyncio.to_thread(SileroVADModel.shared)  # load once, before the first call
         await _start_operations(state)
         state.ready = True
@@ -292,7 +291,15 @@ def create_app(
         if state.telnyx is not None:
             await state.telnyx.aclose()
 
-    app = FastAPI(title="callpipe", lifespan=lifespan)
+    # The API's own description is surface an attacker reads first: off unless asked for.
+    docs = settings.callpipe_api_docs
+    app = FastAPI(
+        title="callpipe",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.callpipe = state
     app.include_router(health_router(state))
     app.include_router(control.control_router(state))
@@ -304,29 +311,18 @@ def create_app(
 
     @app.api_route("/texml", methods=["GET", "POST"])
     async def texml(request: Request) -> Response:
-        """Telnyx asks what to do with an incoming call: stream it to /ws."""
-        values = await _form_or_query(request)
-        call_sid = values.get("CallSid")
-        extra = dict(request.query_params)
-        url = stream_url(settings, direction="inbound", call_sid=call_sid, extra=extra)
-        return _xml(texml_document(settings, url))
+        """Telnyx asks what to do with an incoming call (signed): stream it to /ws."""
+        return await _texml(state, telnyx_auth, request, None)
+
+    @app.api_route("/texml/{path_secret}", methods=["GET", "POST"])
+    async def texml_with_secret(request: Request, path_secret: str) -> Response:
+        """The same, authenticated by the voice URL's secret path segment (TEXML_PATH_SECRET)."""
+        return await _texml(state, telnyx_auth, request, path_secret)
 
     @app.api_route("/answer", methods=["GET", "POST"])
     async def answer(request: Request) -> Response:
         """Telnyx fetches this when an outbound call is answered: stream it, body and all."""
-        values = await _form_or_query(request)
-        extra = dict(request.query_params)
-        secret = settings.secret("callpipe_secret")
-        if secret and not check_value(secret, "answer", extra.get("body", ""), extra.get("sig")):
-            # Only /start issues /answer URLs: anything else is a forged or altered body.
-            return _error(403, "bad_signature", "this /answer URL was not issued by this server")
-        extra.pop("sig", None)
-        try:
-            decode_body(extra.get("body"))
-        except ValueError as exc:
-            return _error(400, "bad_body", str(exc))
-        url = stream_url(settings, direction="outbound", call_sid=values.get("CallSid"), extra=extra)
-        return _xml(texml_document(settings, url))
+        return await _answer(state, request)
 
     # ------------------------------------------------------------------ dial-out
 
@@ -341,9 +337,10 @@ def create_app(
             return _error(
                 401, "unauthorized", "a valid 'Authorization: Bearer <CALLPIPE_API_KEY>' is required"
             )
-        raw = await request.body()
-        if len(raw) > settings.max_body_bytes:
-            return _error(413, "too_large", f"request body over {settings.max_body_bytes} bytes")
+        try:
+            raw = await read_capped(request, settings.max_body_bytes)
+        except BodyTooLarge as exc:
+            return _error(413, "too_large", str(exc))
         payload: dict[str, Any] = dict(request.query_params)
         if raw:
             try:
@@ -430,6 +427,11 @@ def create_app(
             await websocket.close(code=CLOSE_POLICY_VIOLATION, reason="stream token is for another call")
             _count_refused()
             return
+        if token_claims is not None and not await _claim_stream_token(state, token_claims):
+            logger.warning("refusing stream: its token was used before")
+            await websocket.close(code=CLOSE_POLICY_VIOLATION, reason="stream token already used")
+            _count_refused()
+            return
         query = {k: v for k, v in websocket.query_params.items() if k not in RESERVED_PARAMS}
         call_data["query_params"] = query
         websocket.state.callpipe_telephony = call_data  # what a guide-style bot's own parse returns
@@ -447,24 +449,8 @@ def create_app(
 
     @app.post("/webhooks/telnyx")
     async def webhooks(request: Request) -> Response:
-        """Call lifecycle events from Telnyx (signature-checked when TELNYX_PUBLIC_KEY is set)."""
-        raw = await request.body()
-        public_key = settings.telnyx_public_key
-        if public_key:
-            try:
-                verify_webhook_headers(raw, request.headers, public_key)
-            except WebhookVerificationError as exc:
-                # 403 only for a genuine but stale (or future) delivery; anything unsigned,
-                # forged or malformed, a missing timestamp included, is 401.
-                stale = exc.reason in (WebhookFailure.TIMESTAMP_TOO_OLD, WebhookFailure.TIMESTAMP_IN_FUTURE)
-                logger.warning("rejected webhook: %s", exc)
-                return _error(403 if stale else 401, "bad_signature", str(exc))
-        try:
-            event = parse_webhook_event(raw)
-        except ValueError as exc:
-            return _error(400, "bad_event", str(exc))
-        await _handle_webhook(state, event.event_type, event.call_control_id or "", event.payload)
-        return JSONResponse({"ok": True})
+        """Call lifecycle events from Telnyx (signed with TELNYX_PUBLIC_KEY; each applied once)."""
+        return await _webhook(state, telnyx_auth, request)
 
     return app
 
@@ -503,6 +489,93 @@ def _is_worker() -> bool:
     return bool(os.environ.get("CALLPIPE_WORKER"))
 
 
+def _store(state: ServerState) -> CallStore | None:
+    # The call store shared by every instance on one database, when there is one.
+    return state.store
+
+
+async def _claim_stream_token(state: ServerState, claims: StreamToken) -> bool:
+    """A stream token opens one stream, on any instance (its id is claimed until it expires)."""
+    return await state.replay.claim(f"tok:{claims.token_id}", claims.expires_at, _store(state))
+
+
+async def _texml(
+    state: ServerState, auth: TelnyxRequestAuth, request: Request, path_secret: str | None
+) -> Response:
+    """``/texml``: authenticate Telnyx, then a TeXML document with a call-bound stream URL."""
+    settings = state.settings
+    try:
+        values, raw = await read_form_or_query(request, MAX_FORM_BYTES)
+        signed = auth.check_texml(raw, request.headers, path_secret)
+    except BodyTooLarge as exc:
+        return _error(413, "too_large", str(exc))
+    except RequestAuthError as exc:
+        return _error(exc.status, exc.code, exc.detail)
+    if signed is not None and not await state.replay.claim(
+        signed.replay_key, signed.expires_at, _store(state)
+    ):
+        logger.warning("rejected TeXML request: its signature was used before")
+        return _error(409, "replayed", "this signed request was already answered")
+    # Never a body: only /answer URLs that /start signed carry one.
+    url = stream_url(
+        settings, direction="inbound", call_sid=values.get("CallSid"), extra=dict(request.query_params)
+    )
+    return _xml(texml_document(settings, url))
+
+
+async def _answer(state: ServerState, request: Request) -> Response:
+    """``/answer``: a URL /start signed (with an expiry), fetched once when the callee answers."""
+    settings = state.settings
+    try:
+        values, _ = await read_form_or_query(request, MAX_FORM_BYTES)
+    except BodyTooLarge as exc:
+        return _error(413, "too_large", str(exc))
+    query = request.query_params
+    body = query.get("body", "")
+    secret = settings.secret("callpipe_secret")
+    if secret:
+        try:
+            # Only /start issues /answer URLs: anything else is a forged or altered body.
+            check_expiring(secret, "answer", body, query.get("exp"), query.get("sig"))
+        except TokenError as exc:
+            return _error(403, "bad_signature", f"{exc} (/answer URLs come from POST /start)")
+        expires_at = float(query.get("exp") or 0)
+        if not await state.replay.claim(f"answer:{query.get('sig')}", expires_at, _store(state)):
+            return _error(409, "replayed", "this /answer URL was already used")
+    try:
+        decode_body(body)
+    except ValueError as exc:
+        return _error(400, "bad_body", str(exc))
+    url = stream_url(
+        settings, direction="outbound", call_sid=values.get("CallSid"), extra=dict(query), body=body
+    )
+    return _xml(texml_document(settings, url))
+
+
+async def _webhook(state: ServerState, auth: TelnyxRequestAuth, request: Request) -> Response:
+    """``/webhooks/telnyx``: verify, drop replays (by event id), then act on the event."""
+    try:
+        raw = await read_capped(request, state.settings.max_webhook_bytes)
+        signed = auth.check_webhook(raw, request.headers)
+    except BodyTooLarge as exc:
+        return _error(413, "too_large", str(exc))
+    except RequestAuthError as exc:
+        return _error(exc.status, exc.code, exc.detail)
+    try:
+        event = parse_webhook_event(raw)
+    except ValueError as exc:
+        return _error(400, "bad_event", str(exc))
+    # A replay inside the tolerance window carries a valid signature: the event id (else the
+    # signature) is what tells it apart. Telnyx retrying a delivery gets 200 either way.
+    expires_at = signed.expires_at if signed is not None else time.time() + DEFAULT_TOLERANCE
+    key = f"event:{event.id}" if event.id else (signed.replay_key if signed is not None else "")
+    if key and not await state.replay.claim(key, expires_at, _store(state)):
+        logger.info("ignored a repeated webhook %s", event.event_type)
+        return JSONResponse({"ok": True, "duplicate": True})
+    await _handle_webhook(state, event.event_type, event.call_control_id or "", event.payload)
+    return JSONResponse({"ok": True})
+
+
 def _count_refused() -> None:
     # A refused stream never started a call: count it without touching the active-call gauge
     # (``call_ended`` would decrement it under a call that is still running).
@@ -525,7 +598,9 @@ async def _dial(state: ServerState, number: str, body: dict[str, Any]) -> dict[s
         query = {"body": encoded}
         secret = settings.secret("callpipe_secret")
         if secret:
-            query["sig"] = sign_value(secret, "answer", encoded)
+            query["exp"], query["sig"] = sign_expiring(
+                secret, "answer", encoded, ttl=settings.answer_url_ttl_secs
+            )
         answer_url = f"{_http_base(settings)}/answer?{urlencode(query)}"
         data = await state.telnyx.texml_call(
             account_sid=settings.telnyx_account_sid or "",
@@ -536,7 +611,8 @@ async def _dial(state: ServerState, number: str, body: dict[str, Any]) -> dict[s
         )
         call_control_id = str(data.get("call_sid") or data.get("call_control_id") or "")
     else:
-        url = stream_url(settings, direction="outbound", call_sid=None, extra={"body": encoded})
+        # Bound to no call (its id comes back from this dial): UNBOUND_TOKEN_TTL_SECS, one use.
+        url = stream_url(settings, direction="outbound", call_sid=None, extra={}, body=encoded)
         data = await state.telnyx.dial(
             to=number,
             from_=settings.telnyx_phone_number or "",

@@ -36,22 +36,27 @@ BOT_ENVIRONMENT = (
     "cartesia_api_key",
 )
 
-_TOKEN_IN_URL = re.compile(r"(\btoken=)[^&\s\"]+")
+_TOKEN_IN_URL = re.compile(r"(\b(?:token|sig)=)[^&\s\"]+")
+_TEXML_PATH_SECRET = re.compile(r"(/texml/)[^?\s\"/]+")
+
+
+def _redact(text: str) -> str:
+    return _TEXML_PATH_SECRET.sub(r"\1[redacted]", _TOKEN_IN_URL.sub(r"\1[redacted]", text))
 
 
 class RedactStreamTokens(logging.Filter):
-    """Keeps stream tokens out of uvicorn's request lines (``GET /ws?token=…``).
+    """Keeps credentials out of uvicorn's request lines (``GET /ws?token=…``, ``/texml/<secret>``).
 
-    A token is a bearer credential for ``/ws`` (one in a TeXML Bin lives for months), so
-    it must not land in log storage.
+    A stream token is a bearer credential for ``/ws``, an ``/answer`` signature one for a
+    dial-out body, the ``/texml/<secret>`` path one for TeXML: none may land in log storage.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Redact ``token=…`` in the record's arguments; never drops a record."""
-        if isinstance(record.args, tuple) and any(isinstance(a, str) and "token=" in a for a in record.args):
-            record.args = tuple(
-                _TOKEN_IN_URL.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in record.args
-            )
+        """Redact them in the record's arguments; never drops a record."""
+        if isinstance(record.args, tuple) and any(
+            isinstance(a, str) and ("=" in a or "/texml/" in a) for a in record.args
+        ):
+            record.args = tuple(_redact(a) if isinstance(a, str) else a for a in record.args)
         return True
 
 

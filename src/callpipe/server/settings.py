@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -34,15 +36,23 @@ class ServerSettings(BaseSettings):
     callpipe_secret: SecretStr | None = None
     callpipe_api_key: SecretStr | None = None
     callpipe_insecure_streams: bool = False
+    callpipe_insecure_webhooks: bool = False
+    callpipe_api_docs: bool = False
+    texml_path_secret: SecretStr | None = None
     stream_codec: str = "PCMU"
     stream_sample_rate: int = 8000
     stream_token_ttl_secs: float = Field(default=600.0, gt=0)
+    unbound_token_ttl_secs: float = Field(default=90.0, gt=0)
+    answer_url_ttl_secs: float = Field(default=300.0, gt=0)
     dial_mode: str = "texml"  # "texml" (TeXML Calls API) or "call_control" (dial with stream_url)
     dial_rate_per_sec: float = Field(default=10.0, gt=0)
     max_call_secs: float = Field(default=1800.0, gt=0)
     idle_timeout_secs: float = Field(default=300.0, gt=0)
     shutdown_grace_secs: float = Field(default=30.0, ge=0)
     max_body_bytes: int = Field(default=8192, gt=0)
+    max_webhook_bytes: int = Field(default=65536, gt=0)
+    idempotency_ttl_secs: float = Field(default=86400.0, gt=0)
+    transfer_allowed_numbers: str | None = None
 
     # Several instances and workers (see docs/architecture.md, "Several instances").
     max_calls: int = Field(default=0, ge=0)  # live calls per process; 0 = no limit
@@ -89,6 +99,12 @@ class ServerSettings(BaseSettings):
             self.require(
                 "callpipe_secret",
                 purpose="to sign stream URLs so only Telnyx can open calls (or set CALLPIPE_INSECURE_STREAMS=1 for local development)",
+            )
+        path_secret = self.secret("texml_path_secret")
+        if path_secret is not None and not re.fullmatch(r"[A-Za-z0-9_-]{16,}", path_secret):
+            raise SettingsError(
+                "TEXML_PATH_SECRET must be at least 16 URL-safe characters (A-Z a-z 0-9 _ -), e.g. "
+                'python -c "import secrets; print(secrets.token_urlsafe(24))"'
             )
         if self.dial_mode not in ("texml", "call_control"):
             raise SettingsError(f"DIAL_MODE must be 'texml' or 'call_control', not {self.dial_mode!r}")

@@ -3,9 +3,13 @@
 Telnyx's TeXML ``<Stream>`` carries no authentication: anyone who learns the WebSocket
 URL could open streams and spend the operator's AI budget. So every stream URL callpipe
 issues carries a token - ``base64url(claims) "." base64url(HMAC-SHA256(secret, claims))``
-- that ``/ws`` checks before any pipeline starts. Claims: an expiry, a random nonce, and,
-when known at issue time, the call it is for (``call``: the TeXML ``CallSid`` /
-Call Control id), which ``/ws`` compares with the ``start`` message.
+- that ``/ws`` checks before any pipeline starts. Claims: an expiry, a random nonce that is
+also the token's id (``/ws`` claims it once: a token opens one stream, on any instance),
+and, when known at issue time, the call it is for (``call``: the TeXML ``CallSid`` / Call
+Control id), which ``/ws`` compares with the ``start`` message.
+
+``sign_value`` / ``check_value`` sign other URL values (the dial-out body on ``/answer``
+URLs) with an expiry of their own.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from dataclasses import dataclass
 __all__ = [
     "StreamToken",
     "TokenError",
+    "check_expiring",
     "check_value",
     "issue_token",
     "scope_digest",
+    "sign_expiring",
     "sign_value",
     "verify_token",
 ]
@@ -42,6 +48,11 @@ class StreamToken:
     call_id: str | None
     scope: str | None = None
 
+    @property
+    def token_id(self) -> str:
+        """The id ``/ws`` claims so that the token opens at most one stream."""
+        return self.nonce
+
 
 def scope_digest(*parts: str) -> str:
     """A short digest binding a token to the other parameters of its URL (direction, body)."""
@@ -56,6 +67,34 @@ def sign_value(secret: str, purpose: str, value: str) -> str:
 def check_value(secret: str, purpose: str, value: str, signature: str | None) -> bool:
     """Whether ``signature`` is :func:`sign_value` of ``value``."""
     return bool(signature) and hmac.compare_digest(sign_value(secret, purpose, value), signature or "")
+
+
+def sign_expiring(
+    secret: str, purpose: str, value: str, *, ttl: float, now: float | None = None
+) -> tuple[str, str]:
+    """``(exp, signature)``: :func:`sign_value` of ``value`` and an expiry ``ttl`` s from now."""
+    expires = str(int((time.time() if now is None else now) + ttl))
+    return expires, sign_value(secret, purpose, f"{expires}\x1f{value}")
+
+
+def check_expiring(
+    secret: str,
+    purpose: str,
+    value: str,
+    expires: str | None,
+    signature: str | None,
+    *,
+    now: float | None = None,
+) -> None:
+    """Raise :class:`TokenError` unless ``signature`` is :func:`sign_expiring`'s and not expired."""
+    if (
+        not expires
+        or not expires.isdigit()
+        or not check_value(secret, purpose, f"{expires}\x1f{value}", signature)
+    ):
+        raise TokenError("this URL was not issued by this server")
+    if (time.time() if now is None else now) > int(expires):
+        raise TokenError("this URL has expired")
 
 
 def _b64(data: bytes) -> str:

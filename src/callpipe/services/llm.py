@@ -24,7 +24,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,7 @@ from callpipe.pipeline.frames import (
     UserStoppedSpeakingFrame,
 )
 from callpipe.pipeline.processor import FrameDirection, FrameProcessor
+from callpipe.services.call_policy import PolicyError, TransferPolicy, check_dtmf
 
 logger = logging.getLogger("callpipe.services")
 
@@ -455,11 +456,23 @@ class TelephonyTools:
     ``end_call`` asks the pipeline to end gracefully: the goodbye already streamed plays
     out, then the call is hung up (the serializer's auto hang-up). ``transfer_call`` and
     ``send_dtmf`` go through Telnyx's Call Control API for this call.
+
+    Transfers go only to ``transfer_numbers`` (numbers the bot's code allows: exact E.164 or
+    ``+prefix*``) and ``TRANSFER_ALLOWED_NUMBERS``; anything else is refused and the model
+    is told so (see :mod:`callpipe.services.call_policy`). ``transfer_policy`` replaces both.
     """
 
-    def __init__(self, *, call_control_id: str | None, client: Any | None) -> None:
+    def __init__(
+        self,
+        *,
+        call_control_id: str | None,
+        client: Any | None,
+        transfer_numbers: Iterable[str] = (),
+        transfer_policy: TransferPolicy | None = None,
+    ) -> None:
         self.call_control_id = call_control_id
         self.client = client
+        self.transfer_policy = transfer_policy or TransferPolicy.from_env(transfer_numbers)
 
     @staticmethod
     def schemas() -> list[FunctionSchema]:
@@ -496,18 +509,27 @@ class TelephonyTools:
         return {"status": "ending"}
 
     async def transfer_call(self, params: FunctionCallParams) -> Any:
-        """Transfer the call through Call Control."""
+        """Transfer the call through Call Control, to an allowed number only."""
         to = str(params.arguments.get("to", ""))
         if self.client is None or not self.call_control_id:
             return {"error": "transfers are not available on this call"}
+        try:
+            to = self.transfer_policy.check(to)
+        except PolicyError as exc:
+            logger.warning("refused a transfer the model asked for: not an allowed number")
+            return {"error": str(exc)}
         await self.client.transfer(self.call_control_id, to=to)
         return {"status": "transferring", "to": to}
 
     async def send_dtmf(self, params: FunctionCallParams) -> Any:
-        """Send key presses through Call Control."""
+        """Send key presses through Call Control (at most 32 keys of ``0-9 A-D * # w W``)."""
         digits = str(params.arguments.get("digits", ""))
         if self.client is None or not self.call_control_id:
             return {"error": "DTMF is not available on this call"}
+        try:
+            digits = check_dtmf(digits)
+        except PolicyError as exc:
+            return {"error": str(exc)}
         await self.client.send_dtmf(self.call_control_id, digits)
         return {"status": "sent", "digits": digits}
 

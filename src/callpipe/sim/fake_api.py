@@ -881,6 +881,7 @@ class FakeTelnyxSimulator:
                 connection_id=call.connection_id,
                 http=self._client(),
                 method=method.upper() if isinstance(method, str) and method else "POST",
+                signing_key=self._signing_key,  # Telnyx signs TeXML fetches like webhooks
             )
         except TeXMLFetchError as exc:
             session.errors.append(str(exc))

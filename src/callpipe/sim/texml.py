@@ -33,12 +33,14 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 from xml.parsers import expat
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from callpipe.sim.caller import SimulatedCaller
+from callpipe.telnyx.webhooks import sign_webhook
 
 __all__ = [
     "DEFAULT_ACCOUNT_SID",
@@ -309,6 +311,7 @@ async def fetch_texml(
     http: httpx.AsyncClient | None = None,
     method: str = "POST",
     timeout: float = 10.0,
+    signing_key: str | bytes | Ed25519PrivateKey | None = None,
 ) -> TeXMLInstructions:
     """Request TeXML from ``url`` as Telnyx does and parse it (see :func:`parse_texml`).
 
@@ -316,7 +319,8 @@ async def fetch_texml(
     string (Telnyx's two documented formats). Without ``call_sid`` a fresh one is made up
     (``v3:...``, like Telnyx's). Raises :class:`TeXMLFetchError` on transport
     errors, a non-2xx status or a body that is not XML, :class:`TeXMLError` for XML that
-    has no stream.
+    has no stream. With ``signing_key`` the request is signed as Telnyx signs TeXML requests
+    (``telnyx-signature-ed25519`` over ``timestamp|body``; a GET signs the empty body).
     """
     verb = method.upper()
     if verb not in ("GET", "POST"):
@@ -333,10 +337,15 @@ async def fetch_texml(
     )
     # Assumption: Telnyx asks for XML and follows redirects (the docs do not say).
     headers = {"Accept": "application/xml, text/xml", "User-Agent": "callpipe-sim (TeXML)"}
+    form = urlencode(params).encode() if verb == "POST" else b""
+    if verb == "POST":
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    if signing_key is not None:
+        headers.update(sign_webhook(form, signing_key))
     client = http if http is not None else httpx.AsyncClient(follow_redirects=True)
     try:
         if verb == "POST":
-            response = await client.post(url, data=params, headers=headers, timeout=timeout)
+            response = await client.post(url, content=form, headers=headers, timeout=timeout)
         else:
             response = await client.get(url, params=params, headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
@@ -388,6 +397,7 @@ async def place_texml_call(
     method: str = "POST",
     http: httpx.AsyncClient | None = None,
     client_state: str | None = None,
+    signing_key: str | bytes | Ed25519PrivateKey | None = None,
     **caller_options: Any,
 ) -> tuple[TeXMLInstructions, SimulatedCaller]:
     """Fetch ``texml_url`` as Telnyx would for a call and build the caller its ``<Stream>`` asks for.
@@ -395,7 +405,8 @@ async def place_texml_call(
     The returned :class:`SimulatedCaller` connects to the stream's ``url`` with the call's
     ``CallSid`` as ``call_control_id``, the stream's codec (``bidirectionalCodec``, else
     ``codec``, else PCMU) and sampling rate, and the ``<Parameter>`` values as
-    ``custom_parameters``; run it with ``await caller.run(turns)``. ``caller_options`` go to
+    ``custom_parameters``; run it with ``await caller.run(turns)``. ``signing_key`` signs the fetch as
+    Telnyx does (for servers that check ``TELNYX_PUBLIC_KEY``). ``caller_options`` go to
     :class:`SimulatedCaller` (e.g. ``max_call_secs``, ``auth_token``).
 
     Assumption: for an inbound call Telnyx fetches the TeXML while the call is still
@@ -413,6 +424,7 @@ async def place_texml_call(
         connection_id=connection_id,
         http=http,
         method=method,
+        signing_key=signing_key,
     )
     stream = instructions.stream
     try:

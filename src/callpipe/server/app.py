@@ -42,6 +42,7 @@ from callpipe.runner import RunnerArguments, TelephonyHandshakeError, parse_tele
 from callpipe.server import control
 from callpipe.server.bodies import BodyTooLarge, read_capped, read_form_or_query
 from callpipe.server.health import health_router, start_metrics_listener
+from callpipe.server.idempotency import IdempotencyCache, IdempotencyConflict, check_key, request_digest
 from callpipe.server.replay import ReplayGuard
 from callpipe.server.settings import ServerSettings
 from callpipe.server.telnyx_auth import RequestAuthError, TelnyxRequestAuth
@@ -124,6 +125,7 @@ class ServerState:
     calls: dict[str, _ActiveCall] = field(default_factory=dict)
     ready: bool = False
     replay: ReplayGuard = field(default_factory=ReplayGuard)
+    idempotency: IdempotencyCache = field(default_factory=lambda: IdempotencyCache(86400.0))
     draining: bool = False
     metrics_server: Any = None
     no_calls: asyncio.Event = field(default_factory=asyncio.Event)
@@ -258,8 +260,12 @@ def _xml(text: str) -> Response:
     return Response(content=text, media_type="application/xml")
 
 
+def _error_body(code: str, detail: str) -> dict[str, Any]:
+    return {"error": {"code": code, "detail": detail}}
+
+
 def _error(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "detail": detail}}, status_code=status)
+    return JSONResponse(_error_body(code, detail), status_code=status)
 
 
 # ------------------------------------------------------------------------ the app
@@ -274,6 +280,7 @@ def create_app(
     if telnyx is None and settings.secret("telnyx_api_key"):
         telnyx = TelnyxClient(settings.secret("telnyx_api_key") or "", base_url=settings.telnyx_api_base_url)
     state = ServerState(settings=settings, bot=bot, telnyx=telnyx)
+    state.idempotency.ttl_secs = settings.idempotency_ttl_secs
     telnyx_auth = TelnyxRequestAuth(settings)
 
     @contextlib.asynccontextmanager
@@ -361,18 +368,25 @@ def create_app(
                 return _error(422, "bad_body", "body must be a JSON object")
         if not isinstance(body, dict):
             return _error(422, "bad_body", "body must be a JSON object")
-        if state.draining:
-            return _error(503, "shutting_down", "the server is shutting down")
-        if not await state.take_dial_slot():
-            return _error(429, "rate_limited", f"at most {settings.dial_rate_per_sec:g} dials per second")
-        if state.telnyx is None or not settings.dial_out_configured:
-            return _error(503, "dial_out_disabled", "dial-out needs TELNYX_API_KEY and the dial settings")
-        try:
-            result = await _dial(state, number, body)
-        except TelnyxError as exc:
-            logger.error("dial-out to %s failed: %s", number, exc)
-            return _error(502, "telnyx_error", str(exc))
-        return JSONResponse(result)
+
+        async def place() -> tuple[int, dict[str, Any]]:
+            if state.draining:
+                return 503, _error_body("shutting_down", "the server is shutting down")
+            if not await state.take_dial_slot():
+                return 429, _error_body(
+                    "rate_limited", f"at most {settings.dial_rate_per_sec:g} dials per second"
+                )
+            if state.telnyx is None or not settings.dial_out_configured:
+                return 503, _error_body(
+                    "dial_out_disabled", "dial-out needs TELNYX_API_KEY and the dial settings"
+                )
+            try:
+                return 200, await _dial(state, number, body)
+            except TelnyxError as exc:
+                logger.error("dial-out to %s failed: %s", number, exc)
+                return 502, _error_body("telnyx_error", str(exc))
+
+        return await _idempotent(state, request.headers.get("idempotency-key"), number, body, place)
 
     # ------------------------------------------------------------------ streams
 
@@ -487,6 +501,29 @@ def _is_worker() -> bool:
     import os
 
     return bool(os.environ.get("CALLPIPE_WORKER"))
+
+
+async def _idempotent(
+    state: ServerState,
+    key: str | None,
+    number: str,
+    body: dict[str, Any],
+    place: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
+) -> Response:
+    """Run ``place`` once per ``Idempotency-Key`` (a retry gets the first answer; see idempotency)."""
+    if key is None:
+        status, content = await place()
+        return JSONResponse(content, status_code=status)
+    try:
+        check_key(key)
+    except ValueError as exc:
+        return _error(400, "bad_idempotency_key", str(exc))
+    try:
+        (status, content), replayed = await state.idempotency.run(key, request_digest(number, body), place)
+    except IdempotencyConflict as exc:
+        return _error(409, "idempotency_conflict", str(exc))
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return JSONResponse(content, status_code=status, headers=headers)
 
 
 def _store(state: ServerState) -> CallStore | None:

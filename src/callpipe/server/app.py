@@ -316,17 +316,17 @@ def create_app(
 
     # ------------------------------------------------------------------ dial-in
 
-    @app.api_route("/texml", methods=["GET", "POST"])
+    @app.api_route("/texml", methods=["GET", "POST"], include_in_schema=False)
     async def texml(request: Request) -> Response:
         """Telnyx asks what to do with an incoming call (signed): stream it to /ws."""
         return await _texml(state, telnyx_auth, request, None)
 
-    @app.api_route("/texml/{path_secret}", methods=["GET", "POST"])
+    @app.api_route("/texml/{path_secret}", methods=["GET", "POST"], include_in_schema=False)
     async def texml_with_secret(request: Request, path_secret: str) -> Response:
         """The same, authenticated by the voice URL's secret path segment (TEXML_PATH_SECRET)."""
         return await _texml(state, telnyx_auth, request, path_secret)
 
-    @app.api_route("/answer", methods=["GET", "POST"])
+    @app.api_route("/answer", methods=["GET", "POST"], include_in_schema=False)
     async def answer(request: Request) -> Response:
         """Telnyx fetches this when an outbound call is answered: stream it, body and all."""
         return await _answer(state, request)
@@ -461,7 +461,7 @@ def create_app(
 
     # ------------------------------------------------------------------ webhooks
 
-    @app.post("/webhooks/telnyx")
+    @app.post("/webhooks/telnyx", include_in_schema=False)
     async def webhooks(request: Request) -> Response:
         """Call lifecycle events from Telnyx (signed with TELNYX_PUBLIC_KEY; each applied once)."""
         return await _webhook(state, telnyx_auth, request)

@@ -350,8 +350,8 @@ def _texml(args: argparse.Namespace) -> int:
     """Print TeXML for a TeXML Bin, and say on stderr how long and how often it works."""
     from xml.sax.saxutils import escape
 
-    from callpipe.server.app import _http_base, stream_url, texml_document
     from callpipe.server.settings import SettingsError
+    from callpipe.server.urls import http_base, stream_url, texml_document
 
     settings = _settings_from(args)
     try:
@@ -362,7 +362,7 @@ def _texml(args: argparse.Namespace) -> int:
     if path_secret:
         # A static bin that works for every call: it sends each call to the server, which
         # gives the call a stream token of its own (bound to its CallSid, single-use).
-        url = f"{_http_base(settings)}/texml/{path_secret}"
+        url = f"{http_base(settings)}/texml/{path_secret}"
         print(
             '<?xml version="1.0" encoding="UTF-8"?>\n'
             f'<Response><Redirect method="POST">{escape(url)}</Redirect></Response>'

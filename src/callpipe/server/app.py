@@ -19,7 +19,6 @@ Dial-out::
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import re
@@ -28,36 +27,47 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
-from xml.sax.saxutils import quoteattr
+from urllib.parse import urlencode
 
 import msgspec
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.websockets import WebSocketState
 
 from callpipe import metrics
 from callpipe.log import call_id
 from callpipe.runner import RunnerArguments, TelephonyHandshakeError, parse_telephony_websocket
 from callpipe.server import control
-from callpipe.server.bodies import BodyTooLarge, read_capped, read_form_or_query
+from callpipe.server.bodies import BodyTooLarge, read_capped
+from callpipe.server.endpoints import (
+    claim_stream_token,
+    idempotent_start,
+    receive_webhook,
+    serve_answer,
+    serve_texml,
+)
+from callpipe.server.endpoints import error as _error
+from callpipe.server.endpoints import error_body as _error_body
 from callpipe.server.health import health_router, start_metrics_listener
-from callpipe.server.idempotency import IdempotencyCache, IdempotencyConflict, check_key, request_digest
+from callpipe.server.idempotency import IdempotencyCache
 from callpipe.server.replay import ReplayGuard
 from callpipe.server.settings import ServerSettings
-from callpipe.server.telnyx_auth import RequestAuthError, TelnyxRequestAuth
+from callpipe.server.telnyx_auth import TelnyxRequestAuth
 from callpipe.server.tokens import (
-    StreamToken,
     TokenError,
-    check_expiring,
-    issue_token,
     scope_digest,
     sign_expiring,
     verify_token,
 )
+from callpipe.server.urls import RESERVED_PARAMS, http_base
+
+# Re-exported: callpipe.server.app was their home, and bots and tests import them from here.
+from callpipe.server.urls import decode_body as decode_body
+from callpipe.server.urls import encode_body as encode_body
+from callpipe.server.urls import stream_url as stream_url
+from callpipe.server.urls import texml_document as texml_document
 from callpipe.store.base import CallStore
 from callpipe.telnyx.api import TelnyxClient, TelnyxError
-from callpipe.telnyx.webhooks import DEFAULT_TOLERANCE, parse_webhook_event
 from callpipe.transports.fastapi import fit_close_reason
 
 logger = logging.getLogger("callpipe.server")
@@ -65,32 +75,8 @@ logger = logging.getLogger("callpipe.server")
 BotFunction = Callable[[RunnerArguments], Awaitable[None]]
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-# Query parameters callpipe itself puts on stream URLs; the rest are the caller's own.
-RESERVED_PARAMS = frozenset({"token", "body", "direction", "sig", "exp"})
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_POLICY_VIOLATION = 1008
-
-
-# ------------------------------------------------------------------------ body codec
-
-
-def encode_body(body: dict[str, Any]) -> str:
-    """A dial-out body as URL-safe base64 of compact JSON (no ``+``, ``/`` or ``=``)."""
-    return base64.urlsafe_b64encode(msgspec.json.encode(body)).rstrip(b"=").decode("ascii")
-
-
-def decode_body(text: str | None) -> dict[str, Any]:
-    """Inverse of :func:`encode_body`; ``{}`` for none. ValueError if malformed."""
-    if not text:
-        return {}
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        body = msgspec.json.decode(raw)
-    except (ValueError, msgspec.DecodeError) as exc:
-        raise ValueError(f"malformed body parameter: {exc}") from None
-    if not isinstance(body, dict):
-        raise ValueError("the body must be a JSON object")
-    return body
 
 
 # ------------------------------------------------------------------------ state
@@ -186,88 +172,6 @@ class ServerState:
             await asyncio.wait([call.task for call in calls], timeout=10)
 
 
-# ------------------------------------------------------------------------ helpers
-
-
-def _ws_base(settings: ServerSettings) -> str:
-    """``wss://host/prefix`` from PUBLIC_URL (http -> ws, https -> wss)."""
-    public = settings.public_url or ""
-    parts = urlsplit(public if "://" in public else f"https://{public}")
-    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme, "wss")
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
-
-
-def _http_base(settings: ServerSettings) -> str:
-    public = settings.public_url or ""
-    parts = urlsplit(public if "://" in public else f"https://{public}")
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme or "https")
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
-
-
-def stream_url(
-    settings: ServerSettings,
-    *,
-    direction: str,
-    call_sid: str | None,
-    extra: dict[str, str],
-    body: str | None = None,
-    ttl: float | None = None,
-) -> str:
-    """The ``/ws`` URL for one call: its own query parameters plus direction, body and token.
-
-    ``body`` (an encoded dial-out body) is passed only by the code paths that verified it:
-    ``/start`` and the ``/answer`` URLs it signed; a ``body`` in ``extra`` is dropped. A
-    token bound to no call lives ``UNBOUND_TOKEN_TTL_SECS`` at most (or ``ttl``).
-    """
-    params = {k: v for k, v in extra.items() if k not in RESERVED_PARAMS}
-    if body:
-        params["body"] = body
-    params["direction"] = direction
-    secret = settings.secret("callpipe_secret")
-    if secret:
-        # The token also covers direction and body, so a stolen URL cannot be replayed
-        # with a made-up body or as an "outbound" call.
-        scope = scope_digest(direction, params.get("body", ""))
-        lifetime = settings.stream_token_ttl_secs
-        if not call_sid:
-            lifetime = min(lifetime, settings.unbound_token_ttl_secs)
-        params["token"] = issue_token(
-            secret, ttl=lifetime if ttl is None else ttl, call_id=call_sid, scope=scope
-        )
-    return f"{_ws_base(settings)}/ws?{urlencode(params)}"
-
-
-def texml_document(settings: ServerSettings, url: str) -> str:
-    """The TeXML that connects a call's audio to ``url`` (and nothing after it).
-
-    No ``<Pause>`` follows the stream: when the bot ends the stream, the call ends too.
-    """
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        "<Response><Connect>"
-        f'<Stream url={quoteattr(url)} bidirectionalMode="rtp"'
-        f" bidirectionalCodec={quoteattr(settings.stream_codec)}"
-        f' bidirectionalSamplingRate="{settings.stream_sample_rate}"/>'
-        "</Connect></Response>"
-    )
-
-
-# Largest TeXML request body read (Telnyx sends a dozen short form fields).
-MAX_FORM_BYTES = 64 * 1024
-
-
-def _xml(text: str) -> Response:
-    return Response(content=text, media_type="application/xml")
-
-
-def _error_body(code: str, detail: str) -> dict[str, Any]:
-    return {"error": {"code": code, "detail": detail}}
-
-
-def _error(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse(_error_body(code, detail), status_code=status)
-
-
 # ------------------------------------------------------------------------ the app
 
 
@@ -319,17 +223,17 @@ def create_app(
     @app.api_route("/texml", methods=["GET", "POST"], include_in_schema=False)
     async def texml(request: Request) -> Response:
         """Telnyx asks what to do with an incoming call (signed): stream it to /ws."""
-        return await _texml(state, telnyx_auth, request, None)
+        return await serve_texml(state, telnyx_auth, request, None)
 
     @app.api_route("/texml/{path_secret}", methods=["GET", "POST"], include_in_schema=False)
     async def texml_with_secret(request: Request, path_secret: str) -> Response:
         """The same, authenticated by the voice URL's secret path segment (TEXML_PATH_SECRET)."""
-        return await _texml(state, telnyx_auth, request, path_secret)
+        return await serve_texml(state, telnyx_auth, request, path_secret)
 
     @app.api_route("/answer", methods=["GET", "POST"], include_in_schema=False)
     async def answer(request: Request) -> Response:
         """Telnyx fetches this when an outbound call is answered: stream it, body and all."""
-        return await _answer(state, request)
+        return await serve_answer(state, request)
 
     # ------------------------------------------------------------------ dial-out
 
@@ -386,7 +290,7 @@ def create_app(
                 logger.error("dial-out to %s failed: %s", number, exc)
                 return 502, _error_body("telnyx_error", str(exc))
 
-        return await _idempotent(state, request.headers.get("idempotency-key"), number, body, place)
+        return await idempotent_start(state, request.headers.get("idempotency-key"), number, body, place)
 
     # ------------------------------------------------------------------ streams
 
@@ -441,7 +345,7 @@ def create_app(
             await websocket.close(code=CLOSE_POLICY_VIOLATION, reason="stream token is for another call")
             _count_refused()
             return
-        if token_claims is not None and not await _claim_stream_token(state, token_claims):
+        if token_claims is not None and not await claim_stream_token(state, token_claims):
             logger.warning("refusing stream: its token was used before")
             await websocket.close(code=CLOSE_POLICY_VIOLATION, reason="stream token already used")
             _count_refused()
@@ -464,7 +368,7 @@ def create_app(
     @app.post("/webhooks/telnyx", include_in_schema=False)
     async def webhooks(request: Request) -> Response:
         """Call lifecycle events from Telnyx (signed with TELNYX_PUBLIC_KEY; each applied once)."""
-        return await _webhook(state, telnyx_auth, request)
+        return await receive_webhook(state, telnyx_auth, request, _handle_webhook)
 
     return app
 
@@ -503,116 +407,6 @@ def _is_worker() -> bool:
     return bool(os.environ.get("CALLPIPE_WORKER"))
 
 
-async def _idempotent(
-    state: ServerState,
-    key: str | None,
-    number: str,
-    body: dict[str, Any],
-    place: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
-) -> Response:
-    """Run ``place`` once per ``Idempotency-Key`` (a retry gets the first answer; see idempotency)."""
-    if key is None:
-        status, content = await place()
-        return JSONResponse(content, status_code=status)
-    try:
-        check_key(key)
-    except ValueError as exc:
-        return _error(400, "bad_idempotency_key", str(exc))
-    try:
-        (status, content), replayed = await state.idempotency.run(key, request_digest(number, body), place)
-    except IdempotencyConflict as exc:
-        return _error(409, "idempotency_conflict", str(exc))
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return JSONResponse(content, status_code=status, headers=headers)
-
-
-def _store(state: ServerState) -> CallStore | None:
-    # The call store shared by every instance on one database, when there is one.
-    return state.store
-
-
-async def _claim_stream_token(state: ServerState, claims: StreamToken) -> bool:
-    """A stream token opens one stream, on any instance (its id is claimed until it expires)."""
-    return await state.replay.claim(f"tok:{claims.token_id}", claims.expires_at, _store(state))
-
-
-async def _texml(
-    state: ServerState, auth: TelnyxRequestAuth, request: Request, path_secret: str | None
-) -> Response:
-    """``/texml``: authenticate Telnyx, then a TeXML document with a call-bound stream URL."""
-    settings = state.settings
-    try:
-        values, raw = await read_form_or_query(request, MAX_FORM_BYTES)
-        signed = auth.check_texml(raw, request.headers, path_secret)
-    except BodyTooLarge as exc:
-        return _error(413, "too_large", str(exc))
-    except RequestAuthError as exc:
-        return _error(exc.status, exc.code, exc.detail)
-    if signed is not None and not await state.replay.claim(
-        signed.replay_key, signed.expires_at, _store(state)
-    ):
-        logger.warning("rejected TeXML request: its signature was used before")
-        return _error(409, "replayed", "this signed request was already answered")
-    # Never a body: only /answer URLs that /start signed carry one.
-    url = stream_url(
-        settings, direction="inbound", call_sid=values.get("CallSid"), extra=dict(request.query_params)
-    )
-    return _xml(texml_document(settings, url))
-
-
-async def _answer(state: ServerState, request: Request) -> Response:
-    """``/answer``: a URL /start signed (with an expiry), fetched once when the callee answers."""
-    settings = state.settings
-    try:
-        values, _ = await read_form_or_query(request, MAX_FORM_BYTES)
-    except BodyTooLarge as exc:
-        return _error(413, "too_large", str(exc))
-    query = request.query_params
-    body = query.get("body", "")
-    secret = settings.secret("callpipe_secret")
-    if secret:
-        try:
-            # Only /start issues /answer URLs: anything else is a forged or altered body.
-            check_expiring(secret, "answer", body, query.get("exp"), query.get("sig"))
-        except TokenError as exc:
-            return _error(403, "bad_signature", f"{exc} (/answer URLs come from POST /start)")
-        expires_at = float(query.get("exp") or 0)
-        if not await state.replay.claim(f"answer:{query.get('sig')}", expires_at, _store(state)):
-            return _error(409, "replayed", "this /answer URL was already used")
-    try:
-        decode_body(body)
-    except ValueError as exc:
-        return _error(400, "bad_body", str(exc))
-    url = stream_url(
-        settings, direction="outbound", call_sid=values.get("CallSid"), extra=dict(query), body=body
-    )
-    return _xml(texml_document(settings, url))
-
-
-async def _webhook(state: ServerState, auth: TelnyxRequestAuth, request: Request) -> Response:
-    """``/webhooks/telnyx``: verify, drop replays (by event id), then act on the event."""
-    try:
-        raw = await read_capped(request, state.settings.max_webhook_bytes)
-        signed = auth.check_webhook(raw, request.headers)
-    except BodyTooLarge as exc:
-        return _error(413, "too_large", str(exc))
-    except RequestAuthError as exc:
-        return _error(exc.status, exc.code, exc.detail)
-    try:
-        event = parse_webhook_event(raw)
-    except ValueError as exc:
-        return _error(400, "bad_event", str(exc))
-    # A replay inside the tolerance window carries a valid signature: the event id (else the
-    # signature) is what tells it apart. Telnyx retrying a delivery gets 200 either way.
-    expires_at = signed.expires_at if signed is not None else time.time() + DEFAULT_TOLERANCE
-    key = f"event:{event.id}" if event.id else (signed.replay_key if signed is not None else "")
-    if key and not await state.replay.claim(key, expires_at, _store(state)):
-        logger.info("ignored a repeated webhook %s", event.event_type)
-        return JSONResponse({"ok": True, "duplicate": True})
-    await _handle_webhook(state, event.event_type, event.call_control_id or "", event.payload)
-    return JSONResponse({"ok": True})
-
-
 def _count_refused() -> None:
     # A refused stream never started a call: count it without touching the active-call gauge
     # (``call_ended`` would decrement it under a call that is still running).
@@ -638,7 +432,7 @@ async def _dial(state: ServerState, number: str, body: dict[str, Any]) -> dict[s
             query["exp"], query["sig"] = sign_expiring(
                 secret, "answer", encoded, ttl=settings.answer_url_ttl_secs
             )
-        answer_url = f"{_http_base(settings)}/answer?{urlencode(query)}"
+        answer_url = f"{http_base(settings)}/answer?{urlencode(query)}"
         data = await state.telnyx.texml_call(
             account_sid=settings.telnyx_account_sid or "",
             application_sid=settings.telnyx_application_sid or "",

@@ -1,7 +1,8 @@
 """Dial-in example: personalize by the caller's number, route by the number they dialled.
 
 Run it with ``callpipe serve examples/dial_in_bot.py`` and point a Telnyx TeXML
-application (or TeXML Bin, see ``callpipe texml``) at ``https://YOUR_HOST/texml``.
+application (or TeXML Bin, see ``callpipe texml``) at ``https://YOUR_HOST/texml`` (with
+``TELNYX_PUBLIC_KEY`` set), or at ``https://YOUR_HOST/texml/<TEXML_PATH_SECRET>``.
 
 * Routing: each of your Telnyx numbers is a different front desk (``LINES``); a number
   not listed gets the default office.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import tomllib
 import uuid
@@ -21,6 +22,8 @@ import pytest
 from callpipe.server.app import encode_body
 from callpipe.server.idempotency import IdempotencyCache
 from callpipe.server.replay import SeenSet
+from callpipe.server.serve import RedactStreamTokens
+from callpipe.server.settings import SettingsError
 from callpipe.server.tokens import sign_expiring, verify_token
 from callpipe.sim.caller import SimulatedCaller
 from callpipe.sim.texml import place_texml_call
@@ -344,3 +347,26 @@ async def test_the_idempotency_memory_is_bounded_and_expires() -> None:
 
     await refused.run("r", "d", busy)
     assert len(refused) == 0
+
+
+# --------------------------------------------------------------------------- secrets in logs
+
+
+def test_access_log_lines_never_carry_tokens_signatures_or_the_texml_secret() -> None:
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d', None, None
+    )
+    record.args = ("127.0.0.1:5", "POST", f"/texml/{PATH_SECRET}?lang=de", "1.1", 200)
+    RedactStreamTokens().filter(record)
+    assert PATH_SECRET not in record.getMessage() and "/texml/[redacted]?lang=de" in record.getMessage()
+    record.args = ("127.0.0.1:5", "POST", "/answer?body=e30&exp=1&sig=SIGNATUREVALUE", "1.1", 200)
+    RedactStreamTokens().filter(record)
+    assert "SIGNATUREVALUE" not in record.getMessage() and "body=e30" in record.getMessage()
+
+
+def test_a_malformed_public_key_stops_start_up_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    with (
+        pytest.raises(SettingsError, match="TELNYX_PUBLIC_KEY"),
+        serve(monkeypatch, with_fake=False, telnyx_public_key="not-a-key"),
+    ):
+        pass

@@ -171,6 +171,7 @@ async def test_connected_then_start(peer: Peer) -> None:
     assert call_data == {
         "stream_id": "32de0dea-53cb-4b21-89a4-9eb16d4f1d00",
         "call_control_id": "v3:call-control-id",
+        "call_id": "v3:call-control-id",  # Pipecat's name for it
         "call_session_id": "sess-1",
         "outbound_encoding": "PCMU",
         "sample_rate": 8000,

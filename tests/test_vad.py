@@ -27,6 +27,9 @@ from callpipe.audio.vad import (
 DATA = Path(__file__).resolve().parent / "data"
 BOUNDS = json.loads((DATA / "speech_clips.json").read_text())
 CLIPS = {8000: "speech_8k.wav", 16000: "speech_16k.wav"}
+# The speech clip has pauses of up to ~0.5 s between words: these tests want one
+# utterance, so they wait longer than the (Pipecat) default stop_secs of 0.2 s.
+CLIP_PARAMS = VADParams(stop_secs=0.8)
 TOLERANCE = 0.15  # seconds of slack on top of start_secs / stop_secs
 
 
@@ -65,8 +68,8 @@ class Recording(SileroVADAnalyzer):
 @pytest.mark.parametrize("rate", [8000, 16000])
 def test_speech_clip_starts_and_stops_once(rate: int) -> None:
     pcm, speech_start, speech_end = load_clip(rate)
-    params = VADParams()
-    analyzer = SileroVADAnalyzer(sample_rate=rate)
+    params = CLIP_PARAMS
+    analyzer = SileroVADAnalyzer(sample_rate=rate, params=CLIP_PARAMS)
     events = analyzer.analyze(pcm)
 
     assert [e.kind for e in events] == ["started", "stopped"]
@@ -92,7 +95,7 @@ def test_shorter_stop_secs_stops_earlier(rate: int) -> None:
 
 @pytest.mark.parametrize("rate", [8000, 16000])
 def test_silence_and_line_noise_emit_nothing(rate: int) -> None:
-    analyzer = SileroVADAnalyzer(sample_rate=rate)
+    analyzer = SileroVADAnalyzer(sample_rate=rate, params=CLIP_PARAMS)
     assert analyzer.analyze(bytes(rate * 2 * 2)) == []
     assert analyzer.analyze(noise_pcm(rate, 2.0, -50.0)) == []
     assert analyzer.state is VADState.QUIET
@@ -105,7 +108,7 @@ def test_loud_tone_is_not_speech(rate: int) -> None:
     # not even close to the threshold" is asserted. The volume gate is wide open, so
     # it is the model that rejects it.
     t = np.arange(2 * rate) / rate
-    analyzer = Recording(sample_rate=rate)
+    analyzer = Recording(sample_rate=rate, params=CLIP_PARAMS)
     assert analyzer.analyze(pcm_of(0.5 * np.sin(2 * np.pi * 1000 * t))) == []
     assert max(analyzer.probs) < 0.3
     assert analyzer.volume > 0.9
@@ -114,7 +117,7 @@ def test_loud_tone_is_not_speech(rate: int) -> None:
 def test_quiet_speech_is_gated_by_min_volume() -> None:
     pcm, _, _ = load_clip(8000)
     quiet = pcm_of(np.frombuffer(pcm, dtype="<i2") / 32768.0 * 10 ** (-30 / 20))  # speech at -54 dBFS
-    assert SileroVADAnalyzer(sample_rate=8000).analyze(quiet) == []
+    assert SileroVADAnalyzer(sample_rate=8000, params=CLIP_PARAMS).analyze(quiet) == []
     ungated = SileroVADAnalyzer(sample_rate=8000, params=VADParams(min_volume=0.0, confidence=0.5))
     assert [e.kind for e in ungated.analyze(quiet)] == ["started", "stopped"]
 
@@ -125,7 +128,7 @@ def test_volume_mapping() -> None:
     )
     # The analyzer's (smoothed) volume on steady noise follows the same mapping.
     for dbfs in (-55.0, -40.0, -30.0, -24.0):
-        analyzer = SileroVADAnalyzer(sample_rate=8000)
+        analyzer = SileroVADAnalyzer(sample_rate=8000, params=CLIP_PARAMS)
         analyzer.analyze(noise_pcm(8000, 0.5, dbfs))
         assert analyzer.volume == pytest.approx(float(volume_from_dbfs(dbfs)), abs=0.02)
 
@@ -187,7 +190,7 @@ def test_probabilities_match_reference_loop(rate: int) -> None:
         prob, state = model.infer(x, state, rate)
         expected.append(float(prob[0]))
         previous = x[0, -context:]
-    analyzer = Recording(sample_rate=rate)
+    analyzer = Recording(sample_rate=rate, params=CLIP_PARAMS)
     analyzer.analyze(pcm)
     assert np.max(np.abs(np.subtract(analyzer.probs, expected))) < 1e-6
 
@@ -195,9 +198,9 @@ def test_probabilities_match_reference_loop(rate: int) -> None:
 @pytest.mark.parametrize("rate", [8000, 16000])
 def test_chunked_feeding_matches_whole_buffer(rate: int) -> None:
     pcm, _, _ = load_clip(rate)
-    whole = Recording(sample_rate=rate)
+    whole = Recording(sample_rate=rate, params=CLIP_PARAMS)
     whole_events = whole.analyze(pcm)
-    chunked = Recording(sample_rate=rate)
+    chunked = Recording(sample_rate=rate, params=CLIP_PARAMS)
     chunk = rate // 50 * 2  # 20 ms
     chunked_events = [e for i in range(0, len(pcm), chunk) for e in chunked.analyze(pcm[i : i + chunk])]
     assert chunked_events == whole_events
@@ -206,8 +209,8 @@ def test_chunked_feeding_matches_whole_buffer(rate: int) -> None:
 
 def test_odd_byte_chunks_are_buffered() -> None:
     pcm, _, _ = load_clip(8000)
-    whole = SileroVADAnalyzer(sample_rate=8000).analyze(pcm)
-    odd = SileroVADAnalyzer(sample_rate=8000)
+    whole = SileroVADAnalyzer(sample_rate=8000, params=CLIP_PARAMS).analyze(pcm)
+    odd = SileroVADAnalyzer(sample_rate=8000, params=CLIP_PARAMS)
     assert [e for i in range(0, len(pcm), 333) for e in odd.analyze(pcm[i : i + 333])] == whole
 
 
@@ -219,10 +222,16 @@ async def test_batched_matches_unbatched() -> None:
     streams = []
     for k in range(20):
         audio = noise_pcm(8000, 0.013 * k, -55.0, seed=k) + pcm
-        reference = Recording(sample_rate=8000)
+        reference = Recording(sample_rate=8000, params=CLIP_PARAMS)
         reference_events = reference.analyze(audio)
         streams.append(
-            (audio, 320 * (1 + k % 3), Recording(sample_rate=8000), reference_events, reference.probs)
+            (
+                audio,
+                320 * (1 + k % 3),
+                Recording(sample_rate=8000, params=CLIP_PARAMS),
+                reference_events,
+                reference.probs,
+            )
         )
     assert all(len(s[3]) == 2 for s in streams)
 
@@ -246,8 +255,8 @@ async def test_batched_matches_unbatched() -> None:
 
 async def test_max_batch_flushes_on_next_iteration_and_splits() -> None:
     batcher = VADBatcher(max_batch=8, max_delay=10.0)
-    analyzers = [Recording(sample_rate=16000, batcher=batcher) for _ in range(10)]
-    second = [Recording(sample_rate=16000, batcher=batcher) for _ in range(3)]
+    analyzers = [Recording(sample_rate=16000, batcher=batcher, params=CLIP_PARAMS) for _ in range(10)]
+    second = [Recording(sample_rate=16000, batcher=batcher, params=CLIP_PARAMS) for _ in range(3)]
     window = noise_pcm(16000, 0.032, -40.0)
     for analyzer in analyzers:
         analyzer.push_audio(window)
@@ -270,8 +279,8 @@ async def test_mixed_sample_rates_in_one_batcher() -> None:
     results = {}
     for rate in (8000, 16000):
         pcm, _, _ = load_clip(rate)
-        reference = SileroVADAnalyzer(sample_rate=rate).analyze(pcm)
-        analyzer = Recording(sample_rate=rate, batcher=batcher)
+        reference = SileroVADAnalyzer(sample_rate=rate, params=CLIP_PARAMS).analyze(pcm)
+        analyzer = Recording(sample_rate=rate, batcher=batcher, params=CLIP_PARAMS)
         results[rate] = (pcm, analyzer, reference)
     for pcm, analyzer, _ in results.values():
         analyzer.push_audio(pcm)
@@ -283,13 +292,13 @@ async def test_mixed_sample_rates_in_one_batcher() -> None:
 async def test_listener_exception_does_not_break_other_calls(caplog: pytest.LogCaptureFixture) -> None:
     pcm, _, _ = load_clip(8000)
     batcher = VADBatcher(max_delay=10.0)
-    bad = SileroVADAnalyzer(sample_rate=8000, batcher=batcher)
+    bad = SileroVADAnalyzer(sample_rate=8000, batcher=batcher, params=CLIP_PARAMS)
 
     def explode(event: VADEvent) -> None:
         raise RuntimeError("boom")
 
     bad.set_listener(explode)
-    good = Recording(sample_rate=8000, batcher=batcher)
+    good = Recording(sample_rate=8000, batcher=batcher, params=CLIP_PARAMS)
     with caplog.at_level(logging.ERROR, logger="callpipe.audio.vad"):
         bad.push_audio(pcm)
         good.push_audio(pcm)
@@ -301,8 +310,8 @@ async def test_listener_exception_does_not_break_other_calls(caplog: pytest.LogC
 async def test_closed_and_forgotten_analyzers_are_dropped() -> None:
     batcher = VADBatcher(max_delay=10.0)
     window = noise_pcm(8000, 0.064, -40.0)
-    closed = SileroVADAnalyzer(sample_rate=8000, batcher=batcher)
-    kept = Recording(sample_rate=8000, batcher=batcher)
+    closed = SileroVADAnalyzer(sample_rate=8000, batcher=batcher, params=CLIP_PARAMS)
+    kept = Recording(sample_rate=8000, batcher=batcher, params=CLIP_PARAMS)
     closed.push_audio(window)
     kept.push_audio(window)
     assert batcher.pending == 4 and batcher.pending_for(closed) == 2
@@ -316,7 +325,7 @@ async def test_closed_and_forgotten_analyzers_are_dropped() -> None:
     assert closed_ref() is None
 
     # Not closed, just dropped by its owner: referenced only until the next flush.
-    forgotten = SileroVADAnalyzer(sample_rate=8000, batcher=batcher)
+    forgotten = SileroVADAnalyzer(sample_rate=8000, batcher=batcher, params=CLIP_PARAMS)
     forgotten.push_audio(window)
     forgotten_ref = weakref.ref(forgotten)
     del forgotten
@@ -331,14 +340,14 @@ async def test_listener_closing_another_call_mid_flush() -> None:
     # starts speaking its listener closes the second, whose later windows are skipped.
     pcm, _, _ = load_clip(8000)
     batcher = VADBatcher(max_delay=10.0)
-    first = Recording(sample_rate=8000, batcher=batcher)
-    second = Recording(sample_rate=8000, batcher=batcher)
+    first = Recording(sample_rate=8000, batcher=batcher, params=CLIP_PARAMS)
+    second = Recording(sample_rate=8000, batcher=batcher, params=CLIP_PARAMS)
     first.set_listener(lambda event: second.close())
     first.push_audio(pcm)
     second.push_audio(pcm)
     batcher.flush()
     assert len(first.probs) == len(pcm) // 512
-    started = SileroVADAnalyzer(sample_rate=8000).analyze(pcm)[0]
+    started = SileroVADAnalyzer(sample_rate=8000, params=CLIP_PARAMS).analyze(pcm)[0]
     # The second is processed after the first within each round: it got every round
     # before the one in which the first started.
     assert len(second.probs) == round(started.stream_time / 0.032) - 1
@@ -348,11 +357,11 @@ async def test_listener_closing_another_call_mid_flush() -> None:
 async def test_flush_from_a_listener_keeps_each_stream_in_order() -> None:
     pcm, _, _ = load_clip(8000)
     extra = noise_pcm(8000, 0.032, -40.0)
-    reference = Recording(sample_rate=8000)
+    reference = Recording(sample_rate=8000, params=CLIP_PARAMS)
     reference.analyze(pcm + extra)
     batcher = VADBatcher(max_delay=0.001)
-    first = Recording(sample_rate=8000, batcher=batcher)
-    second = Recording(sample_rate=8000, batcher=batcher)
+    first = Recording(sample_rate=8000, batcher=batcher, params=CLIP_PARAMS)
+    second = Recording(sample_rate=8000, batcher=batcher, params=CLIP_PARAMS)
 
     def meddle(event: VADEvent) -> None:
         if event.kind == "started":
@@ -371,26 +380,26 @@ async def test_flush_from_a_listener_keeps_each_stream_in_order() -> None:
 async def test_reset_drops_pending_windows_and_restarts_stream_time() -> None:
     pcm, _, _ = load_clip(8000)
     batcher = VADBatcher(max_delay=10.0)
-    analyzer = Recording(sample_rate=8000, batcher=batcher)
+    analyzer = Recording(sample_rate=8000, batcher=batcher, params=CLIP_PARAMS)
     analyzer.push_audio(pcm[:8000])
     assert batcher.pending_for(analyzer) > 0
     analyzer.reset()
     assert batcher.pending_for(analyzer) == 0
     analyzer.push_audio(pcm)
     batcher.flush()
-    assert analyzer.events == SileroVADAnalyzer(sample_rate=8000).analyze(pcm)
+    assert analyzer.events == SileroVADAnalyzer(sample_rate=8000, params=CLIP_PARAMS).analyze(pcm)
 
 
 def test_push_audio_without_event_loop_runs_inline() -> None:
     pcm, _, _ = load_clip(16000)
-    analyzer = Recording(sample_rate=16000)
+    analyzer = Recording(sample_rate=16000, params=CLIP_PARAMS)
     analyzer.push_audio(pcm)
     assert [e.kind for e in analyzer.events] == ["started", "stopped"]
 
 
 def test_invalid_sample_rates() -> None:
     with pytest.raises(ValueError):
-        SileroVADAnalyzer(sample_rate=44100)
+        SileroVADAnalyzer(sample_rate=44100, params=CLIP_PARAMS)
     analyzer = SileroVADAnalyzer()
     assert analyzer.sample_rate is None
     with pytest.raises(RuntimeError):

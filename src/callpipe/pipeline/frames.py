@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 _frame_ids = itertools.count(1)
 
@@ -29,6 +29,11 @@ class Frame:
     """Base of every frame. ``id`` is unique within the process."""
 
     id: int = field(default_factory=_next_id, init=False, repr=False, compare=False)
+
+    # Named here so that it precedes AudioRawFrame.__new__ in every frame's MRO: CPython
+    # then keeps the C allocator for frames (no Python-level __new__ per 20 ms frame).
+    if not TYPE_CHECKING:  # (to type checkers, frames are made by object.__new__ anyway)
+        __new__ = object.__new__
 
     @property
     def name(self) -> str:
@@ -55,12 +60,25 @@ class ControlFrame(Frame):
 
 
 class AudioRawFrame:
-    """Properties shared by raw-audio frames: 16-bit signed little-endian PCM in ``audio``."""
+    """Raw audio: 16-bit signed little-endian PCM in ``audio``; the base of every audio frame.
+
+    Constructible as in Pipecat: ``AudioRawFrame(audio=pcm, sample_rate=8000,
+    num_channels=1)`` (e.g. to feed a serializer) gives an :class:`OutputAudioRawFrame`,
+    which is an ``AudioRawFrame``. The class itself stays slot-free (``__slots__ = ()``)
+    so the slotted frames deriving from it keep no ``__dict__``.
+    """
 
     __slots__ = ()
     audio: bytes
     sample_rate: int
     num_channels: int
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> AudioRawFrame:
+        # Only ever reached for AudioRawFrame itself: Frame's C-level __new__ comes first in
+        # every subclass's MRO (see Frame), so audio frames are created at full speed.
+        if cls is AudioRawFrame:
+            return OutputAudioRawFrame(*args, **kwargs)
+        return object.__new__(cls)
 
     @property
     def num_frames(self) -> int:

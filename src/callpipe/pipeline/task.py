@@ -27,6 +27,7 @@ from callpipe.pipeline.frames import (
     UserStoppedSpeakingFrame,
 )
 from callpipe.pipeline.processor import EventHandlerMixin, FrameDirection, FrameProcessor
+from callpipe.pipeline.vad_placement import place_vad
 
 logger = logging.getLogger("callpipe.pipeline")
 
@@ -155,6 +156,7 @@ class PipelineTask(EventHandlerMixin):
             raise RuntimeError(f"{self.name} is already running")
         self._running = True
         processors = self.pipeline.processors_within()
+        place_vad(processors)  # Pipecat >= 1.0 gives the VAD to the user aggregator
         try:
             for processor in processors:
                 await processor.setup()

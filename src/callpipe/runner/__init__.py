@@ -10,26 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketState
 
 from callpipe.audio import SUPPORTED_ENCODINGS
+from callpipe.runner.types import CallData, RunnerArguments, TelnyxCallData, WebSocketRunnerArguments
 from callpipe.telnyx import protocol
 from callpipe.transports.fastapi import fit_close_reason
 
 if TYPE_CHECKING:
     from callpipe.transports.fastapi import FastAPIWebsocketTransport
+    from callpipe.transports.serializers import TelnyxFrameSerializer
 
 logger = logging.getLogger("callpipe.runner")
 
 __all__ = [
+    "CallData",
     "RunnerArguments",
     "TelephonyHandshakeError",
+    "TelnyxCallData",
     "WebSocketRunnerArguments",
     "create_telnyx_transport",
+    "create_transport",
     "parse_telephony_websocket",
 ]
 
@@ -39,27 +44,6 @@ CLOSE_POLICY_VIOLATION = 1008
 
 class TelephonyHandshakeError(ValueError):
     """The WebSocket did not open like a Telnyx media stream; the socket has been closed."""
-
-
-@dataclass(kw_only=True)
-class RunnerArguments:
-    """Everything a bot needs for one call.
-
-    ``call_data`` is the parsed handshake (see :func:`parse_telephony_websocket`),
-    ``body`` the dial-out request's body (``{}`` for dial-in), ``direction`` is
-    ``"inbound"`` or ``"outbound"``.
-    """
-
-    websocket: WebSocket
-    call_data: dict[str, Any] = field(default_factory=dict)
-    body: dict[str, Any] = field(default_factory=dict)
-    direction: str = "inbound"
-    handle_sigint: bool = False
-    pipeline_idle_timeout_secs: float | None = 300.0
-
-
-# Pipecat's name for the same thing.
-WebSocketRunnerArguments = RunnerArguments
 
 
 def _provider_of(message: Any) -> str | None:
@@ -93,10 +77,12 @@ async def _refuse(websocket: WebSocket, reason: str) -> TelephonyHandshakeError:
 
 async def parse_telephony_websocket(
     websocket: WebSocket, *, timeout: float = 5.0, max_messages: int = 3
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, TelnyxCallData]:
     """Read Telnyx's ``connected`` and ``start`` messages; return ``("telnyx", call_data)``.
 
-    ``call_data`` holds ``stream_id``, ``call_control_id``, ``call_session_id``,
+    ``call_data`` (a :class:`TelnyxCallData`: a dict that also answers Pipecat's
+    attributes, ``call_data.from_number``) holds ``stream_id``, ``call_control_id`` (also
+    as Pipecat's ``call_id``), ``call_session_id``,
     ``outbound_encoding`` (what Telnyx sends), ``sample_rate``, ``from``, ``to``,
     ``custom_parameters``, ``client_state``, ``tags``, ``user_id``, ``auth_token`` and
     ``query_params`` (the WebSocket URL's query string). The wait is bounded by
@@ -108,7 +94,7 @@ async def parse_telephony_websocket(
     if cached is not None:
         # Already parsed (by `callpipe serve`): a bot written from Pipecat's guide calls
         # this again, and must get the same answer instead of waiting for a second start.
-        return "telnyx", dict(cached)
+        return "telnyx", TelnyxCallData(cached)
     if websocket.client_state == WebSocketState.CONNECTING:
         await websocket.accept()
     auth_token: str | None = None
@@ -150,24 +136,27 @@ async def parse_telephony_websocket(
                     websocket,
                     f"unsupported encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})",
                 )
-            call_data: dict[str, Any] = {
-                "stream_id": event.stream_id,
-                "call_control_id": event.call_control_id,
-                "call_session_id": event.call_session_id,
-                "outbound_encoding": encoding,
-                "sample_rate": event.media_format.sample_rate,
-                "channels": event.media_format.channels,
-                "from": event.from_number,
-                "to": event.to_number,
-                "custom_parameters": dict(event.custom_parameters),
-                "client_state": event.client_state,
-                "tags": list(event.tags),
-                "user_id": event.user_id,
-                "auth_token": auth_token,
-                "query_params": dict(websocket.query_params),
-            }
+            call_data = TelnyxCallData(
+                {
+                    "stream_id": event.stream_id,
+                    "call_control_id": event.call_control_id,
+                    "call_id": event.call_control_id,
+                    "call_session_id": event.call_session_id,
+                    "outbound_encoding": encoding,
+                    "sample_rate": event.media_format.sample_rate,
+                    "channels": event.media_format.channels,
+                    "from": event.from_number,
+                    "to": event.to_number,
+                    "custom_parameters": dict(event.custom_parameters),
+                    "client_state": event.client_state,
+                    "tags": list(event.tags),
+                    "user_id": event.user_id,
+                    "auth_token": auth_token,
+                    "query_params": dict(websocket.query_params),
+                }
+            )
             websocket.state.callpipe_telephony = call_data
-            return "telnyx", dict(call_data)
+            return "telnyx", TelnyxCallData(call_data)
         if isinstance(event, protocol.UnknownEvent):
             provider = _provider_of(event.data)
             if provider is not None:
@@ -177,6 +166,43 @@ async def parse_telephony_websocket(
                 )
         # Anything else before start (media, a stray mark) is skipped within the bounds.
     raise await _refuse(websocket, f"no valid start message within {timeout:g}s / {max_messages} messages")
+
+
+def _call_data_of(runner_args: RunnerArguments) -> TelnyxCallData:
+    """The handshake: from ``runner_args``, else as already parsed on the socket, else a clear error."""
+    if runner_args.call_data:
+        return runner_args.call_data
+    cached = getattr(runner_args.websocket.state, "callpipe_telephony", None)
+    if cached:
+        runner_args.call_data = TelnyxCallData(cached)
+        return runner_args.call_data
+    raise ValueError(
+        "runner_args.call_data is empty: outside `callpipe serve` the handshake has not been read yet. "
+        "Use `transport = await create_transport(runner_args, {...})`, or "
+        "`await parse_telephony_websocket(runner_args.websocket)` before create_telnyx_transport()"
+    )
+
+
+def _telnyx_serializer(
+    call_data: TelnyxCallData, *, inbound_encoding: str | None, api_key: str | None, api_base_url: str | None
+) -> TelnyxFrameSerializer:
+    import os
+
+    from callpipe.transports.serializers import TelnyxFrameSerializer, TelnyxSerializerParams
+
+    key = api_key if api_key is not None else os.environ.get("TELNYX_API_KEY") or None
+    return TelnyxFrameSerializer(
+        stream_id=call_data["stream_id"],
+        outbound_encoding=call_data["outbound_encoding"],
+        inbound_encoding=inbound_encoding or call_data["outbound_encoding"],
+        call_control_id=call_data.get("call_control_id"),
+        api_key=key,
+        params=TelnyxSerializerParams(
+            telnyx_sample_rate=call_data.get("sample_rate"),
+            auto_hang_up=bool(key and call_data.get("call_control_id")),
+            api_base_url=api_base_url or os.environ.get("TELNYX_API_BASE_URL") or None,
+        ),
+    )
 
 
 def create_telnyx_transport(
@@ -191,35 +217,61 @@ def create_telnyx_transport(
 ) -> FastAPIWebsocketTransport:
     """The call's :class:`FastAPIWebsocketTransport`, ready to use, in one call.
 
-    The serializer is built from ``runner_args.call_data``; audio goes back in the call's
-    own encoding unless ``inbound_encoding`` says otherwise (it must match the TeXML
-    ``bidirectionalCodec``). ``TELNYX_API_KEY`` (or ``api_key``) turns on hang-up through
-    the REST API when the pipeline ends; ``TELNYX_API_BASE_URL`` points it elsewhere
-    (the simulator). A Silero VAD is attached unless ``vad=False``. Other keyword
-    arguments go to :class:`FastAPIWebsocketParams`.
+    The serializer is built from ``runner_args.call_data`` (or the handshake already parsed
+    on the socket); audio goes back in the call's own encoding unless ``inbound_encoding``
+    says otherwise (it must match the TeXML ``bidirectionalCodec``). ``TELNYX_API_KEY``
+    (or ``api_key``) turns on hang-up through the REST API when the pipeline ends;
+    ``TELNYX_API_BASE_URL`` points it elsewhere (the simulator). A Silero VAD is attached
+    unless ``vad=False``. Other keyword arguments go to :class:`FastAPIWebsocketParams`.
     """
-    import os
-
     from callpipe.audio.vad import SileroVADAnalyzer, VADParams
     from callpipe.transports.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
-    from callpipe.transports.serializers import TelnyxFrameSerializer, TelnyxSerializerParams
 
-    call_data = runner_args.call_data
-    key = api_key if api_key is not None else os.environ.get("TELNYX_API_KEY") or None
-    serializer = TelnyxFrameSerializer(
-        stream_id=call_data["stream_id"],
-        outbound_encoding=call_data["outbound_encoding"],
-        inbound_encoding=inbound_encoding or call_data["outbound_encoding"],
-        call_control_id=call_data.get("call_control_id"),
-        api_key=key,
-        params=TelnyxSerializerParams(
-            telnyx_sample_rate=call_data.get("sample_rate"),
-            auto_hang_up=bool(key and call_data.get("call_control_id")),
-            api_base_url=api_base_url or os.environ.get("TELNYX_API_BASE_URL") or None,
-        ),
+    serializer = _telnyx_serializer(
+        _call_data_of(runner_args),
+        inbound_encoding=inbound_encoding,
+        api_key=api_key,
+        api_base_url=api_base_url,
     )
     analyzer = SileroVADAnalyzer(params=vad_params or VADParams(stop_secs=0.2)) if vad else None
     return FastAPIWebsocketTransport(
         websocket=runner_args.websocket,
         params=FastAPIWebsocketParams(serializer=serializer, vad_analyzer=analyzer, **params),
     )
+
+
+async def create_transport(
+    runner_args: RunnerArguments, transport_params: Mapping[str, Callable[[], Any]]
+) -> FastAPIWebsocketTransport:
+    """Pipecat's ``create_transport``: the call's transport from a dict of params factories.
+
+    ``transport_params["telnyx"]()`` gives the :class:`FastAPIWebsocketParams`; the Telnyx
+    serializer is built for it (unless it has one) and ``add_wav_header`` is turned off.
+    Works under ``callpipe serve`` (the handshake is already parsed) and in a server of
+    your own (it is read here, and ``runner_args.call_data`` is filled in). Unlike
+    :func:`create_telnyx_transport` no VAD is added: give it to the user aggregator, as
+    Pipecat does, or to the params.
+    """
+    from callpipe.transports.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
+
+    if not runner_args.call_data and not getattr(runner_args.websocket.state, "callpipe_telephony", None):
+        _, runner_args.call_data = await parse_telephony_websocket(runner_args.websocket)
+    call_data = _call_data_of(runner_args)
+    runner_args.transport_type = "telnyx"
+    factory = transport_params.get("telnyx")
+    if factory is None:
+        raise ValueError(
+            "Missing transport params for 'telnyx': add a 'telnyx' key to the transport_params dict "
+            f"(given: {', '.join(map(repr, transport_params)) or 'none'}; callpipe carries Telnyx calls only)"
+        )
+    params = factory()
+    if not isinstance(params, FastAPIWebsocketParams):
+        raise TypeError(
+            f"transport_params['telnyx']() must return FastAPIWebsocketParams, not {type(params).__name__}"
+        )
+    params.add_wav_header = False
+    if params.serializer is None:
+        params.serializer = _telnyx_serializer(
+            call_data, inbound_encoding=None, api_key=None, api_base_url=None
+        )
+    return FastAPIWebsocketTransport(websocket=runner_args.websocket, params=params)

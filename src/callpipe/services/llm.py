@@ -24,9 +24,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from callpipe.pipeline.frames import (
     BotInterruptionFrame,
@@ -50,6 +50,9 @@ from callpipe.pipeline.frames import (
 )
 from callpipe.pipeline.processor import FrameDirection, FrameProcessor
 from callpipe.services.call_policy import PolicyError, TransferPolicy, check_dtmf
+
+if TYPE_CHECKING:
+    from callpipe.audio.vad import SileroVADAnalyzer
 
 logger = logging.getLogger("callpipe.services")
 
@@ -131,6 +134,26 @@ class LLMRunFrame(DataFrame):
 # ---------------------------------------------------------------------- aggregators
 
 
+@dataclass(kw_only=True)
+class LLMUserAggregatorParams:
+    """Pipecat's user-aggregator parameters (the fields callpipe uses).
+
+    ``vad_analyzer``: the VAD that ends the caller's turns, as Pipecat >= 1.0 places it;
+    callpipe runs it in the input transport (see :mod:`callpipe.pipeline.vad_placement`).
+    ``user_turn_stop_timeout``: how long after the VAD's stop a missing final transcript
+    is waited for (callpipe's ``transcript_timeout_secs``; Pipecat's default is 5 s, a
+    phone call's is shorter).
+    """
+
+    vad_analyzer: SileroVADAnalyzer | None = None
+    user_turn_stop_timeout: float = 1.5
+
+
+@dataclass(kw_only=True)
+class LLMAssistantAggregatorParams:
+    """Pipecat's assistant-aggregator parameters (accepted; the assistant aggregator needs none)."""
+
+
 class LLMUserAggregator(FrameProcessor):
     """Collects the caller's turn and asks the LLM to answer it.
 
@@ -139,10 +162,20 @@ class LLMUserAggregator(FrameProcessor):
     the stop, whatever has arrived is used (or the turn is dropped if nothing has).
     """
 
-    def __init__(self, context: LLMContext, *, transcript_timeout_secs: float = 1.5) -> None:
+    # It needs a VAD's speaking frames to end turns (see callpipe.pipeline.vad_placement).
+    needs_vad = True
+
+    def __init__(
+        self,
+        context: LLMContext,
+        *,
+        transcript_timeout_secs: float = 1.5,
+        vad_analyzer: SileroVADAnalyzer | None = None,
+    ) -> None:
         super().__init__()
         self.context = context
         self.transcript_timeout_secs = transcript_timeout_secs
+        self.vad_analyzer = vad_analyzer
         self._parts: list[str] = []
         self._interim = ""
         self._user_speaking = False
@@ -276,12 +309,33 @@ class LLMAssistantAggregator(FrameProcessor):
 
 
 class LLMContextAggregatorPair:
-    """The two aggregators around an LLM, sharing one :class:`LLMContext`."""
+    """The two aggregators around an LLM, sharing one :class:`LLMContext`.
 
-    def __init__(self, context: LLMContext, *, transcript_timeout_secs: float = 1.5) -> None:
+    As in Pipecat it unpacks, ``user, assistant = LLMContextAggregatorPair(context, ...)``,
+    and ``.user()``/``.assistant()`` return the same two processors.
+    """
+
+    def __init__(
+        self,
+        context: LLMContext,
+        *,
+        user_params: LLMUserAggregatorParams | None = None,
+        assistant_params: LLMAssistantAggregatorParams | None = None,
+        transcript_timeout_secs: float | None = None,
+    ) -> None:
         self.context = context
-        self._user = LLMUserAggregator(context, transcript_timeout_secs=transcript_timeout_secs)
+        params = user_params or LLMUserAggregatorParams()
+        timeout = (
+            transcript_timeout_secs if transcript_timeout_secs is not None else params.user_turn_stop_timeout
+        )
+        self._user = LLMUserAggregator(
+            context, transcript_timeout_secs=timeout, vad_analyzer=params.vad_analyzer
+        )
         self._assistant = LLMAssistantAggregator(context)
+
+    def __iter__(self) -> Iterator[FrameProcessor]:
+        """``user, assistant = pair``."""
+        return iter((self._user, self._assistant))
 
     def user(self) -> LLMUserAggregator:
         """Goes after STT, before the LLM."""
@@ -538,6 +592,7 @@ __all__ = [
     "FunctionCallParams",
     "FunctionSchema",
     "LLMAssistantAggregator",
+    "LLMAssistantAggregatorParams",
     "LLMContext",
     "LLMContextAggregatorPair",
     "LLMContextFrame",
@@ -545,6 +600,7 @@ __all__ = [
     "LLMRunFrame",
     "LLMService",
     "LLMUserAggregator",
+    "LLMUserAggregatorParams",
     "TelephonyTools",
     "ToolCall",
 ]

@@ -38,6 +38,10 @@ logger = logging.getLogger("callpipe.services")
 class STTService(FrameProcessor):
     """Base class for streaming STT: override :meth:`process_audio` and push transcripts."""
 
+    # Pipecat's ``audio_passthrough``: also pass the caller's audio on downstream
+    # (off by default here: nothing after the STT usually needs it).
+    audio_passthrough = False
+
     def __init__(self, *, language: str = "en", name: str | None = None) -> None:
         super().__init__(name=name)
         self.language = language
@@ -51,6 +55,8 @@ class STTService(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, InputAudioRawFrame):
             await self.process_audio(frame)
+            if self.audio_passthrough:
+                await self.push_frame(frame, direction)
             return
         if isinstance(frame, StartFrame):
             self.sample_rate = frame.audio_in_sample_rate

@@ -57,8 +57,9 @@ from callpipe.pipeline.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from callpipe.pipeline.processor import EventHandlerMixin, FrameDirection, FrameProcessor
+from callpipe.pipeline.processor import FrameDirection, FrameProcessor
 from callpipe.telnyx import protocol
+from callpipe.transports.base_transport import BaseTransport
 from callpipe.transports.clock import OutputClock
 from callpipe.transports.serializers import TelnyxFrameSerializer
 
@@ -154,6 +155,15 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         self._context: contextvars.Context | None = None
         self._interrupt_handle: asyncio.TimerHandle | None = None
         self.messages_received = 0
+
+    @property
+    def vad_analyzer(self) -> SileroVADAnalyzer | None:
+        """The VAD fed with this call's audio (from the params, or adopted from the user aggregator)."""
+        return self._vad
+
+    def use_vad_analyzer(self, analyzer: SileroVADAnalyzer) -> None:
+        """Run ``analyzer`` on this call's audio (before the pipeline starts; see ``place_vad``)."""
+        self._vad = analyzer
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Start/stop reading; turn upstream interruption requests into interruptions."""
@@ -652,7 +662,7 @@ def transport_for_call(call_control_id: str) -> FastAPIWebsocketTransport | None
     return _live_transports.get(call_control_id)
 
 
-class FastAPIWebsocketTransport(EventHandlerMixin):
+class FastAPIWebsocketTransport(BaseTransport):
     """A call's WebSocket as a pair of processors: :meth:`input` and :meth:`output`.
 
     Events: ``on_client_connected(transport, websocket)`` once the pipeline starts, and

@@ -22,13 +22,13 @@ import msgspec
 
 from callpipe.audio import Codec, StreamResampler, get_codec
 from callpipe.pipeline.frames import (
+    AudioRawFrame,
     CancelFrame,
     EndFrame,
     Frame,
     InputAudioRawFrame,
     InputDTMFFrame,
     InterruptionFrame,
-    OutputAudioRawFrame,
     StartFrame,
     TransportMessageFrame,
 )
@@ -226,8 +226,8 @@ class TelnyxFrameSerializer(FrameSerializer):
     # ----------------------------------------------------- Pipecat-style API
 
     async def serialize(self, frame: Frame) -> str | bytes | None:
-        """Audio -> ``media`` (unpaced), interruption -> ``clear``; end/cancel hang up."""
-        if isinstance(frame, OutputAudioRawFrame):
+        """Audio (any :class:`AudioRawFrame`) -> ``media`` (unpaced), interruption -> ``clear``; end/cancel hang up."""
+        if isinstance(frame, AudioRawFrame):
             payload = self.encode_audio(frame.audio, frame.sample_rate)
             return protocol.build_media(payload) if payload else None
         if isinstance(frame, InterruptionFrame):
@@ -241,10 +241,16 @@ class TelnyxFrameSerializer(FrameSerializer):
         return None
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
-        """``media`` -> :class:`InputAudioRawFrame`, ``dtmf`` -> :class:`InputDTMFFrame`."""
+        """``media`` -> :class:`InputAudioRawFrame` (``None`` if undecodable), ``dtmf`` -> :class:`InputDTMFFrame`."""
         event = self.parse(data)
         if isinstance(event, protocol.MediaEvent):
-            return InputAudioRawFrame(audio=self.decode_media(event.payload), sample_rate=self._in_rate)
+            try:
+                pcm = self.decode_media(event.payload)
+            except ValueError as exc:
+                # As Pipecat does: undecodable audio (odd-length L16) is dropped, not raised.
+                logger.debug("dropped undecodable media: %s", exc)
+                return None
+            return InputAudioRawFrame(audio=pcm, sample_rate=self._in_rate)
         if isinstance(event, protocol.DTMFEvent):
             return InputDTMFFrame(button=event.digit)
         return None

@@ -40,6 +40,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -62,6 +63,7 @@ from callpipe.pipeline.frames import (
     UserStoppedSpeakingFrame,
 )
 from callpipe.pipeline.processor import FrameDirection
+from callpipe.services.settings import STTSettings, base_url_from_env, pick
 from callpipe.services.stt import STTService
 
 logger = logging.getLogger("callpipe.services")
@@ -89,6 +91,16 @@ class _Rejected(Exception):
     """The handshake was refused for a reason a retry cannot fix (bad key, bad parameters)."""
 
 
+def _websocket_root(url: str) -> str:
+    """``wss://host`` from what a bot may pass: a bare host, an http(s) URL, or the full listen URL."""
+    if "://" not in url:
+        url = "wss://" + url
+    for http, ws in (("https://", "wss://"), ("http://", "ws://")):
+        if url.startswith(http):
+            url = ws + url[len(http) :]
+    return url.removesuffix("/v1/listen").rstrip("/")
+
+
 class DeepgramSTTService(STTService):
     """Streaming speech-to-text with Deepgram's live API (one WebSocket per call).
 
@@ -100,11 +112,13 @@ class DeepgramSTTService(STTService):
     one outage; the delay starts at ``reconnect_backoff_secs`` and doubles (at most 5 s).
     """
 
+    Settings = STTSettings
+
     def __init__(
         self,
-        api_key: str,
+        api_key: str | None = None,
         *,
-        base_url: str = "wss://api.deepgram.com",
+        base_url: str | None = None,
         model: str = "nova-3",
         encoding: DeepgramEncoding = "linear16",
         sample_rate: int | None = None,
@@ -116,9 +130,19 @@ class DeepgramSTTService(STTService):
         connect_timeout_secs: float = 10.0,
         close_timeout_secs: float = 2.0,
         params: Mapping[str, str] | None = None,
+        settings: STTSettings | None = None,
+        audio_passthrough: bool = False,
         name: str | None = None,
     ) -> None:
+        # Pipecat's shapes: settings win over keywords; no key or URL given means
+        # DEEPGRAM_API_KEY / DEEPGRAM_BASE_URL; Pipecat's ``base_url`` may be a bare host.
+        settings = settings or STTSettings()
+        language = pick(settings.language, language)
+        model = pick(settings.model, model)
+        api_key = api_key if api_key is not None else os.environ.get("DEEPGRAM_API_KEY", "")
+        base_url = _websocket_root(base_url_from_env("DEEPGRAM_BASE_URL", base_url, "wss://api.deepgram.com"))
         super().__init__(language=language, name=name)
+        self.audio_passthrough = audio_passthrough
         if encoding not in ("linear16", "mulaw"):
             raise ValueError(f"encoding must be 'linear16' or 'mulaw', got {encoding!r}")
         if sample_rate is not None and sample_rate <= 0:
@@ -128,7 +152,7 @@ class DeepgramSTTService(STTService):
         if keepalive_secs <= 0 or reconnect_attempts < 0:
             raise ValueError("keepalive_secs must be positive and reconnect_attempts not negative")
         self._api_key = api_key
-        self.base_url = base_url.rstrip("/")
+        self.base_url = base_url
         self.model = model
         self.encoding: DeepgramEncoding = encoding
         self.endpointing_ms = endpointing_ms

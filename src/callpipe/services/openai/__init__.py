@@ -22,6 +22,7 @@ interruption cancels the generation, and with it the HTTP stream is closed at on
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
 
 from callpipe.services.llm import LLMChunk, LLMContext, LLMService, ToolCall
+from callpipe.services.settings import LLMSettings, pick
 
 __all__ = ["DEFAULT_BASE_URL", "OpenAILLMError", "OpenAILLMService"]
 
@@ -88,22 +90,34 @@ class OpenAILLMService(LLMService):
     once text has been streamed nothing is retried (the caller has heard it).
     """
 
+    Settings = LLMSettings
+
     def __init__(
         self,
-        api_key: str,
+        api_key: str | None = None,
         *,
-        model: str = "gpt-4o-mini",
+        model: str | None = None,
         base_url: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
         timeout: float = 30.0,
         max_retries: int = 2,
         max_tool_rounds: int = 4,
+        settings: LLMSettings | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(model=model, max_tool_rounds=max_tool_rounds, name=name)
+        # Pipecat's shapes: ``settings=OpenAILLMService.Settings(...)`` wins over keywords;
+        # no key or URL given means OPENAI_API_KEY / OPENAI_BASE_URL, as the SDK does.
+        settings = settings or LLMSettings()
+        super().__init__(
+            model=pick(settings.model, model, "gpt-4o-mini"), max_tool_rounds=max_tool_rounds, name=name
+        )
+        api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         if not api_key and base_url is None:
-            raise ValueError("api_key must not be empty (pass base_url for a server that needs none)")
+            raise ValueError(
+                "api_key must not be empty (or set OPENAI_API_KEY; pass base_url for a server that needs none)"
+            )
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         if max_retries < 0:
@@ -112,8 +126,9 @@ class OpenAILLMService(LLMService):
         # the SDK insists on one.
         self._api_key = api_key or "none"
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        self.temperature = temperature
-        self.max_tokens = max_tokens
+        self.temperature = pick(settings.temperature, temperature)
+        self.max_tokens = pick(settings.max_tokens, max_tokens)
+        self.system_instruction = settings.system_instruction
         self.timeout = timeout
         self.max_retries = max_retries
         self._client: AsyncOpenAI | None = None
@@ -147,7 +162,10 @@ class OpenAILLMService(LLMService):
 
     def build_request(self, context: LLMContext) -> dict[str, Any]:
         """The chat-completions request body for ``context`` (without ``stream``)."""
-        request: dict[str, Any] = {"model": self.model, "messages": list(context.messages)}
+        messages = list(context.messages)
+        if self.system_instruction:
+            messages.insert(0, {"role": "system", "content": self.system_instruction})
+        request: dict[str, Any] = {"model": self.model, "messages": messages}
         if context.tools:
             request["tools"] = [schema.to_openai() for schema in context.tools]
         if self.temperature is not None:

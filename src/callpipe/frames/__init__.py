@@ -1,4 +1,8 @@
-"""``from callpipe.frames import *``: every frame type (Pipecat-style import path)."""
+"""Every frame type, under Pipecat's import paths ``callpipe.frames`` and ``callpipe.frames.frames``.
+
+The frames live in :mod:`callpipe.pipeline.frames` (the LLM frames in
+:mod:`callpipe.services.llm`); this package only re-exports them.
+"""
 
 from callpipe.pipeline.frames import (
     AnsweringMachineDetectionFrame,
@@ -39,6 +43,7 @@ from callpipe.pipeline.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
+from callpipe.services.llm import LLMContextFrame, LLMMessagesAppendFrame, LLMRunFrame
 
 __all__ = [
     "AnsweringMachineDetectionFrame",
@@ -58,8 +63,11 @@ __all__ = [
     "InputDTMFFrame",
     "InterimTranscriptionFrame",
     "InterruptionFrame",
+    "LLMContextFrame",
     "LLMFullResponseEndFrame",
     "LLMFullResponseStartFrame",
+    "LLMMessagesAppendFrame",
+    "LLMRunFrame",
     "LLMTextFrame",
     "MetricsData",
     "MetricsFrame",

@@ -44,6 +44,7 @@ import binascii
 import contextlib
 import json
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ from callpipe.pipeline.frames import (
     StartFrame,
 )
 from callpipe.pipeline.processor import FrameDirection
+from callpipe.services.settings import TTSSettings, base_url_from_env, pick
 from callpipe.services.tts import TTSService
 
 logger = logging.getLogger("callpipe.services")
@@ -104,12 +106,15 @@ class CartesiaTTSService(TTSService):
     ``reconnect_backoff_secs`` and doubling.
     """
 
+    Settings = TTSSettings
+
     def __init__(
         self,
-        api_key: str,
+        api_key: str | None = None,
         *,
-        voice_id: str,
-        base_url: str = "wss://api.cartesia.ai",
+        voice_id: str | None = None,
+        base_url: str | None = None,
+        url: str | None = None,
         model: str = "sonic-2",
         sample_rate: int = 8000,
         encoding: CartesiaEncoding = "pcm_s16le",
@@ -119,13 +124,26 @@ class CartesiaTTSService(TTSService):
         connect_timeout_secs: float = 10.0,
         reconnect_attempts: int = 2,
         reconnect_backoff_secs: float = 0.5,
+        settings: TTSSettings | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(sample_rate=sample_rate, voice=voice_id, name=name)
+        # Pipecat's shapes: settings (``voice``) win over keywords (``voice_id``); ``url`` is
+        # Pipecat's full ``wss://…/tts/websocket``; no key or URL means CARTESIA_API_KEY /
+        # CARTESIA_BASE_URL.
+        settings = settings or TTSSettings()
+        voice_id = pick(settings.voice, voice_id)
+        model = pick(settings.model, model)
+        language = pick(settings.language, language)
+        api_key = api_key if api_key is not None else os.environ.get("CARTESIA_API_KEY", "")
+        base_url = base_url_from_env("CARTESIA_BASE_URL", base_url or url, "wss://api.cartesia.ai")
+        base_url = base_url.removesuffix("/tts/websocket")
+        super().__init__(sample_rate=sample_rate, voice=voice_id or "", name=name)
         if not api_key:
             raise ValueError("a Cartesia API key is required")
         if not voice_id:
-            raise ValueError("a Cartesia voice_id is required")
+            raise ValueError(
+                "a Cartesia voice is required: voice_id=... or settings=CartesiaTTSService.Settings(voice=...)"
+            )
         if encoding not in ("pcm_s16le", "pcm_mulaw"):
             raise ValueError(f"encoding must be 'pcm_s16le' or 'pcm_mulaw', got {encoding!r}")
         if reconnect_attempts < 0 or response_timeout_secs <= 0:
@@ -134,7 +152,7 @@ class CartesiaTTSService(TTSService):
             raise ValueError(f"Cartesia offers sample rates {SUPPORTED_SAMPLE_RATES}, not {sample_rate}")
         self._api_key = api_key
         self.voice_id = voice_id
-        self.base_url = base_url.rstrip("/")
+        self.base_url = base_url
         self.model = model
         self.encoding: CartesiaEncoding = encoding
         self.cartesia_version = cartesia_version

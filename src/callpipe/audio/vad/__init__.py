@@ -65,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 Float32Array = npt.NDArray[np.float32]
 
-MODEL_PATH: Final = Path(__file__).resolve().parent / "models" / "silero_vad.onnx"
+MODEL_PATH: Final = Path(__file__).resolve().parent.parent / "models" / "silero_vad.onnx"
 SUPPORTED_SAMPLE_RATES: Final = (8000, 16000)
 _WINDOW: Final = {8000: 256, 16000: 512}  # samples per 32 ms window
 _CONTEXT: Final = {8000: 32, 16000: 64}  # samples of the previous window prepended
@@ -128,7 +128,10 @@ def _window_volumes(windows: Float32Array, context: int) -> list[float]:
 
 @dataclass(frozen=True, slots=True)
 class VADParams:
-    """VAD tuning (same field names and defaults as Pipecat's ``VADParams``).
+    """VAD tuning: the same field names and defaults as Pipecat's ``VADParams``.
+
+    The defaults are Pipecat's (``tests/test_pipecat_compat.py`` pins them): a bot ported
+    from Pipecat that writes ``SileroVADAnalyzer()`` ends turns as quickly as it did there.
 
     ``confidence``: minimum speech probability of a window; ``start_secs``: speech
     needed before "started"; ``stop_secs``: non-speech needed before "stopped";
@@ -137,7 +140,7 @@ class VADParams:
 
     confidence: float = 0.7
     start_secs: float = 0.2
-    stop_secs: float = 0.8
+    stop_secs: float = 0.2
     min_volume: float = 0.6
 
     def __post_init__(self) -> None:

@@ -127,7 +127,9 @@ async def outbound_call(server_file: Path, speech: bytes, body: dict[str, Any]) 
     try:
         with BackgroundServer(module.app) as server:
             texml = await fetch_texml(
-                f"{server.base_url}/answer?body={encoded}", direction="outbound-api", call_status="in-progress"
+                f"{server.base_url}/answer?body={encoded}",
+                direction="outbound-api",
+                call_status="in-progress",
             )
             url = texml.stream.url.replace("wss://", "ws://", 1)
             caller = SimulatedCaller(url, encoding=texml.stream.encoding, to_number="+15550001234")

@@ -34,6 +34,7 @@ from callpipe.sim.fake_cartesia import create_fake_cartesia_app
 from callpipe.sim.fake_deepgram import create_fake_deepgram_app
 from callpipe.sim.fake_openai import create_fake_openai_app, message_text, words
 from callpipe.sim.texml import fetch_texml, place_texml_call
+from tests.helpers import wait_until
 
 TRANSCRIPT = "what time do you open tomorrow"
 GREETING = "Hello! This is the demo bot speaking."
@@ -154,8 +155,4 @@ async def check_call(result: CallResult, fakes: Fakes, *, greets_first: bool) ->
     assert all(r.body["messages"][0]["role"] == "system" for r in requests)  # the system_instruction
     assert fakes.deepgram.sessions and fakes.cartesia.connections
     # Hang-up: the pipeline ends and closes its provider streams.
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while fakes.deepgram.last.closed_at is None and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    assert fakes.deepgram.last.closed_at is not None, "the Deepgram stream was left open after the hang-up"
+    await wait_until(lambda: fakes.deepgram.last.closed_at is not None, 10)

@@ -38,6 +38,7 @@ from tests.helpers import wait_until
 
 TRANSCRIPT = "what time do you open tomorrow"
 GREETING = "Hello! This is the demo bot speaking."
+PATH_SECRET = secrets.token_urlsafe(16)  # the TeXML voice URL's secret path (/texml/<secret>)
 
 
 def responder(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[Any]:
@@ -106,11 +107,14 @@ async def inbound_call(bot_file: Path, speech: bytes) -> CallResult:
     settings = ServerSettings(
         public_url=f"http://127.0.0.1:{port}",
         callpipe_secret=secrets.token_urlsafe(16),  # type: ignore[arg-type]
+        texml_path_secret=PATH_SECRET,  # type: ignore[arg-type]
         _env_file=None,  # type: ignore[call-arg]
     )
     try:
         with BackgroundServer(create_app(bot, settings), port=port) as server:
-            _, caller = await place_texml_call(server.base_url + "/texml", from_number="+15550001234")
+            _, caller = await place_texml_call(
+                f"{server.base_url}/texml/{PATH_SECRET}", from_number="+15550001234"
+            )
             return await asyncio.wait_for(caller.run(_turns(speech), hang_up_after_secs=2.5), 60)
     finally:
         unload(bot_file.parent)

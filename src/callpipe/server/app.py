@@ -115,6 +115,9 @@ class ServerState:
     draining: bool = False
     metrics_server: Any = None
     no_calls: asyncio.Event = field(default_factory=asyncio.Event)
+    # True once every embedded model is loaded and has run once (callpipe.services.warmup);
+    # readiness is 503 until then and /ws holds a new call until then.
+    models_warm: bool = False
     _dial_tokens: float = 0.0
     _dial_refill_at: float = 0.0
 
@@ -156,6 +159,21 @@ class ServerState:
             )
             return self.take_dial_token()
 
+    async def warm_up_models(self) -> None:
+        """Load and run every registered model once, in a thread; then set ``models_warm``."""
+        from callpipe.services import warmup
+
+        await asyncio.to_thread(warmup.warm_up_models)
+        self.models_warm = warmup.models_warm()
+
+    async def wait_models_warm(self, timeout: float = 120.0) -> None:
+        """Hold a new call until the models are warm (free once they are)."""
+        from callpipe.services import warmup
+
+        if not self.models_warm or not warmup.models_warm():
+            await asyncio.to_thread(warmup.wait_warm, timeout)
+            self.models_warm = warmup.models_warm()
+
     async def drain(self, grace_secs: float) -> None:
         """Stop taking calls; let live calls finish for ``grace_secs``, then end the rest."""
         self.draining = True
@@ -189,14 +207,19 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from callpipe.audio.vad import SileroVADModel
+        # Off the event loop and in the background: /livez answers while models warm up,
+        # /readyz says 503 until they are (state.models_warm).
+        from callpipe.services import warmup
 
         telnyx_auth.log_startup()
-        await asyncio.to_thread(SileroVADModel.shared)  # load once, before the first call
+        state.models_warm = warmup.models_warm()  # already warm (another app in this process)
+        warming = asyncio.create_task(state.warm_up_models())
         await _start_operations(state)
         state.ready = True
         yield
         state.ready = False
+        if not warming.done():
+            warming.cancel()
         await state.drain(0.0)
         await _stop_operations(state)
         if state.telnyx is not None:
@@ -306,6 +329,7 @@ def create_app(
             await websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason=reason)
             _count_refused()
             return
+        await state.wait_models_warm()
         token_claims = None
         secret = settings.secret("callpipe_secret")
         if not settings.callpipe_insecure_streams:

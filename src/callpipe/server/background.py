@@ -70,6 +70,13 @@ class BackgroundServer:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"uvicorn did not start on {self.host}:{self.port} in time")
             time.sleep(0.01)
+        state = getattr(getattr(self.server.config.app, "state", None), "callpipe", None)
+        # A callpipe app warms its models in the background after start-up; callers of
+        # this helper (tests, the demo) want a server that is ready, as a load balancer does.
+        while state is not None and not state.models_warm:
+            if time.monotonic() > deadline + 120:
+                raise TimeoutError("the models did not warm up in time")
+            time.sleep(0.01)
         return self
 
     def stop(self, timeout: float = 10.0) -> None:

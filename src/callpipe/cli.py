@@ -424,7 +424,9 @@ def _demo(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise SystemExit(f"cannot read {args.script}: {exc}") from None
         lines += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    return demo.main(lines or None, record=args.record, transcript=args.json)
+    if args.calls < 1:
+        raise SystemExit("--calls must be at least 1")
+    return demo.main(lines or None, record=args.record, transcript=args.json, calls=args.calls)
 
 
 # -------------------------------------------------------------------------- parser
@@ -443,6 +445,9 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--script", help="a text file with one caller line per line")
     demo.add_argument("--record", default="callpipe-demo.wav", help="stereo WAV of the call")
     demo.add_argument("--json", default="callpipe-demo.json", help="JSON transcript of the call")
+    demo.add_argument(
+        "--calls", type=int, default=1, help="hold N simultaneous calls (different callers, a second apart)"
+    )
 
     call = sub.add_parser("call", help="place one simulated Telnyx call to a running bot")
     call.add_argument("url", help="the bot's WebSocket URL (ws://…/ws) or TeXML URL (http(s)://…/texml)")

@@ -1,25 +1,33 @@
-"""``callpipe demo``: a real spoken phone call with the built-in assistant, fully offline.
+"""``callpipe demo``: real spoken phone calls with the built-in assistant, fully offline.
 
 Everything runs in this process on 127.0.0.1: the fake Telnyx API, the callpipe server
-with the built-in assistant (embedded Whisper, scripted receptionist, Piper voice), and a
-simulated caller who dials in the way Telnyx does (TeXML fetch, then the media stream)
-and speaks its lines, synthesized by the same embedded voice. The conversation is printed
-live; at the end come a summary, a stereo WAV (caller left, bot right) and a JSON
-transcript.
+with the built-in assistant (embedded Whisper, scripted receptionist, Piper voice), and
+simulated callers who dial in the way Telnyx does (TeXML fetch, then the media stream)
+and speak their lines, synthesized by the same embedded voice. A caller waits like a
+person: it speaks again only after ~2.5 s of bot silence, and says "Hello?" when the bot
+has not answered. ``--calls N`` holds N such calls at once (different callers, started a
+second apart). The conversation is printed live; at the end come a summary per call,
+an aggregate table, a stereo WAV of the first call (caller left, bot right) and a JSON
+transcript. The demo fails loudly (a red line, exit code 1) when a caller line got no
+reply before the caller's next one, or the booking was not confirmed in the bot's words.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from callpipe.demo_report import DemoResult, DemoTurn, print_summary, write_outputs
+from callpipe.pipeline.frames import Frame, MetricsFrame
+from callpipe.pipeline.processor import FrameDirection, FrameProcessor
+
+__all__ = ["CALLERS", "DEFAULT_SCRIPT", "DemoResult", "DemoTurn", "main", "run_demo", "run_demo_calls"]
 
 DEFAULT_SCRIPT = [
     "Hi, I'd like to book a cleaning.",
@@ -27,48 +35,57 @@ DEFAULT_SCRIPT = [
     "What are your hours on Saturday?",
     "No, that's all, thanks.",
 ]
-CALLER_NUMBER = "+15550001234"
 OFFICE_NUMBER = "+15550009876"
-CALLER_NAME = "Maria"
 
 
-@dataclass
-class DemoTurn:
-    """One line of the transcript."""
+@dataclass(frozen=True)
+class DemoCaller:
+    """Who calls and what they say."""
 
-    speaker: str
-    text: str
-    latency_ms: float | None = None
+    number: str
+    name: str
+    lines: list[str]
 
 
-@dataclass
-class DemoResult:
-    """What the demo reports."""
-
-    turns: list[DemoTurn] = field(default_factory=list)
-    hung_up: bool = False
-    booking_confirmed: bool = False
-    load_secs: float = 0.0
-    call_secs: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON transcript."""
-        return {
-            "turns": [
-                {
-                    "speaker": t.speaker,
-                    "text": t.text,
-                    **({"latency_ms": round(t.latency_ms)} if t.latency_ms is not None else {}),
-                }
-                for t in self.turns
-            ],
-            "ended_with_hang_up": self.hung_up,
-            "booking_confirmed": self.booking_confirmed,
-        }
+CALLERS = [
+    DemoCaller("+15550001234", "Maria", DEFAULT_SCRIPT),
+    DemoCaller(
+        "+15550004321",
+        "James",
+        [
+            "Hello, I need to book a checkup.",
+            "Friday at 10 am.",
+            "Where are you located?",
+            "No, that's all, thanks.",
+        ],
+    ),
+    DemoCaller(
+        "+15550005678",
+        "Priya",
+        [
+            "Hi, can I book a whitening?",
+            "Tuesday at 2 pm, please.",
+            "What are your hours on Saturday?",
+            "No, that's all, thanks.",
+        ],
+    ),
+]
+CALLER_NUMBER, CALLER_NAME = CALLERS[0].number, CALLERS[0].name
+QUIET_SECS = 2.5  # a person waits about this long for an answer before speaking again
+NUDGE = "Hello?"
+STAGGER_SECS = 1.0
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
+
+
+def _caller_for(index: int, lines: list[str] | None) -> DemoCaller:
+    if index < len(CALLERS):
+        base = CALLERS[index]
+    else:
+        base = DemoCaller(f"+1555000{index:04d}", f"Caller {index + 1}", CALLERS[index % len(CALLERS)].lines)
+    return DemoCaller(base.number, base.name, lines or base.lines) if index == 0 and lines else base
 
 
 def ensure_loopback() -> None:
@@ -103,46 +120,108 @@ def ensure_loopback() -> None:
         ) from None
 
 
+@dataclass
+class _Call:
+    """One demo call's live state, shared by the server thread and the caller."""
+
+    index: int
+    caller: DemoCaller
+    label: str
+    timeline: list[tuple[float, str, str]] = field(default_factory=list)
+    stages: dict[str, list[float]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, speaker: str, text: str) -> None:
+        with self.lock:
+            self.timeline.append((time.monotonic(), speaker, text))
+
+
+class _StageProbe(FrameProcessor):
+    """Last in the bot's pipeline: collects the per-stage metrics of the call."""
+
+    def __init__(self, call: _Call) -> None:
+        super().__init__(name="demo-probe")
+        self._call = call
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, MetricsFrame):
+            with self._call.lock:
+                for data in frame.data:
+                    key = data.name if data.name != "ttfb" else f"ttfb {data.processor.split('#')[0]}"
+                    self._call.stages.setdefault(key, []).append(data.value)
+        await self.push_frame(frame, direction)
+
+
 async def run_demo(lines: list[str], *, record: str, transcript: str, stop_secs: float = 0.3) -> DemoResult:
-    """Hold the demo call and write the recording and transcript."""
+    """Hold one demo call and write the recording and transcript."""
+    results = await run_demo_calls(1, lines=lines, record=record, transcript=transcript, stop_secs=stop_secs)
+    return results[0]
+
+
+async def _synthesize_lines(callers: list[DemoCaller]) -> tuple[dict[str, bytes], bytes]:
+    from callpipe.services.piper import PiperTTSService
+
+    # Deterministic caller voice (no sampling noise): the demo sounds the same on every run.
+    voice = PiperTTSService(sample_rate=8000, length_scale=1.05, noise_scale=0.0, noise_w_scale=0.0)
+    audio = {line: await voice.synthesize(line) for c in callers for line in c.lines}
+    return audio, await voice.synthesize(NUDGE)
+
+
+async def run_demo_calls(
+    calls: int,
+    *,
+    lines: list[str] | None = None,
+    record: str,
+    transcript: str,
+    stop_secs: float = 0.3,
+) -> list[DemoResult]:
+    """Hold ``calls`` simultaneous demo calls (a second apart); print and write the results."""
+    from callpipe.services.assistant import preload_models
+
+    ensure_loopback()
+    started = time.monotonic()
+    _say("Loading the embedded models (VAD, Whisper tiny.en, Piper voice) and warming them up…")
+    await asyncio.to_thread(preload_models)
+    callers = [_caller_for(i, lines) for i in range(calls)]
+    audio, nudge = await _synthesize_lines(callers)
+    load_secs = time.monotonic() - started
+    _say(f"  ready in {load_secs:.1f}s")
+    states = [_Call(i, c, f"[call {i + 1}] " if calls > 1 else "") for i, c in enumerate(callers)]
+    results = await _hold_calls(states, audio, nudge, stop_secs)
+    for result in results:
+        result.load_secs = load_secs
+    await asyncio.to_thread(write_outputs, results, record, transcript)
+    print_summary(results, record, transcript)
+    return results
+
+
+async def _hold_calls(
+    states: list[_Call], audio: dict[str, bytes], nudge: bytes, stop_secs: float
+) -> list[DemoResult]:
     from callpipe.server.app import create_app
     from callpipe.server.background import BackgroundServer, free_port
     from callpipe.server.settings import ServerSettings
-    from callpipe.services.assistant import AssistantConfig, preload_models, run_assistant
-    from callpipe.services.piper import PiperTTSService
+    from callpipe.services.assistant import AssistantConfig, run_assistant
     from callpipe.services.scripted import OfficeInfo
-    from callpipe.sim.caller import CallerTurn
     from callpipe.sim.fake_api import create_fake_telnyx_app
-    from callpipe.sim.texml import place_texml_call
-    from callpipe.telnyx.api import TelnyxClient
 
-    ensure_loopback()
-    result = DemoResult()
-    started = time.monotonic()
-    _say("Loading the embedded models (VAD, Whisper tiny.en, Piper voice)…")
-    await asyncio.to_thread(preload_models)
-    # Deterministic caller voice (no sampling noise): the demo sounds the same on every run.
-    caller_voice = PiperTTSService(sample_rate=8000, length_scale=1.05, noise_scale=0.0, noise_w_scale=0.0)
-    audio_lines = [await caller_voice.synthesize(line) for line in lines]
-    result.load_secs = time.monotonic() - started
-    _say(f"  ready in {result.load_secs:.1f}s")
-
-    config = AssistantConfig(office=OfficeInfo(callers={CALLER_NUMBER: CALLER_NAME}), vad_stop_secs=stop_secs)
-    # (monotonic time, speaker, text): the server thread adds the bot's lines as the
-    # caller hears them, the caller adds its own as it starts saying them.
-    timeline: list[tuple[float, str, str]] = []
-    lock = threading.Lock()
-
-    def on_message(message: dict[str, Any]) -> None:
-        if message.get("role") == "assistant" and message.get("content"):
-            with lock:
-                timeline.append((time.monotonic(), "bot", str(message["content"])))
-            _say(f"  bot    › {message['content']}")
-        elif message.get("role") == "user":
-            _say(f"           (bot understood: {message.get('content')!r})")
+    by_number = {s.caller.number: s for s in states}
+    office = OfficeInfo(callers={s.caller.number: s.caller.name for s in states})
 
     async def demo_bot(runner_args: Any) -> None:
-        await run_assistant(runner_args, config, on_message=on_message)
+        call = by_number[str(runner_args.call_data.get("from", ""))]
+
+        def on_message(message: dict[str, Any]) -> None:
+            if message.get("role") == "assistant" and message.get("content"):
+                call.add("bot", str(message["content"]))
+                _say(f"  {call.label}bot    › {message['content']}")
+            elif message.get("role") == "user":
+                _say(f"  {call.label}         (bot understood: {message.get('content')!r})")
+
+        # The demo's own turn-taking, explicit (not the library's VAD defaults).
+        config = AssistantConfig(office=office, vad_stop_secs=stop_secs)
+        await run_assistant(runner_args, config, on_message=on_message, extra_processors=[_StageProbe(call)])
 
     fake_app = create_fake_telnyx_app(api_key="demo-key")
     with BackgroundServer(fake_app) as fake:
@@ -156,108 +235,79 @@ async def run_demo(lines: list[str], *, record: str, transcript: str, stop_secs:
             telnyx_api_base_url=fake.base_url + "/v2",
             _env_file=None,  # type: ignore[call-arg]
         )
-        app = create_app(demo_bot, settings)
-        with BackgroundServer(app, port=port) as server:
-            async with TelnyxClient("demo-key", base_url=fake.base_url + "/v2") as client:
-                # The call exists on the (fake) Telnyx side, so the bot's hang-up is real.
-                call = await client.dial(to=OFFICE_NUMBER, from_=CALLER_NUMBER, connection_id="demo")
-            ccid = call["call_control_id"]
-            turns = [
-                CallerTurn(audio=pcm, sample_rate=8000, text=line, quiet_secs=1.5)
-                for pcm, line in zip(audio_lines, lines, strict=True)
-            ]
+        with BackgroundServer(create_app(demo_bot, settings), port=port) as server:
 
-            def on_event(kind: str, data: dict[str, Any]) -> None:
-                if kind == "caller_turn":
-                    with lock:
-                        timeline.append((time.monotonic(), "caller", str(data["text"])))
-                    _say(f"  caller › {data['text']}")
-                elif kind == "bot_audio_started" and data.get("latency") is not None:
-                    _say(
-                        f"           (bot started speaking {data['latency'] * 1000:.0f} ms after the caller stopped)"
-                    )
+            async def one(call: _Call) -> DemoResult:
+                await asyncio.sleep(call.index * STAGGER_SECS)
+                return await _one_call(call, server.base_url, fake.base_url, fake_app, audio, nudge)
 
-            _say(
-                f"\nCalling {OFFICE_NUMBER} from {CALLER_NUMBER} ({CALLER_NAME}) through the Telnyx simulator…\n"
-            )
-            _, caller = await place_texml_call(
-                server.base_url + "/texml",
-                from_number=CALLER_NUMBER,
-                to_number=OFFICE_NUMBER,
-                call_sid=ccid,
-                on_event=on_event,
-                max_call_secs=120,
-            )
-            call_started = time.monotonic()
-            outcome = await caller.run(turns, hang_up_after_secs=3.0)
-            result.call_secs = time.monotonic() - call_started
-            telnyx_state = fake_app.state.telnyx
-            hangups = telnyx_state.requests_to(f"/v2/calls/{ccid}/actions/hangup", "POST")
-            result.hung_up = outcome.closed_by == "bot" and bool(hangups)
+            return list(await asyncio.gather(*(one(call) for call in states)))
 
-    # Transcript in time order; a bot line's latency is that of the caller turn it answers.
-    with lock:
-        events = sorted(timeline)
-    latencies = [t.response_latency for t in outcome.turns]
-    answered: set[int] = set()
-    caller_index = -1
-    for _, speaker, text in events:
-        if speaker == "caller":
-            caller_index += 1
-            result.turns.append(DemoTurn("caller", text))
-        elif caller_index < 0:
-            result.turns.append(
-                DemoTurn("bot", text, _ms(outcome.greeting_latency) if not result.turns else None)
-            )
-        else:
-            first = caller_index not in answered and caller_index < len(latencies)
-            answered.add(caller_index)
-            result.turns.append(DemoTurn("bot", text, _ms(latencies[caller_index]) if first else None))
-    answers = [turn.text for turn in result.turns if turn.speaker == "bot"]
-    result.booking_confirmed = any("booked" in line.lower() for line in answers)
-    await asyncio.to_thread(_write_outputs, result, outcome, record, transcript)
-    _summary(result, record, transcript)
+
+async def _one_call(
+    call: _Call, server_url: str, fake_url: str, fake_app: Any, audio: dict[str, bytes], nudge: bytes
+) -> DemoResult:
+    from callpipe.sim.caller import CallerTurn
+    from callpipe.sim.texml import place_texml_call
+    from callpipe.telnyx.api import TelnyxClient
+
+    caller = call.caller
+    async with TelnyxClient("demo-key", base_url=fake_url + "/v2") as client:
+        # The call exists on the (fake) Telnyx side, so the bot's hang-up is real.
+        dialed = await client.dial(to=OFFICE_NUMBER, from_=caller.number, connection_id="demo")
+    ccid = dialed["call_control_id"]
+    turns = [
+        CallerTurn(audio=audio[line], sample_rate=8000, text=line, quiet_secs=QUIET_SECS, nudge_audio=nudge)
+        for line in caller.lines
+    ]
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "caller_turn":
+            call.add("caller", str(data["text"]))
+            _say(f"  {call.label}caller › {data['text']}")
+        elif kind == "nudge":
+            _say(f"  {call.label}caller › {data['text']}   (no answer)")
+        elif kind == "bot_audio_started" and data.get("latency") is not None:
+            ms = data["latency"] * 1000
+            _say(f"  {call.label}         (bot started speaking {ms:.0f} ms after the caller stopped)")
+
+    _say(
+        f"\n{call.label}Calling {OFFICE_NUMBER} from {caller.number} ({caller.name}) through the Telnyx simulator…\n"
+    )
+    _, sim = await place_texml_call(
+        server_url + "/texml",
+        from_number=caller.number,
+        to_number=OFFICE_NUMBER,
+        call_sid=ccid,
+        on_event=on_event,
+        max_call_secs=120,
+    )
+    call_started = time.monotonic()
+    outcome = await sim.run(turns, hang_up_after_secs=3.0)
+    hangups = fake_app.state.telnyx.requests_to(f"/v2/calls/{ccid}/actions/hangup", "POST")
+    result = DemoResult(caller_name=caller.name, caller_number=caller.number)
+    result.call_secs = time.monotonic() - call_started
+    result.hung_up = outcome.closed_by == "bot" and bool(hangups)
+    with call.lock:
+        events, result.stages = sorted(call.timeline), {k: list(v) for k, v in call.stages.items()}
+    result.build(events, outcome)
     return result
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1000
-
-
-def _write_outputs(result: DemoResult, outcome: Any, record: str, transcript: str) -> None:
-    Path(transcript).write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    outcome.write_wav(record)
-
-
-def _summary(result: DemoResult, record: str, transcript: str) -> None:
-    latencies = sorted(t.latency_ms for t in result.turns if t.speaker == "bot" and t.latency_ms is not None)
-    replies = latencies[1:] if len(latencies) > 1 else latencies
-    _say("\n" + "─" * 64)
-    _say(f"{'speaker':<8} {'latency':>9}  text")
-    for turn in result.turns:
-        latency = f"{turn.latency_ms:.0f} ms" if turn.latency_ms is not None else ""
-        _say(f"{turn.speaker:<8} {latency:>9}  {turn.text}")
-    _say("─" * 64)
-    if replies:
-        p50 = replies[len(replies) // 2]
-        _say(f"voice-to-voice (caller stopped -> bot heard): p50 {p50:.0f} ms, max {max(replies):.0f} ms")
-    _say(
-        f"booking confirmed: {'yes' if result.booking_confirmed else 'no'};"
-        f" call ended with hang-up: {'yes' if result.hung_up else 'no'}"
-    )
-    _say(f"recording (caller left, bot right): {record}")
-    _say(f"transcript: {transcript}")
-
-
-def main(lines: list[str] | None, record: str, transcript: str) -> int:
-    """Run the demo; exit code 0 when the booking was confirmed and the bot hung up."""
+def main(lines: list[str] | None, record: str, transcript: str, calls: int = 1) -> int:
+    """Run the demo; exit code 0 only when every call passed (see :meth:`DemoResult.failures`)."""
     from callpipe.services.whisper import LocalModelMissing
 
     try:
-        result = asyncio.run(run_demo(lines or DEFAULT_SCRIPT, record=record, transcript=transcript))
+        results = asyncio.run(run_demo_calls(calls, lines=lines, record=record, transcript=transcript))
     except LocalModelMissing as exc:
         print(f"callpipe demo: {exc}", file=sys.stderr)
         return 2
-    expected_booking = lines is None
-    ok = result.hung_up and (result.booking_confirmed or not expected_booking)
-    return 0 if ok else 1
+    expect_booking = lines is None
+    failed = False
+    for result in results:
+        for reason in result.failures(expect_booking=expect_booking):
+            failed = True
+            label = f"call {results.index(result) + 1} ({result.caller_name}): " if len(results) > 1 else ""
+            print(f"\033[31mFAILED: {label}{reason}\033[0m", flush=True)
+    return 1 if failed else 0

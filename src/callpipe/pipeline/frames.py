@@ -248,6 +248,23 @@ class UserStoppedSpeakingFrame(SystemFrame):
 
 
 @dataclass(slots=True, kw_only=True)
+class UserSpeechPausedFrame(SystemFrame):
+    """callpipe: the caller has been quiet a moment (the VAD's ``pause_secs``) inside a turn.
+
+    A :class:`UserStoppedSpeakingFrame` follows if the quiet lasts the stop window, a
+    :class:`UserSpeechResumedFrame` if speech comes back first. Speech recognizers start
+    transcribing speculatively here. ``speech_ended_at`` as in the stop frame.
+    """
+
+    speech_ended_at: float = 0.0
+
+
+@dataclass(slots=True, kw_only=True)
+class UserSpeechResumedFrame(SystemFrame):
+    """callpipe: speech came back after a :class:`UserSpeechPausedFrame` (not a stop)."""
+
+
+@dataclass(slots=True, kw_only=True)
 class BotStartedSpeakingFrame(SystemFrame):
     """The bot's audio started playing to the caller."""
 

@@ -28,6 +28,7 @@ from callpipe.pipeline.pipeline import Pipeline
 from callpipe.pipeline.processor import FrameProcessor
 from callpipe.pipeline.task import PipelineParams, PipelineRunner, PipelineTask
 from callpipe.runner import RunnerArguments, create_telnyx_transport
+from callpipe.services import warmup
 from callpipe.services.llm import (
     LLMContext,
     LLMContextAggregatorPair,
@@ -36,7 +37,6 @@ from callpipe.services.llm import (
     Message,
     TelephonyTools,
 )
-from callpipe.services import warmup
 from callpipe.services.scripted import OfficeInfo, ScriptedLLMService
 from callpipe.services.stt import STTService
 from callpipe.services.tts import TTSService
@@ -144,10 +144,13 @@ def choose_tts() -> TTSService:
 
 def register_models() -> None:
     """Register the warm-up of the embedded models this assistant will use (by the keys set)."""
+    import importlib
+
+    # Importing an embedded service's module registers its warm-up.
     if not os.environ.get("DEEPGRAM_API_KEY"):
-        import callpipe.services.whisper  # noqa: F401  (registers its warm-up on import)
+        importlib.import_module("callpipe.services.whisper")
     if not (os.environ.get("CARTESIA_API_KEY") and os.environ.get("CARTESIA_VOICE_ID")):
-        import callpipe.services.piper  # noqa: F401
+        importlib.import_module("callpipe.services.piper")
 
 
 def preload_models() -> None:

@@ -162,7 +162,13 @@ class PiperTTSService(TTSService):
             yield filler
             return
         await self.push_frame(
-            MetricsFrame(data=[MetricsData("queue_wait", result.queue_wait, self.name, "piper")])
+            MetricsFrame(
+                data=[
+                    MetricsData(
+                        name="queue_wait", value=result.queue_wait, processor=self.name, model="piper"
+                    )
+                ]
+            )
         )
         yield result.value
 

@@ -7,7 +7,12 @@ Two shapes, one contract (audio in, :class:`TranscriptionFrame` out):
   come back from the provider's own task as interim and final transcripts.
 * :class:`SegmentedSTTService` - *segmented*: audio between the VAD's start and stop
   (plus a little before the start) is transcribed as one utterance by
-  :meth:`SegmentedSTTService.run_stt`, in a task, when the caller stops.
+  :meth:`SegmentedSTTService.run_stt`, in a task, when the caller stops. With
+  ``speculative=True`` the transcription starts when the VAD hears the caller go quiet
+  (:class:`UserSpeechPausedFrame`, ~0.1 s into the silence) and runs in parallel with the
+  rest of the stop window; if speech resumes the result is thrown away, otherwise it is
+  the turn's transcript (the audio after the pause is silence by the VAD's own measure),
+  ready about when the stop window ends.
 
 Input audio is consumed here (nothing after the STT needs it), which keeps the per-frame
 cost of the rest of the pipeline at zero.
@@ -25,8 +30,12 @@ from callpipe.pipeline.frames import (
     EndFrame,
     Frame,
     InputAudioRawFrame,
+    MetricsData,
+    MetricsFrame,
     StartFrame,
     TranscriptionFrame,
+    UserSpeechPausedFrame,
+    UserSpeechResumedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -99,6 +108,9 @@ class SegmentedSTTService(STTService):
         self._utterance = bytearray()
         self._speaking = False
         self._jobs: set[asyncio.Task[None]] = set()
+        # The speculative transcription of the current utterance, started at a pause.
+        self._speculation: asyncio.Task[str] | None = None
+        self._speculated_bytes = 0
 
     async def run_stt(self, pcm: bytes, sample_rate: int) -> str:
         """Transcribe one utterance (PCM16 mono). Subclasses implement it."""
@@ -119,28 +131,50 @@ class SegmentedSTTService(STTService):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Start/stop utterances on VAD events; finish transcribing before the end."""
         if isinstance(frame, UserStartedSpeakingFrame):
+            self._drop_speculation()
             self._speaking = True
             self._utterance = bytearray(b"".join(self._preroll))
             self._preroll.clear()
             self._preroll_bytes = 0
+        elif isinstance(frame, UserSpeechPausedFrame) and self._speaking and self.speculative:
+            self._drop_speculation()
+            self._speculated_bytes = len(self._utterance)
+            self._speculation = self.create_task(
+                self.run_stt(bytes(self._utterance), self.sample_rate), "speculative transcribe"
+            )
+        elif isinstance(frame, UserSpeechResumedFrame):
+            self._drop_speculation()
         elif isinstance(frame, UserStoppedSpeakingFrame) and self._speaking:
             self._speaking = False
             audio, self._utterance = bytes(self._utterance), bytearray()
+            speculation, self._speculation = self._speculation, None
             if audio:
-                job = self.create_task(self._transcribe(audio), "transcribe")
+                job = self.create_task(self._transcribe(audio, speculation, time.monotonic()), "transcribe")
                 self._jobs.add(job)
                 job.add_done_callback(self._jobs.discard)
         elif isinstance(frame, EndFrame) and self._jobs:
             await asyncio.wait(set(self._jobs), timeout=10)
         elif isinstance(frame, CancelFrame):
+            self._drop_speculation()
             self._utterance.clear()
         await super().process_frame(frame, direction)
 
-    async def _transcribe(self, audio: bytes) -> None:
+    def _drop_speculation(self) -> None:
+        # Cancelling drops a job still queued for the model; one already decoding finishes
+        # on its worker (it cannot be interrupted) and its result is ignored.
+        if self._speculation is not None:
+            self._speculation.cancel()
+            self._speculation = None
+
+    async def _transcribe(
+        self, audio: bytes, speculation: asyncio.Task[str] | None, stopped_at: float
+    ) -> None:
         self.start_ttfb_metrics()
         started = time.monotonic()
         try:
-            text = await self.run_stt(audio, self.sample_rate)
+            text = (
+                await speculation if speculation is not None else await self.run_stt(audio, self.sample_rate)
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -148,11 +182,20 @@ class SegmentedSTTService(STTService):
             await self.push_error(f"{self.name}: {exc}")
             return
         await self.stop_ttfb_metrics()
+        after_stop = time.monotonic() - stopped_at
         logger.info(
-            "stt %.1fs of audio in %.0f ms: %r",
+            "stt %.1fs of audio, transcript %.0f ms after the stop%s: %r",
             len(audio) / 2 / max(self.sample_rate, 1),
-            (time.monotonic() - started) * 1000,
+            after_stop * 1000,
+            " (speculative)"
+            if speculation is not None
+            else f" ({(time.monotonic() - started) * 1000:.0f} ms)",
             text,
+        )
+        await self.push_frame(
+            MetricsFrame(
+                data=[MetricsData(name="transcript_after_stop", value=after_stop, processor=self.name)]
+            )
         )
         if text.strip():
             await self.push_transcription(text.strip())

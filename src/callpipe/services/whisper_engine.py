@@ -70,13 +70,16 @@ class WhisperEngine:
         preprocessor = path / "preprocessor_config.json"
         if preprocessor.is_file():
             config = json.loads(preprocessor.read_text())
-            kwargs.update(
-                {k: config[k] for k in ("hop_length", "n_fft", "sampling_rate") if k in config}
-            )
+            kwargs.update({k: config[k] for k in ("hop_length", "n_fft", "sampling_rate") if k in config})
         self.features = FeatureExtractor(**kwargs)
         self.multilingual = bool(self.model.is_multilingual)
-        self._id = self.tokenizer.token_to_id
-        self.eot = int(self._id("<|endoftext|>"))
+        self.eot = self._id("<|endoftext|>")
+
+    def _id(self, token: str) -> int:
+        value = self.tokenizer.token_to_id(token)
+        if value is None:
+            raise ValueError(f"the Whisper tokenizer has no {token}")
+        return int(value)
 
     def _prompt(self, language: str, prompt: str | None) -> list[int]:
         tokens: list[int] = []

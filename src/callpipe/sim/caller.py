@@ -60,6 +60,9 @@ class CallerTurn:
     wait_for_bot: bool = True
     quiet_secs: float = 0.6
     barge_in_after: float | None = None
+    nudge_audio: bytes = b""
+    nudge_text: str = "Hello?"
+    max_nudges: int = 2
 
 
 @dataclass(kw_only=True)
@@ -103,6 +106,7 @@ class CallResult:
     received_messages: int = 0
     bot_audio_arrivals: list[tuple[float, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    nudges: list[tuple[int, float]] = field(default_factory=list)  # (turns said so far, when)
 
     @property
     def greeting_latency(self) -> float | None:
@@ -356,8 +360,7 @@ class SimulatedCaller:
                 after = turn.barge_in_after
                 await self._wait_until(lambda now, after=after: self._bot_heard_since() >= after)
             elif turn.wait_for_bot:
-                quiet = turn.quiet_secs
-                await self._wait_until(lambda now, quiet=quiet: self._bot_quiet_for(now) >= quiet)
+                await self._wait_for_answer(turn)
             if turn.pause_secs:
                 await asyncio.sleep(turn.pause_secs)
             if turn.dtmf:
@@ -379,6 +382,29 @@ class SimulatedCaller:
             timing.ended_at = self._spoke_until = time.monotonic()
         # Wait for the bot's last answer to finish, then hang up.
         await self._wait_until(lambda now: self._bot_quiet_for(now) >= hang_up_after_secs)
+
+    def _answered(self) -> bool:
+        """Whether the bot has spoken since the caller's last turn (or greeted, before the first)."""
+        assert self.result is not None
+        if not self.result.turns:
+            return self.result.greeting_heard_at is not None
+        return self.result.turns[-1].first_bot_audio_heard_at is not None
+
+    async def _wait_for_answer(self, turn: CallerTurn) -> None:
+        """Wait for ``quiet_secs`` of bot silence; say the nudge while the bot has not answered."""
+        quiet = turn.quiet_secs
+        for _ in range(turn.max_nudges + 1):
+            await self._wait_until(lambda now: self._bot_quiet_for(now) >= quiet)
+            if not turn.nudge_audio or self._answered() or self._closed.is_set():
+                return
+            assert self.result is not None
+            self.result.nudges.append((len(self.result.turns), time.monotonic()))
+            self._emit("nudge", text=turn.nudge_text)
+            self._speech.extend(
+                self._encode_turn(CallerTurn(audio=turn.nudge_audio, sample_rate=turn.sample_rate))
+            )
+            await self._wait_until(lambda now: not self._speech)
+            self._spoke_until = time.monotonic()
 
     def _bot_heard_since(self) -> float:
         turn = self.result.turns[-1] if self.result and self.result.turns else None

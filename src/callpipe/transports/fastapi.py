@@ -54,6 +54,8 @@ from callpipe.pipeline.frames import (
     StartFrame,
     SystemFrame,
     TTSStoppedFrame,
+    UserSpeechPausedFrame,
+    UserSpeechResumedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -62,6 +64,10 @@ from callpipe.telnyx import protocol
 from callpipe.transports.base_transport import BaseTransport
 from callpipe.transports.clock import OutputClock
 from callpipe.transports.serializers import TelnyxFrameSerializer
+
+# Silence inside a turn after which the VAD says "paused" (speculative transcription
+# starts there, in parallel with the rest of the stop window).
+PAUSE_SECS = 0.1
 
 logger = logging.getLogger("callpipe.transports")
 _DETAIL_NUMBERS = re.compile(r"\d+")
@@ -185,6 +191,7 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         self._serializer.set_pipeline_in_rate(in_rate)
         if self._vad is not None:
             self._vad.set_sample_rate(in_rate)
+            self._vad.set_pause_secs(PAUSE_SECS)
             self._vad.set_listener(self._on_vad_event)
         self._receive_task = self.create_task(self._receive_loop(), "receive")
         self._arm_watchdog()
@@ -338,6 +345,11 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         now = time.monotonic()
         if event.kind == "started":
             self._spawn_in_call(self._user_started())
+        elif event.kind == "paused":
+            ended_at = now - max(0.0, event.stream_time - event.speech_time)
+            self._spawn_in_call(self.push_frame(UserSpeechPausedFrame(speech_ended_at=ended_at)))
+        elif event.kind == "resumed":
+            self._spawn_in_call(self.push_frame(UserSpeechResumedFrame()))
         else:
             ended_at = now - max(0.0, event.stream_time - event.speech_time)
             self._spawn_in_call(self._user_stopped(ended_at))

@@ -167,9 +167,14 @@ class VADEvent:
     that triggered the event. ``speech_time``: where the speech actually began
     ("started", about ``stream_time - start_secs``) or ended ("stopped", about
     ``stream_time - stop_secs``), at window (32 ms) resolution.
+
+    With :meth:`SileroVADAnalyzer.set_pause_secs`, "paused" comes ``pause_secs`` into a
+    silence that may become a stop (``speech_time``: where the speech ended), and
+    "resumed" if speech comes back before the stop: a speech recognizer can start on the
+    utterance during the stop window and drop the result on "resumed".
     """
 
-    kind: Literal["started", "stopped"]
+    kind: Literal["started", "stopped", "paused", "resumed"]
     stream_time: float
     speech_time: float
 
@@ -248,6 +253,8 @@ class SileroVADAnalyzer:
         "_listener",
         "_mark",
         "_params",
+        "_pause_windows",
+        "_paused",
         "_rnn_state",
         "_row_bytes",
         "_run",
@@ -282,6 +289,8 @@ class SileroVADAnalyzer:
         self._context_bytes = 0
         self._window_secs = 0.0
         self._start_windows = self._stop_windows = 1
+        self._pause_windows = 0  # 0: no "paused"/"resumed" events
+        self._paused = False
         self._epoch = 0  # bumped by reset()/close(): windows queued before that are stale
         # Per-stream state (see _reset_stream): RNN state, state machine, smoothed volume.
         self._rnn_state: Float32Array = _ZERO_STATE
@@ -337,6 +346,15 @@ class SileroVADAnalyzer:
         """Replace the parameters; takes effect from the next window."""
         self._params = params
         self._update_window_counts()
+
+    def set_pause_secs(self, pause_secs: float | None) -> None:
+        """Emit "paused" after ``pause_secs`` of silence in a turn, and "resumed" (``None``: off)."""
+        if pause_secs is None:
+            self._pause_windows = 0
+        elif self._window_secs:
+            self._pause_windows = max(1, math.ceil(pause_secs / self._window_secs - 1e-9))
+        else:
+            raise RuntimeError("set_sample_rate() must be called before set_pause_secs()")
 
     def set_listener(self, callback: Callable[[VADEvent], None] | None) -> None:
         """Call ``callback(event)`` on the loop thread for every event from :meth:`push_audio`."""
@@ -437,6 +455,9 @@ class SileroVADAnalyzer:
                     event = VADEvent("started", end, self._mark)
             elif state is VADState.STOPPING:
                 state = VADState.SPEAKING
+                if self._paused:
+                    self._paused = False
+                    event = VADEvent("resumed", end, end - self._window_secs)
         else:
             if state is VADState.STARTING:
                 state = VADState.QUIET
@@ -446,7 +467,11 @@ class SileroVADAnalyzer:
                 self._run += 1
                 if self._run >= self._stop_windows:
                     state = VADState.QUIET
+                    self._paused = False
                     event = VADEvent("stopped", end, self._mark)
+                elif self._run == self._pause_windows:
+                    self._paused = True
+                    event = VADEvent("paused", end, self._mark)
         self._state = state
         return event
 
@@ -469,6 +494,7 @@ class SileroVADAnalyzer:
         self._windows = 0
         self._run = 0
         self._mark = 0.0
+        self._paused = False
 
     def reset(self) -> None:
         """Forget all audio: back to QUIET at stream time 0, pending windows dropped."""

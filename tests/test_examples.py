@@ -90,7 +90,7 @@ async def test_dial_in_example_routes_by_dialled_number_and_greets_known_callers
             _, caller = await place_texml_call(
                 f"{server.base_url}/texml/{PATH_SECRET}", from_number="+15550001234", to_number="+15550005555"
             )
-            turns = [CallerTurn(audio=question, quiet_secs=1.5), CallerTurn(audio=goodbye, quiet_secs=1.5)]
+            turns = [CallerTurn(audio=question, quiet_secs=2.5), CallerTurn(audio=goodbye, quiet_secs=2.5)]
             result = await asyncio.wait_for(caller.run(turns, hang_up_after_secs=3.0), 90)
     said = [line for line in conversation if line.startswith("bot said:")]
     assert "Maria" in said[0] and "Downtown" in said[0] and "Sam" in said[0], said
@@ -105,7 +105,7 @@ async def test_dial_out_example_greets_the_body_first_name(conversation: list[st
     fake = create_fake_telnyx_app(
         api_key="test-key",
         simulate_calls=True,
-        callee_script=lambda call: [CallerTurn(audio=goodbye, quiet_secs=1.5)],
+        callee_script=lambda call: [CallerTurn(audio=goodbye, quiet_secs=2.5)],
     )
     with BackgroundServer(fake) as telnyx:
         port = free_port()

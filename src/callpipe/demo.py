@@ -228,9 +228,12 @@ async def _hold_calls(
         os.environ["TELNYX_API_KEY"] = "demo-key"
         os.environ["TELNYX_API_BASE_URL"] = fake.base_url + "/v2"
         port = free_port()
+        # Telnyx reaches /texml through a secret path (the demo's simulator does not sign).
+        path_secret = secrets.token_urlsafe(16)
         settings = ServerSettings(
             public_url=f"http://127.0.0.1:{port}",
             callpipe_secret=secrets.token_urlsafe(24),  # type: ignore[arg-type]
+            texml_path_secret=path_secret,  # type: ignore[arg-type]
             telnyx_api_key="demo-key",  # type: ignore[arg-type]
             telnyx_api_base_url=fake.base_url + "/v2",
             _env_file=None,  # type: ignore[call-arg]
@@ -239,13 +242,14 @@ async def _hold_calls(
 
             async def one(call: _Call) -> DemoResult:
                 await asyncio.sleep(call.index * STAGGER_SECS)
-                return await _one_call(call, server.base_url, fake.base_url, fake_app, audio, nudge)
+                texml_url = f"{server.base_url}/texml/{path_secret}"
+                return await _one_call(call, texml_url, fake.base_url, fake_app, audio, nudge)
 
             return list(await asyncio.gather(*(one(call) for call in states)))
 
 
 async def _one_call(
-    call: _Call, server_url: str, fake_url: str, fake_app: Any, audio: dict[str, bytes], nudge: bytes
+    call: _Call, texml_url: str, fake_url: str, fake_app: Any, audio: dict[str, bytes], nudge: bytes
 ) -> DemoResult:
     from callpipe.sim.caller import CallerTurn
     from callpipe.sim.texml import place_texml_call
@@ -275,7 +279,7 @@ async def _one_call(
         f"\n{call.label}Calling {OFFICE_NUMBER} from {caller.number} ({caller.name}) through the Telnyx simulator…\n"
     )
     _, sim = await place_texml_call(
-        server_url + "/texml",
+        texml_url,
         from_number=caller.number,
         to_number=OFFICE_NUMBER,
         call_sid=ccid,

@@ -40,6 +40,7 @@ from callpipe.runner import RunnerArguments, TelephonyHandshakeError, parse_tele
 from callpipe.server import control
 from callpipe.server.bodies import BodyTooLarge, read_capped
 from callpipe.server.endpoints import (
+    claim_idempotency_key,
     claim_stream_token,
     idempotent_start,
     receive_webhook,
@@ -296,6 +297,8 @@ def create_app(
         if not isinstance(body, dict):
             return _error(422, "bad_body", "body must be a JSON object")
 
+        idempotency_key = request.headers.get("idempotency-key")
+
         async def place() -> tuple[int, dict[str, Any]]:
             if state.draining:
                 return 503, _error_body("shutting_down", "the server is shutting down")
@@ -307,13 +310,18 @@ def create_app(
                 return 503, _error_body(
                     "dial_out_disabled", "dial-out needs TELNYX_API_KEY and the dial settings"
                 )
+            if idempotency_key and not await claim_idempotency_key(state, idempotency_key):
+                return 409, _error_body(
+                    "idempotency_conflict",
+                    "this Idempotency-Key was used before, on another instance: no second call was placed",
+                )
             try:
                 return 200, await _dial(state, number, body)
             except TelnyxError as exc:
                 logger.error("dial-out to %s failed: %s", number, exc)
                 return 502, _error_body("telnyx_error", str(exc))
 
-        return await idempotent_start(state, request.headers.get("idempotency-key"), number, body, place)
+        return await idempotent_start(state, idempotency_key, number, body, place)
 
     # ------------------------------------------------------------------ streams
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_FORM_BYTES",
+    "claim_idempotency_key",
     "claim_stream_token",
     "error",
     "error_body",
@@ -88,6 +89,17 @@ async def idempotent_start(
 def _store(state: ServerState) -> CallStore | None:
     # The call store shared by every instance on one database, when there is one.
     return state.store
+
+
+async def claim_idempotency_key(state: ServerState, key: str) -> bool:
+    """Whether no instance placed a call for ``key`` yet (claimed in the store when there is one).
+
+    The per-process :class:`~callpipe.server.idempotency.IdempotencyCache` answers a retry
+    that comes back to the same instance with the first answer; this claim, made just
+    before dialling, stops one that lands on another instance from dialling again.
+    """
+    ttl = state.settings.idempotency_ttl_secs
+    return await state.replay.claim(f"idem:{key}", time.time() + ttl, _store(state))
 
 
 async def claim_stream_token(state: ServerState, claims: StreamToken) -> bool:

@@ -3,9 +3,12 @@
 A client that timed out waiting for ``/start`` cannot know whether the call was placed;
 retrying with the same ``Idempotency-Key`` gets the first attempt's answer (waiting for it
 if it is still running) instead of dialling again. The same key with a different request
-is a client bug: 409. Keys are remembered for ``IDEMPOTENCY_TTL_SECS`` (at most
-``max_entries`` of them, oldest dropped first), in this process: behind a load balancer, a
-retry that lands on another instance is not recognised (see docs/architecture.md).
+is a client bug: 409. Answers are remembered for ``IDEMPOTENCY_TTL_SECS`` (at most
+``max_entries`` of them, oldest dropped first) in this process. Behind a load balancer a
+retry may land on another instance: there the key's claim in the shared call store
+(made just before dialling, see ``endpoints.claim_idempotency_key``) answers 409 instead
+of placing a second call; the first answer itself is only replayed by the instance that
+holds it.
 
 Only answers that may have placed a call are remembered (200, and 502 - Telnyx may have
 placed it before failing); a refusal that placed nothing (429, 503) lets the retry try

@@ -10,6 +10,7 @@ the store fails, a bounded per-process set holds the claims (single use per proc
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import logging
 import time
@@ -22,6 +23,7 @@ logger = logging.getLogger("callpipe.server")
 # A claim on the store that takes longer than this falls back to the per-process set: a
 # slow database delays a stream's start by at most this much, never every call's audio.
 STORE_CLAIM_TIMEOUT_SECS = 2.0
+MAX_KEY_CHARS = 200
 
 
 class SeenSet:
@@ -72,6 +74,8 @@ class ReplayGuard:
 
     async def claim(self, key: str, expires_at: float, store: Any | None = None) -> bool:
         """Whether ``key`` was unused (and is now used) until ``expires_at``."""
+        if len(key) > MAX_KEY_CHARS:  # the store's column holds 255; long keys go by digest
+            key = f"{key[:8]}#{hashlib.sha256(key.encode()).hexdigest()}"
         if store is not None:
             try:
                 claimed = await asyncio.wait_for(store.claim_token(key, expires_at), STORE_CLAIM_TIMEOUT_SECS)

@@ -86,7 +86,7 @@ def test_views_mask_percentiles_cost_and_overview() -> None:
     assert cost["parts"]["llm"] == pytest.approx((900 * 0.15 + 60 * 0.6) / 1e6)
     assert cost["parts"]["tts"] == pytest.approx(95 * 30 / 1e6)
     assert cost["total"] == pytest.approx(sum(cost["parts"].values()))
-    record.usage.stt_audio_secs = {"whisper": 12.0}  # embedded: free
+    record.usage.stt_audio_secs = {"whisper:tiny.en": 12.0}  # embedded: free
     assert cost_estimate(record, prices)["parts"]["stt"] == 0
     data = overview([record], days=3, now=record.started_at + 3600)
     assert data["calls"] == [0, 0, 1]

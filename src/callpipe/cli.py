@@ -426,7 +426,10 @@ def _demo(args: argparse.Namespace) -> int:
         lines += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if args.calls < 1:
         raise SystemExit("--calls must be at least 1")
-    return demo.main(lines or None, record=args.record, transcript=args.json, calls=args.calls)
+    serve_port = args.port if args.serve else None
+    return demo.main(
+        lines or None, record=args.record, transcript=args.json, calls=args.calls, serve_port=serve_port
+    )
 
 
 # -------------------------------------------------------------------------- parser
@@ -448,6 +451,10 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--calls", type=int, default=1, help="hold N simultaneous calls (different callers, a second apart)"
     )
+    demo.add_argument(
+        "--serve", action="store_true", help="then keep serving the web console (/dashboard, /phone)"
+    )
+    demo.add_argument("--port", type=int, default=8000, help="the console's port with --serve")
 
     call = sub.add_parser("call", help="place one simulated Telnyx call to a running bot")
     call.add_argument("url", help="the bot's WebSocket URL (ws://…/ws) or TeXML URL (http(s)://…/texml)")

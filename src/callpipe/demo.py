@@ -175,8 +175,12 @@ async def run_demo_calls(
     record: str,
     transcript: str,
     stop_secs: float = 0.3,
+    serve_port: int | None = None,
 ) -> list[DemoResult]:
-    """Hold ``calls`` simultaneous demo calls (a second apart); print and write the results."""
+    """Hold ``calls`` simultaneous demo calls (a second apart); print and write the results.
+
+    With ``serve_port`` the web console then keeps serving on that port (until Ctrl-C).
+    """
     from callpipe.services.assistant import preload_models
 
     ensure_loopback()
@@ -193,6 +197,12 @@ async def run_demo_calls(
         result.load_secs = load_secs
     await asyncio.to_thread(write_outputs, results, record, transcript)
     print_summary(results, record, transcript)
+    if serve_port is not None:
+        from callpipe.console.keep_serving import keep_serving
+
+        ccid = results[0].outcome.call_control_id if results[0].outcome else None
+        names = {c.number: c.name for c in callers}
+        await keep_serving(port=serve_port, call_control_id=ccid, callers=names, stop_secs=stop_secs)
     return results
 
 
@@ -298,12 +308,16 @@ async def _one_call(
     return result
 
 
-def main(lines: list[str] | None, record: str, transcript: str, calls: int = 1) -> int:
+def main(
+    lines: list[str] | None, record: str, transcript: str, calls: int = 1, serve_port: int | None = None
+) -> int:
     """Run the demo; exit code 0 only when every call passed (see :meth:`DemoResult.failures`)."""
     from callpipe.services.whisper import LocalModelMissing
 
     try:
-        results = asyncio.run(run_demo_calls(calls, lines=lines, record=record, transcript=transcript))
+        results = asyncio.run(
+            run_demo_calls(calls, lines=lines, record=record, transcript=transcript, serve_port=serve_port)
+        )
     except LocalModelMissing as exc:
         print(f"callpipe demo: {exc}", file=sys.stderr)
         return 2

@@ -121,6 +121,9 @@ def _sse(
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
+Guard = Callable[..., "Response | CallStore"]
+
+
 def add_api(router: APIRouter, state: ServerState, auth: ConsoleAuth) -> None:
     """Add the console's data endpoints to ``router``."""
 
@@ -135,28 +138,29 @@ def add_api(router: APIRouter, state: ServerState, auth: ConsoleAuth) -> None:
             return _error(503, "no_store", "call records are off on this server")
         return store
 
-    @router.get("/console/api/calls")
-    async def list_calls(request: Request) -> Response:
-        store = guard(request)
-        if isinstance(store, Response):
-            return store
-        try:
-            flt = call_filter(dict(request.query_params))
-        except ValueError as exc:
-            return _error(422, "bad_filter", str(exc))
-        page = await store.list_calls(flt)
-        return JSONResponse(
-            {"calls": [views.call_row(r) for r in page.calls], "next_cursor": page.next_cursor}
-        )
+    # Routes with a suffix first: ``{call_control_id:path}`` alone would swallow them.
+    _add_call_actions(router, state, guard)
+    _add_calls(router, state, guard)
+    _add_views(router, state, guard)
 
+
+def _unavailable(exc: Exception) -> JSONResponse:
+    logger.warning("console: the store failed (%s)", type(exc).__name__)
+    return _error(503, "store_unavailable", "the call store is not answering; try again")
+
+
+def _add_call_actions(router: APIRouter, state: ServerState, guard: Guard) -> None:
     @router.get("/console/api/calls/{call_control_id:path}/recording")
     async def recording(request: Request, call_control_id: str) -> Response:
         store = guard(request)
         if isinstance(store, Response):
             return store
-        record = await store.get_call(call_control_id)
+        try:
+            record = await store.get_call(call_control_id)
+        except Exception as exc:
+            return _unavailable(exc)
         path = Path(record.recording_path) if record and record.recording_path else None
-        if path is None or not path.is_file():
+        if path is None or not await asyncio.to_thread(path.is_file):
             return _error(404, "no_recording", "no recording of this call on this server")
         return FileResponse(path, media_type="audio/wav", filename=f"{_file_name(call_control_id)}.wav")
 
@@ -189,12 +193,35 @@ def add_api(router: APIRouter, state: ServerState, auth: ConsoleAuth) -> None:
             return _error(502, "forward_failed", "the instance holding the call did not answer")
         return JSONResponse({"ok": True, "call_control_id": call_control_id, "handled": result})
 
+
+def _add_calls(router: APIRouter, state: ServerState, guard: Guard) -> None:
+    @router.get("/console/api/calls")
+    async def list_calls(request: Request) -> Response:
+        store = guard(request)
+        if isinstance(store, Response):
+            return store
+        try:
+            flt = call_filter(dict(request.query_params))
+        except ValueError as exc:
+            return _error(422, "bad_filter", str(exc))
+        try:
+            page = await store.list_calls(flt)
+        except ValueError as exc:  # a cursor this store did not hand out
+            return _error(400, "bad_cursor", str(exc))
+        except Exception as exc:
+            return _unavailable(exc)
+        rows = [views.call_row(r) for r in page.calls]
+        return JSONResponse({"calls": rows, "next_cursor": page.next_cursor})
+
     @router.get("/console/api/calls/{call_control_id:path}")
     async def get_call(request: Request, call_control_id: str) -> Response:
         store = guard(request)
         if isinstance(store, Response):
             return store
-        record = await store.get_call(call_control_id)
+        try:
+            record = await store.get_call(call_control_id)
+        except Exception as exc:
+            return _unavailable(exc)
         if record is None:
             return _error(404, "not_found", "no call with this id")
         headers = {}
@@ -202,6 +229,8 @@ def add_api(router: APIRouter, state: ServerState, auth: ConsoleAuth) -> None:
             headers["Content-Disposition"] = f'attachment; filename="{_file_name(call_control_id)}.json"'
         return JSONResponse(_record_json(state, record), headers=headers)
 
+
+def _add_views(router: APIRouter, state: ServerState, guard: Guard) -> None:
     @router.get("/console/api/live")
     async def live(request: Request) -> Response:
         store = guard(request)
@@ -223,7 +252,10 @@ def add_api(router: APIRouter, state: ServerState, auth: ConsoleAuth) -> None:
         except ValueError:
             return _error(422, "bad_days", "days must be a whole number")
         now = time.time()
-        records = await _recent(store, since=now - 86400 * days)
+        try:
+            records = await _recent(store, since=now - 86400 * days)
+        except Exception as exc:
+            return _unavailable(exc)
         return JSONResponse(views.overview(records, days=days, now=now))
 
     @router.post("/console/api/phone/session")

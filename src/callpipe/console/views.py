@@ -142,7 +142,8 @@ class Prices:
 
 
 def _paid(values: dict[str, Any]) -> float:
-    return float(sum(v for k, v in values.items() if k.lower() not in EMBEDDED_PROVIDERS))
+    # Usage keys are "provider" or "provider:model" (e.g. "whisper:tiny.en").
+    return float(sum(v for k, v in values.items() if k.split(":")[0].lower() not in EMBEDDED_PROVIDERS))
 
 
 def cost_estimate(record: CallRecord, prices: Prices) -> dict[str, Any]:

@@ -112,7 +112,7 @@ class CaptureProcessor extends AudioWorkletProcessor {
     const samples = this.resampler.process(channel);
     for (let i = 0; i < samples.length; i++) {
       this.pending[this.filled++] = this.muted ? 0 : samples[i];
-      this.level = Math.max(this.level * 0.9995, Math.abs(samples[i]));
+      this.level = Math.max(this.level * 0.999, Math.abs(samples[i])); // peak, decaying in ~0.1 s
       if (this.filled === this.frame) {
         const bytes = encode(this.pending, this.encoding);
         this.frames++;

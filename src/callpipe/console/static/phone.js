@@ -125,7 +125,7 @@ function onOpen(session) {
 }
 
 function onFrame(data) {
-  document.getElementById("level").style.width = `${Math.min(100, data.level * 300)}%`;
+  document.getElementById("level").style.width = `${Math.min(100, data.level * 120)}%`;
   if (!call?.started) return;
   call.chunk += 1;
   send({ event: "media", sequence_number: nextSeq(), stream_id: call.session.stream_id,

@@ -10,6 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.pg import postgres_server
+
+__all__ = ["postgres_server"]
+
 DATA = Path(__file__).parent / "data"
 
 
@@ -45,3 +49,19 @@ def fake_telnyx() -> Iterator[tuple[str, object]]:
     app = create_fake_telnyx_app(api_key="test-key")
     with BackgroundServer(app) as server:
         yield server.base_url + "/v2", app.state.telnyx
+
+
+@pytest.fixture(autouse=True)
+def _data_dir_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers the tests start keep their records (SQLite) in a temporary DATA_DIR."""
+    monkeypatch.setenv("DATA_DIR", str(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database: a SQLite file, or a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    server = request.getfixturevalue("postgres_server")
+    url: str = server.new_database()
+    return url

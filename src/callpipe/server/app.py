@@ -38,6 +38,7 @@ from callpipe import metrics
 from callpipe.log import call_id
 from callpipe.runner import RunnerArguments, TelephonyHandshakeError, parse_telephony_websocket
 from callpipe.server import control
+from callpipe.server.api_calls import router as calls_router
 from callpipe.server.bodies import BodyTooLarge, read_capped
 from callpipe.server.endpoints import (
     claim_idempotency_key,
@@ -107,7 +108,7 @@ class ServerState:
     settings: ServerSettings
     bot: BotFunction
     telnyx: TelnyxClient | None = None
-    store: CallStore | None = None
+    store: CallStore | None = None  # call records and cross-instance state (None: RECORDS=off)
     control: control.ControlPlane | None = None
     calls: dict[str, _ActiveCall] = field(default_factory=dict)
     ready: bool = False
@@ -195,14 +196,26 @@ class ServerState:
 
 
 def create_app(
-    bot: BotFunction, settings: ServerSettings | None = None, *, telnyx: TelnyxClient | None = None
+    bot: BotFunction,
+    settings: ServerSettings | None = None,
+    *,
+    telnyx: TelnyxClient | None = None,
+    store: CallStore | None = None,
 ) -> FastAPI:
-    """The FastAPI app that serves ``bot``. Settings are checked here, at start-up."""
+    """The FastAPI app that serves ``bot``. Settings are checked here, at start-up.
+
+    ``store`` defaults to a :class:`~callpipe.store.sql.SqlCallStore` from the settings
+    (none with ``RECORDS=off``); the app starts it and closes it (flushing) in its lifespan.
+    """
     settings = settings or ServerSettings()
     settings.check_for_serving()
     if telnyx is None and settings.secret("telnyx_api_key"):
         telnyx = TelnyxClient(settings.secret("telnyx_api_key") or "", base_url=settings.telnyx_api_base_url)
-    state = ServerState(settings=settings, bot=bot, telnyx=telnyx)
+    if store is None and settings.records:
+        from callpipe.store.sql import SqlCallStore
+
+        store = SqlCallStore.from_settings(settings)
+    state = ServerState(settings=settings, bot=bot, telnyx=telnyx, store=store)
     state.idempotency.ttl_secs = settings.idempotency_ttl_secs
     telnyx_auth = TelnyxRequestAuth(settings)
 
@@ -215,6 +228,8 @@ def create_app(
         telnyx_auth.log_startup()
         state.models_warm = warmup.models_warm()  # already warm (another app in this process)
         warming = asyncio.create_task(state.warm_up_models())
+        if state.store is not None:
+            await state.store.start()
         await _start_operations(state)
         state.ready = True
         yield
@@ -223,6 +238,8 @@ def create_app(
             warming.cancel()
         await state.drain(0.0)
         await _stop_operations(state)
+        if state.store is not None:
+            await state.store.close()  # after the drain: the calls' final records are flushed
         if state.telnyx is not None:
             await state.telnyx.aclose()
 
@@ -238,6 +255,7 @@ def create_app(
     app.state.callpipe = state
     app.include_router(health_router(state))
     app.include_router(control.control_router(state))
+    app.include_router(calls_router)
     from callpipe.console import mount_console
 
     mount_console(app, state)  # /dashboard, /phone and their /console/api
@@ -420,6 +438,7 @@ async def _start_operations(state: ServerState) -> None:
             timeout_secs=settings.forward_timeout_secs,
         )
         await state.control.start()
+        state.store.set_internal_url(state.control.url)  # in the instances table with the next heartbeat
     if settings.metrics_port is not None and not _is_worker():
         state.metrics_server = start_metrics_listener(settings.metrics_host, settings.metrics_port)
 

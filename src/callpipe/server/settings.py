@@ -62,6 +62,13 @@ class ServerSettings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)  # /metrics there, unauthenticated
     metrics_host: str = "127.0.0.1"
     forward_timeout_secs: float = Field(default=2.0, gt=0)
+    # Call records (the store: see callpipe.store).
+    records: bool = True  # RECORDS=off keeps no records (and no shared state between instances)
+    database_url: SecretStr | None = None  # unset: SQLite in DATA_DIR; postgresql://... for several instances
+    data_dir: str = "./callpipe-data"
+    retention_days: float = Field(default=30.0, ge=0)  # 0 keeps records and recordings forever
+    call_webhook_url: str | None = None
+    call_webhook_secret: SecretStr | None = None  # unset: CALLPIPE_SECRET signs the webhook
 
     # Web console (/dashboard, /phone): its password (default: CALLPIPE_API_KEY), how long a
     # sign-in lasts, and the per-unit prices (USD) of the call pages' cost estimate.
@@ -106,6 +113,14 @@ class ServerSettings(BaseSettings):
                 "TEXML_PATH_SECRET must be at least 16 URL-safe characters (A-Z a-z 0-9 _ -), e.g. "
                 'python -c "import secrets; print(secrets.token_urlsafe(24))"'
             )
+        if self.call_webhook_url and self.records:
+            if not (self.secret("call_webhook_secret") or self.secret("callpipe_secret")):
+                raise SettingsError(
+                    "missing setting CALL_WEBHOOK_SECRET (or CALLPIPE_SECRET): needed to sign the post-call "
+                    "webhooks sent to CALL_WEBHOOK_URL (see .env.example)"
+                )
+            if not self.call_webhook_url.startswith(("http://", "https://")):
+                raise SettingsError("CALL_WEBHOOK_URL must be an http:// or https:// URL")
         if self.dial_mode not in ("texml", "call_control"):
             raise SettingsError(f"DIAL_MODE must be 'texml' or 'call_control', not {self.dial_mode!r}")
 

@@ -48,6 +48,9 @@ class CallStore(Protocol):
         """The batched writer live calls touch their records through."""
         ...
 
+    def set_internal_url(self, url: str | None) -> None:
+        """Where other instances reach this one's control listener (``owner_of`` answers it)."""
+
     async def start(self) -> None:
         """Connect, run migrations, register this instance, start the writer and heartbeat."""
 

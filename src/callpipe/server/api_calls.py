@@ -1,0 +1,170 @@
+"""``/api/calls``: the call records, read back (list, one call, its recording).
+
+Every endpoint needs ``Authorization: Bearer $CALLPIPE_API_KEY``: 401 without it, 503
+when no key is configured (the records hold personal data; they are never open).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import hmac
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
+
+from callpipe.records.model import END_REASONS, CallRecord
+from callpipe.store.base import CallFilter, CallStore
+from callpipe.store.queries import MAX_LIMIT, CursorError
+
+if TYPE_CHECKING:
+    from callpipe.server.app import ServerState
+
+__all__ = ["recording_url", "router"]
+
+logger = logging.getLogger("callpipe.server")
+
+router = APIRouter(prefix="/api/calls")
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.response = JSONResponse({"error": {"code": code, "detail": detail}}, status_code=status)
+
+
+def recording_url(record: CallRecord) -> str | None:
+    """The API path of a record's recording, ``None`` without one."""
+    if not record.recording_path:
+        return None
+    return f"/api/calls/{quote(record.call_control_id, safe='')}/recording"
+
+
+def _store(request: Request) -> CallStore:
+    state: ServerState = request.app.state.callpipe
+    expected = state.settings.secret("callpipe_api_key")
+    if not expected:
+        raise _ApiError(503, "api_disabled", "the calls API needs CALLPIPE_API_KEY to be set")
+    auth = request.headers.get("authorization", "")
+    if not auth.startswith("Bearer ") or not hmac.compare_digest(auth[7:].encode(), expected.encode()):
+        raise _ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <CALLPIPE_API_KEY>' is required")
+    if state.store is None:
+        raise _ApiError(503, "records_off", "call records are off on this server (RECORDS=off)")
+    return state.store
+
+
+def _time(params: Any, name: str) -> float | None:
+    text = params.get(name)
+    if not text:
+        return None
+    try:
+        value = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise _ApiError(
+            422, "bad_time", f"{name} must be ISO 8601, e.g. 2026-01-31T12:00:00Z, not {text!r}"
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=_dt.UTC)
+    return value.timestamp()
+
+
+def _filter(request: Request) -> CallFilter:
+    params = request.query_params
+    try:
+        limit = int(params.get("limit", "50"))
+    except ValueError:
+        raise _ApiError(422, "bad_limit", "limit must be an integer") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise _ApiError(422, "bad_limit", f"limit must be between 1 and {MAX_LIMIT}")
+    direction = params.get("direction") or None
+    if direction not in (None, "inbound", "outbound"):
+        raise _ApiError(422, "bad_direction", "direction must be 'inbound' or 'outbound'")
+    end_reason = params.get("end_reason") or None
+    if end_reason is not None and end_reason not in END_REASONS:
+        raise _ApiError(422, "bad_end_reason", f"end_reason must be one of {', '.join(END_REASONS)}")
+    return CallFilter(
+        direction=direction,
+        number=params.get("number") or None,
+        since=_time(params, "since"),
+        until=_time(params, "until"),
+        end_reason=end_reason,
+        text=params.get("q") or None,
+        limit=limit,
+        cursor=params.get("cursor") or None,
+    )
+
+
+def _unavailable(exc: Exception) -> JSONResponse:
+    logger.warning("calls API: the store failed (%s)", type(exc).__name__)
+    return JSONResponse(
+        {"error": {"code": "store_unavailable", "detail": "the call store is not answering; try again"}},
+        status_code=503,
+    )
+
+
+@router.get("")
+async def list_calls(request: Request) -> Response:
+    """Calls, newest first: ``{"calls": [...], "next_cursor": ...}`` (filters in the query)."""
+    try:
+        store = _store(request)
+        page = await store.list_calls(_filter(request))
+    except _ApiError as exc:
+        return exc.response
+    except CursorError as exc:
+        return JSONResponse({"error": {"code": "bad_cursor", "detail": str(exc)}}, status_code=400)
+    except (SQLAlchemyError, OSError) as exc:
+        return _unavailable(exc)
+    items = [record.to_json(full=False, recording_url=recording_url(record)) for record in page.calls]
+    return JSONResponse({"calls": items, "next_cursor": page.next_cursor})
+
+
+async def _record(request: Request, call_control_id: str) -> CallRecord:
+    store = _store(request)
+    record = await store.get_call(call_control_id)
+    if record is None:
+        raise _ApiError(404, "not_found", f"no call {call_control_id!r} in the records")
+    return record
+
+
+@router.get("/{call_control_id}")
+async def get_call(request: Request, call_control_id: str) -> Response:
+    """One whole record: turns, latency breakdown, events, usage."""
+    try:
+        record = await _record(request, call_control_id)
+    except _ApiError as exc:
+        return exc.response
+    except (SQLAlchemyError, OSError) as exc:
+        return _unavailable(exc)
+    return JSONResponse(record.to_json(full=True, recording_url=recording_url(record)))
+
+
+@router.get("/{call_control_id}/recording")
+async def get_recording(request: Request, call_control_id: str) -> Response:
+    """The call's stereo WAV (caller left, bot right); Range requests work."""
+    try:
+        record = await _record(request, call_control_id)
+    except _ApiError as exc:
+        return exc.response
+    except (SQLAlchemyError, OSError) as exc:
+        return _unavailable(exc)
+    path = record.recording_path
+    if not path:
+        return JSONResponse(
+            {"error": {"code": "no_recording", "detail": "this call has no recording"}}, status_code=404
+        )
+    if not await asyncio.to_thread(os.path.isfile, path):
+        return JSONResponse(
+            {
+                "error": {
+                    "code": "recording_missing",
+                    "detail": "the recording file is not on this server's disk (deleted, or kept by another host)",
+                }
+            },
+            status_code=404,
+        )
+    return FileResponse(path, media_type="audio/wav", filename=f"{call_control_id}.wav")

@@ -223,7 +223,7 @@ class ControlPlane:
         port = sock.getsockname()[1]
         host = f"[{self.host}]" if family == socket.AF_INET6 else self.host
         self.url = (self.advertised_url or f"http://{host}:{port}").rstrip("/")
-        config = uvicorn.Config(
+        config = _OwnLoggingConfig(
             internal_app(self.state, self.secret), lifespan="off", log_level="warning", access_log=False
         )
         self._server = _SignalFreeServer(config)
@@ -295,6 +295,15 @@ class ControlPlane:
 
 def _describe(event: ControlEvent) -> str:
     return event.event_type if event.kind == "webhook" else f"operator {event.kind}"
+
+
+class _OwnLoggingConfig(uvicorn.Config):
+    """A uvicorn config that leaves logging alone: the stock one sets the process-wide
+    ``uvicorn.*`` levels and, with ``access_log=False``, removes the main server's access
+    log handlers."""
+
+    def configure_logging(self) -> None:
+        """Nothing: the main server configured logging."""
 
 
 class _SignalFreeServer(uvicorn.Server):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,9 @@ def _file_lock_acquire(path: Path) -> contextlib.AbstractContextManager[None]:
 def _upgrade_sync(connection: sa.Connection) -> None:
     from alembic import command
     from alembic.config import Config
+
+    # "setup plugin ..." at every start says nothing; "Running upgrade" (INFO) stays.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
     config = Config()
     config.set_main_option("script_location", "callpipe.store:migrations")

@@ -16,7 +16,7 @@ _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 # The pages load only their own scripts and styles, and connect only to this origin.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "media-src 'self' blob:; connect-src 'self' ws: wss:; frame-ancestors 'none'; "
+    "media-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'; "
     "base-uri 'none'; form-action 'self'"
 )
 

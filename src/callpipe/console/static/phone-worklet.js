@@ -11,7 +11,6 @@ class Resampler {
     this.step = inRate / outRate;
     this.cut = Math.min(1, outRate / inRate) * 0.92;
     this.half = Math.ceil(ZEROS / this.cut);
-    this.buf = new Float32Array(0);
     this.pos = this.half; // position of the next output sample in `buf` (input samples)
     this.buf = new Float32Array(this.half); // history of zeros
   }

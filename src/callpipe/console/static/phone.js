@@ -62,26 +62,8 @@ function micError(err) {
   return `Could not open the microphone: ${err?.message || err}`;
 }
 
-async function startCall() {
-  if (call) return;
-  message("");
-  setStatus("starting…");
-  document.getElementById("call").disabled = true;
-  let session;
-  try {
-    session = await CP.api("/console/api/phone/session", { method: "POST", json: {
-      from: document.getElementById("from").value, to: document.getElementById("to").value,
-      custom_parameters: parseParams(document.getElementById("params").value), hd: !!document.getElementById("hd").value } });
-  } catch (err) {
-    return fail(`Could not start the call: ${err.message}`);
-  }
-  let stream;
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true } });
-  } catch (err) {
-    stats.error = "microphone";
-    return fail(micError(err));
-  }
+// Audio graph (microphone -> capture worklet; playback worklet -> speaker) and the stream.
+async function connect(session, stream) {
   const ctx = new AudioContext();
   await ctx.audioWorklet.addModule("/console/static/phone-worklet.js");
   if (ctx.state === "suspended") {
@@ -106,6 +88,34 @@ async function startCall() {
   ws.onclose = (event) => onClose(event);
   capture.port.onmessage = (event) => onFrame(event.data);
   playback.port.onmessage = (event) => onPlayback(event.data);
+}
+
+async function startCall() {
+  if (call) return;
+  message("");
+  setStatus("starting…");
+  document.getElementById("call").disabled = true;
+  let session;
+  try {
+    session = await CP.api("/console/api/phone/session", { method: "POST", json: {
+      from: document.getElementById("from").value, to: document.getElementById("to").value,
+      custom_parameters: parseParams(document.getElementById("params").value), hd: !!document.getElementById("hd").value } });
+  } catch (err) {
+    return fail(`Could not start the call: ${err.message}`);
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true } });
+  } catch (err) {
+    stats.error = "microphone";
+    return fail(micError(err));
+  }
+  try {
+    await connect(session, stream);
+  } catch (err) {
+    stream.getTracks().forEach((track) => track.stop());
+    return fail(`Could not start the audio: ${err?.message || err}`);
+  }
   setStatus("connecting…");
 }
 

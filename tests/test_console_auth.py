@@ -27,6 +27,7 @@ def _settings(port: int, **extra: object) -> ServerSettings:
         "public_url": f"http://127.0.0.1:{port}",
         "callpipe_secret": SECRET,
         "callpipe_api_key": PASSWORD,
+        "records": False,  # these tests read no records
         "_env_file": None,
     }
     values.update(extra)

@@ -73,13 +73,14 @@ def canned_bot(log: BotLog) -> Any:
 
 
 @pytest.fixture()
-def phone_server() -> Iterator[tuple[BackgroundServer, BotLog]]:
+def phone_server(tmp_path: Path) -> Iterator[tuple[BackgroundServer, BotLog]]:
     log = BotLog()
     port = free_port()
     settings = ServerSettings(
         public_url=f"http://127.0.0.1:{port}",
         callpipe_secret="phone-test-secret-Vv73",  # type: ignore[arg-type]
         callpipe_api_key=PASSWORD,  # type: ignore[arg-type]
+        data_dir=str(tmp_path / "data"),
         _env_file=None,  # type: ignore[call-arg]
     )
     with BackgroundServer(create_app(canned_bot(log), settings), port=port) as server:

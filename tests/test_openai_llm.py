@@ -208,8 +208,9 @@ async def test_function_call_runs_handler_and_asks_again(fake_openai: tuple[str,
             ("get_weather", "call_w1", {"city": "Paris", "unit": "celsius"})
         ]
         first, second = fake.completions()
-        # The arguments really were streamed in fragments: role+id+name, 5 pieces, finish.
-        assert first.chunks_sent == 7
+        # The arguments really were streamed in fragments: role+id+name, 5 pieces, finish,
+        # then the usage chunk (asked for: the call's record keeps the token counts).
+        assert first.chunks_sent == 8
         assert first.body["tools"] == [WEATHER.to_openai()]
 
         tool_request, tool_result = h.context.messages[-2:]

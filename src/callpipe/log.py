@@ -15,6 +15,19 @@ call_id: contextvars.ContextVar[str] = contextvars.ContextVar("callpipe_call_id"
 logger = logging.getLogger("callpipe")
 
 
+def mask_number(number: object) -> str:
+    """A phone number for logs: ``+15551234567`` -> ``+1555•••4567`` (personal data stays in the record).
+
+    Anything with fewer than 8 digits shows only its last two; ``None``/empty is ``-``.
+    """
+    text = "" if number is None else str(number)
+    if not text:
+        return "-"
+    if len(text) >= 9:
+        return f"{text[:5]}•••{text[-4:]}"
+    return f"•••{text[-2:]}"
+
+
 class CallIdFilter(logging.Filter):
     """Adds ``record.call_id`` from the current context to every record."""
 

@@ -69,6 +69,17 @@ class Registry:
             ["direction", "result"],
             registry=self.registry,
         )
+        # Fed by call records (callpipe.records.stats): per bot turn and stage, and per end reason.
+        self.turn_stage_latency = Histogram(
+            "callpipe_turn_stage_latency_seconds",
+            "Per bot turn: the caller's end of speech -> each stage (vad_stop ... heard).",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._end_reasons = Counter(
+            "callpipe_call_end_reasons", "Finished calls, by end reason.", ["reason"], registry=self.registry
+        )
 
     def call_started(self) -> None:
         """A call's bot started."""
@@ -89,6 +100,14 @@ class Registry:
     def error(self, kind: str) -> None:
         """Count one error of ``kind``."""
         self._errors.labels(kind=kind).inc()
+
+    def observe_stage(self, stage: str, secs: float) -> None:
+        """One bot turn's latency at ``stage``, from the caller's end of speech."""
+        self.turn_stage_latency.labels(stage=stage).observe(secs)
+
+    def call_record_finished(self, end_reason: str) -> None:
+        """A call's record was finished with ``end_reason``."""
+        self._end_reasons.labels(reason=end_reason).inc()
 
     def scrape_registry(self) -> CollectorRegistry:
         """What a scrape exposes: this process's registry, or every worker's summed."""

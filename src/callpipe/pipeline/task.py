@@ -28,6 +28,7 @@ from callpipe.pipeline.frames import (
 )
 from callpipe.pipeline.processor import EventHandlerMixin, FrameDirection, FrameProcessor
 from callpipe.pipeline.vad_placement import place_vad
+from callpipe.records import observer as records
 
 logger = logging.getLogger("callpipe.pipeline")
 
@@ -118,6 +119,7 @@ class PipelineTask(EventHandlerMixin):
         self._last_activity = time.monotonic()
         self._idle_handle: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._observer = records.current()  # the call's record (under ``callpipe serve``)
         for event in ("on_pipeline_started", "on_pipeline_finished", "on_idle_timeout"):
             self.register_event_handler(event)
 
@@ -207,6 +209,8 @@ class PipelineTask(EventHandlerMixin):
                 if isinstance(frame, CancelFrame):
                     await self.cancel(frame.reason)
                     break
+                if isinstance(frame, EndFrame) and self._observer is not None:
+                    self._observer.note_end("bot_ended", "bot")
                 await self._source.push_frame(frame, FrameDirection.DOWNSTREAM)
         finally:
             finished.cancel()
@@ -233,10 +237,18 @@ class PipelineTask(EventHandlerMixin):
             self._last_activity = time.monotonic()
         elif isinstance(frame, EndTaskFrame):
             logger.info("%s ending: %s", self.name, frame.reason or "requested by the pipeline")
+            if self._observer is not None:
+                self._observer.note_end("bot_ended", "bot")
             self._queue.put_nowait(EndFrame(reason=frame.reason))
         elif isinstance(frame, CancelTaskFrame):
             self._spawn(self.cancel(frame.reason or "requested by the pipeline"))
         elif isinstance(frame, ErrorFrame):
+            if self._observer is not None:
+                self._observer.error(
+                    "fatal" if frame.fatal else "processor", f"{frame.processor}: {frame.error}"
+                )
+                if frame.fatal:
+                    self._observer.note_end("error", "server")
             if frame.fatal:
                 logger.error("%s fatal error from %s: %s", self.name, frame.processor, frame.error)
                 self._spawn(self.cancel(f"fatal error: {frame.error}"))
@@ -266,6 +278,8 @@ class PipelineTask(EventHandlerMixin):
     async def _idle_timeout(self) -> None:
         await self._call_event_handler("on_idle_timeout")
         if self._cancel_on_idle_timeout:
+            if self._observer is not None:
+                self._observer.note_end("idle_timeout", "server")
             await self.cancel("idle timeout")
 
 

@@ -6,7 +6,7 @@ from typing import Protocol
 
 from callpipe.records.model import CallRecord
 
-__all__ = ["NullSink", "RecordSink"]
+__all__ = ["MemorySink", "NullSink", "RecordSink"]
 
 
 class RecordSink(Protocol):
@@ -34,3 +34,25 @@ class NullSink:
 
     def finish(self, record: CallRecord) -> None:
         """Keep nothing."""
+
+
+class MemorySink:
+    """A sink that keeps records in memory (tests, embedding): ``live`` and ``finished``.
+
+    ``touches`` counts every touch, to show how often a store would have been asked.
+    """
+
+    def __init__(self) -> None:
+        self.live: dict[str, CallRecord] = {}
+        self.finished: dict[str, CallRecord] = {}
+        self.touches = 0
+
+    def touch(self, record: CallRecord) -> None:
+        """Keep a reference to the live record."""
+        self.touches += 1
+        self.live[record.call_control_id] = record
+
+    def finish(self, record: CallRecord) -> None:
+        """Move the record to ``finished``."""
+        self.live.pop(record.call_control_id, None)
+        self.finished[record.call_control_id] = record

@@ -13,6 +13,8 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
+from callpipe.records.observer import RecordFields
+
 __all__ = ["CallData", "RunnerArguments", "TelnyxCallData", "WebSocketRunnerArguments"]
 
 # Pipecat's attribute names for keys that are named differently on the wire.
@@ -75,6 +77,8 @@ class RunnerArguments:
     transport_type: str | None = None
     session_id: str | None = None
     cli_args: Any = None
+    # The bot's own fields in the call's record: ``runner_args.record.set(outcome="booked")``.
+    record: RecordFields = field(default_factory=RecordFields)
 
     def __post_init__(self) -> None:
         # Callers may pass a plain dict (or None, as Pipecat's servers may for body).

@@ -35,7 +35,9 @@ from fastapi.responses import Response
 from starlette.websockets import WebSocketState
 
 from callpipe import metrics
-from callpipe.log import call_id
+from callpipe.log import call_id, mask_number
+from callpipe.records.observer import CallObserver
+from callpipe.records.sink import RecordSink
 from callpipe.runner import RunnerArguments, TelephonyHandshakeError, parse_telephony_websocket
 from callpipe.server import control
 from callpipe.server.api_calls import router as calls_router
@@ -52,6 +54,7 @@ from callpipe.server.endpoints import error as _error
 from callpipe.server.endpoints import error_body as _error_body
 from callpipe.server.health import health_router, start_metrics_listener
 from callpipe.server.idempotency import IdempotencyCache
+from callpipe.server.records import close_record, open_record
 from callpipe.server.replay import ReplayGuard
 from callpipe.server.settings import ServerSettings
 from callpipe.server.telnyx_auth import TelnyxRequestAuth
@@ -90,6 +93,7 @@ class _ActiveCall:
     call_control_id: str
     started_at: float
     ended_by_server: bool = False
+    observer: CallObserver | None = None
 
     def end(self) -> None:
         """Cancel the call's bot on purpose (shutdown, hang-up): a normal end, not a crash."""
@@ -109,6 +113,7 @@ class ServerState:
     bot: BotFunction
     telnyx: TelnyxClient | None = None
     store: CallStore | None = None  # call records and cross-instance state (None: RECORDS=off)
+    record_sink: RecordSink | None = None  # where call records go, if not the store's sink
     control: control.ControlPlane | None = None
     calls: dict[str, _ActiveCall] = field(default_factory=dict)
     ready: bool = False
@@ -188,6 +193,8 @@ class ServerState:
         if calls:
             logger.warning("shutting down: ending %d call(s) still running", len(calls))
             for call in calls:
+                if call.observer is not None:
+                    call.observer.note_end("shutdown", "server")
                 call.end()  # the pipeline is cancelled; auto hang-up hangs the call up
             await asyncio.wait([call.task for call in calls], timeout=10)
 
@@ -336,7 +343,7 @@ def create_app(
             try:
                 return 200, await _dial(state, number, body)
             except TelnyxError as exc:
-                logger.error("dial-out to %s failed: %s", number, exc)
+                logger.error("dial-out to %s failed: %s", mask_number(number), exc)
                 return 502, _error_body("telnyx_error", str(exc))
 
         return await idempotent_start(state, idempotency_key, number, body, place)
@@ -505,7 +512,7 @@ async def _dial(state: ServerState, number: str, body: dict[str, Any]) -> dict[s
             stream_bidirectional_codec=settings.stream_codec,
         )
         call_control_id = str(data.get("call_control_id", ""))
-    logger.info("dialled %s: %s", number, call_control_id)
+    logger.info("dialled %s: %s", mask_number(number), call_control_id)
     return {
         "call_control_id": call_control_id,
         "status": str(data.get("status", "queued")),
@@ -522,10 +529,12 @@ async def _run_bot(state: ServerState, runner_args: RunnerArguments, ccid: str) 
         await runner_args.websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason="server at capacity (MAX_CALLS)")
         _count_refused()
         return
-    active = _ActiveCall(task=task, call_control_id=ccid, started_at=time.monotonic())
+    observer = open_record(state, runner_args, ccid)
+    active = _ActiveCall(task=task, call_control_id=ccid, started_at=time.monotonic(), observer=observer)
     state.calls[ccid] = active
     metrics.REGISTRY.call_started()
     outcome = "completed"
+    failure: BaseException | None = None
     try:
         async with asyncio.timeout(state.settings.max_call_secs):
             await state.bot(runner_args)
@@ -539,10 +548,11 @@ async def _run_bot(state: ServerState, runner_args: RunnerArguments, ccid: str) 
         # propagates.
         if not (active.ended_by_server and task.uncancel() == 0):
             raise
-    except Exception:
-        outcome = "error"
+    except Exception as exc:
+        outcome, failure = "error", exc
         logger.exception("the bot failed")
     finally:
+        await close_record(observer, outcome, failure)
         state.calls.pop(ccid, None)
         if not state.calls:
             state.no_calls.set()

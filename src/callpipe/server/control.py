@@ -122,6 +122,9 @@ async def deliver_locally(state: ServerState, ccid: str, event: ControlEvent) ->
     """
     if not is_local(state, ccid):
         return False
+    call = state.calls.get(ccid)
+    if call is not None and call.observer is not None:
+        call.observer.control_event(event.kind, event.event_type, event.payload, to=event.to)
     transport = transport_for_call(ccid)
     if event.kind == "webhook":
         if event.event_type == "call.hangup":

@@ -56,6 +56,11 @@ class ServerSettings(BaseSettings):
 
     # Several instances and workers (see docs/architecture.md, "Several instances").
     max_calls: int = Field(default=0, ge=0)  # live calls per process; 0 = no limit
+
+    # Call records (see README "Call records"): recordings and what a record keeps.
+    recording: bool = True  # RECORDING=off: no stereo recording of calls
+    recording_dir: str | None = None  # default <DATA_DIR>/recordings
+    record_call_params: bool = True  # RECORD_CALL_PARAMS=off: no dial-out body / stream query params
     internal_host: str = "127.0.0.1"  # the control listener other instances forward to
     internal_port: int = Field(default=0, ge=0, le=65535)  # 0 = an ephemeral port
     internal_url: str | None = None  # how other instances reach it (default http://host:port)

@@ -176,11 +176,15 @@ def _telnyx_client() -> Any:
 
 
 def _log_message(message: Message) -> None:
-    # The conversation, in the call's log (the call id is on every line).
-    if message.get("role") == "user":
-        logger.info("caller said: %s", message.get("content"))
-    elif message.get("role") == "assistant" and message.get("content"):
-        logger.info("bot said: %s", message.get("content"))
+    # The conversation is personal data: it is kept in the call's record, and in the log
+    # only at DEBUG (the call id is on every line). INFO says that a turn happened.
+    role, content = message.get("role"), message.get("content")
+    if role == "user":
+        logger.info("caller turn (%d words)", len(str(content or "").split()))
+        logger.debug("caller said: %s", content)
+    elif role == "assistant" and content:
+        logger.info("bot turn (%d words)", len(str(content).split()))
+        logger.debug("bot said: %s", content)
 
 
 async def run_assistant(

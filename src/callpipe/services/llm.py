@@ -49,6 +49,7 @@ from callpipe.pipeline.frames import (
     UserStoppedSpeakingFrame,
 )
 from callpipe.pipeline.processor import FrameDirection, FrameProcessor
+from callpipe.records import observer as records
 from callpipe.services.call_policy import PolicyError, TransferPolicy, check_dtmf
 
 if TYPE_CHECKING:
@@ -305,7 +306,8 @@ class LLMAssistantAggregator(FrameProcessor):
         if text:
             self.context.add_message({"role": "assistant", "content": text})
             if interrupted:
-                logger.info("reply interrupted; context keeps what was heard: %r", text)
+                logger.info("reply interrupted; the context keeps the %d words heard", len(text.split()))
+                logger.debug("heard of the interrupted reply: %r", text)
 
 
 class LLMContextAggregatorPair:
@@ -432,6 +434,9 @@ class LLMService(FrameProcessor):
         async for chunk in self.run_llm(context):
             if first:
                 first = False
+                observer = records.current()
+                if observer is not None:
+                    observer.llm_first_token()
                 await self.stop_ttfb_metrics(self.model)
             if isinstance(chunk, ToolCall):
                 calls.append(chunk)
@@ -491,12 +496,22 @@ class LLMService(FrameProcessor):
         try:
             params = FunctionCallParams(call.name, call.id, arguments, self, context)
             ran.append(params)
-            return await handler(params)
+            result = await handler(params)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             logger.exception("tool %s failed", call.name)
-            return {"error": str(exc)}
+            result = {"error": str(exc)}
+        observer = records.current()
+        if observer is not None:
+            observer.tool_call(call.name, arguments, result)
+        return result
+
+    def report_usage(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """Subclasses: the provider reported the tokens of one request (for the call's record)."""
+        observer = records.current()
+        if observer is not None:
+            observer.llm_tokens(records.provider_name(self), prompt_tokens, completion_tokens)
 
     async def cleanup(self) -> None:
         """Cancel any reply in progress."""

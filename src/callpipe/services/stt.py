@@ -40,6 +40,7 @@ from callpipe.pipeline.frames import (
     UserStoppedSpeakingFrame,
 )
 from callpipe.pipeline.processor import FrameDirection, FrameProcessor
+from callpipe.records import observer as records
 
 logger = logging.getLogger("callpipe.services")
 
@@ -55,6 +56,7 @@ class STTService(FrameProcessor):
         super().__init__(name=name)
         self.language = language
         self.sample_rate = 0
+        self._audio_bytes = 0  # caller audio this service received (its usage)
 
     async def process_audio(self, frame: InputAudioRawFrame) -> None:
         """Send one frame of caller audio to the provider (must not block)."""
@@ -63,6 +65,7 @@ class STTService(FrameProcessor):
         """Audio goes to :meth:`process_audio`; everything else passes on."""
         await super().process_frame(frame, direction)
         if isinstance(frame, InputAudioRawFrame):
+            self._audio_bytes += len(frame.audio)
             await self.process_audio(frame)
             if self.audio_passthrough:
                 await self.push_frame(frame, direction)
@@ -77,9 +80,24 @@ class STTService(FrameProcessor):
 
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
         if final:
+            observer = records.current()
+            if observer is not None:
+                observer.transcript(text)
             await self.push_frame(TranscriptionFrame(text, "caller", now, self.language))
         else:
             await self.push_frame(InterimTranscriptionFrame(text, "caller", now, self.language))
+
+    def billed_audio_secs(self) -> float:
+        """Seconds of audio the provider was sent (a streaming STT gets all of the call)."""
+        return self._audio_bytes / 2 / max(self.sample_rate, 1)
+
+    async def cleanup(self) -> None:
+        """Report this service's usage to the call's record."""
+        observer = records.current()
+        if observer is not None and self._audio_bytes:
+            observer.stt_audio(records.provider_name(self), self.billed_audio_secs())
+            self._audio_bytes = 0
+        await super().cleanup()
 
 
 class SegmentedSTTService(STTService):
@@ -111,6 +129,7 @@ class SegmentedSTTService(STTService):
         # The speculative transcription of the current utterance, started at a pause.
         self._speculation: asyncio.Task[str] | None = None
         self._speculated_bytes = 0
+        self._transcribed_bytes = 0
 
     async def run_stt(self, pcm: bytes, sample_rate: int) -> str:
         """Transcribe one utterance (PCM16 mono). Subclasses implement it."""
@@ -159,6 +178,10 @@ class SegmentedSTTService(STTService):
             self._utterance.clear()
         await super().process_frame(frame, direction)
 
+    def billed_audio_secs(self) -> float:
+        """Seconds of audio transcribed (only the utterances)."""
+        return self._transcribed_bytes / 2 / max(self.sample_rate, 1)
+
     def _drop_speculation(self) -> None:
         # Cancelling drops a job still queued for the model; one already decoding finishes
         # on its worker (it cannot be interrupted) and its result is ignored.
@@ -169,6 +192,7 @@ class SegmentedSTTService(STTService):
     async def _transcribe(
         self, audio: bytes, speculation: asyncio.Task[str] | None, stopped_at: float
     ) -> None:
+        self._transcribed_bytes += len(audio)
         self.start_ttfb_metrics()
         started = time.monotonic()
         try:
@@ -184,14 +208,16 @@ class SegmentedSTTService(STTService):
         await self.stop_ttfb_metrics()
         after_stop = time.monotonic() - stopped_at
         logger.info(
-            "stt %.1fs of audio, transcript %.0f ms after the stop%s: %r",
+            "stt %.1fs of audio, transcript %.0f ms after the stop%s (%d words)",
             len(audio) / 2 / max(self.sample_rate, 1),
             after_stop * 1000,
             " (speculative)"
             if speculation is not None
             else f" ({(time.monotonic() - started) * 1000:.0f} ms)",
-            text,
+            len(text.split()),
         )
+        # The words themselves only at DEBUG: transcripts are personal data (kept in the record).
+        logger.debug("stt transcript: %r", text)
         await self.push_frame(
             MetricsFrame(
                 data=[MetricsData(name="transcript_after_stop", value=after_stop, processor=self.name)]

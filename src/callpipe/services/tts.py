@@ -32,6 +32,7 @@ from callpipe.pipeline.frames import (
     TTSTextFrame,
 )
 from callpipe.pipeline.processor import FrameDirection, FrameProcessor
+from callpipe.records import observer as records
 
 logger = logging.getLogger("callpipe.services")
 
@@ -92,17 +93,17 @@ class TTSService(FrameProcessor):
             *sentences, self._text = _SENTENCE_END.split(self._text)
             for sentence in sentences:
                 if sentence.strip():
-                    self._queue.put_nowait(sentence.strip())
+                    self._queue_sentence(sentence.strip())
         elif isinstance(frame, LLMFullResponseStartFrame):
             self._text = ""
             await self.push_frame(frame, direction)
         elif isinstance(frame, LLMFullResponseEndFrame):
             if self._text.strip():
-                self._queue.put_nowait(self._text.strip())
+                self._queue_sentence(self._text.strip())
             self._text = ""
             self._queue.put_nowait(_ReplyEnd())
         elif isinstance(frame, TTSSpeakFrame):
-            self._queue.put_nowait(frame.text)
+            self._queue_sentence(frame.text)
             self._queue.put_nowait(_ReplyEnd())
         elif isinstance(frame, InterruptionFrame):
             await self._interrupt()
@@ -115,6 +116,13 @@ class TTSService(FrameProcessor):
             await self.push_frame(frame, direction)
         else:
             await self.push_frame(frame, direction)
+
+    def _queue_sentence(self, sentence: str) -> None:
+        self._queue.put_nowait(sentence)
+        observer = records.current()
+        if observer is not None:
+            observer.bot_text(sentence)
+            observer.tts_characters(records.provider_name(self), len(sentence))
 
     async def _interrupt(self) -> None:
         self._text = ""
@@ -168,6 +176,9 @@ class TTSService(FrameProcessor):
                     continue
                 if first:
                     first = False
+                    observer = records.current()
+                    if observer is not None:
+                        observer.tts_first_audio()
                     await self.stop_ttfb_metrics(self.voice or None)
                 for offset in range(0, len(pcm), self._chunk_bytes):
                     piece = pcm[offset : offset + self._chunk_bytes]
@@ -179,7 +190,7 @@ class TTSService(FrameProcessor):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.exception("%s failed on %r", self.name, sentence)
+            logger.exception("%s failed on a sentence of %d characters", self.name, len(sentence))
             await self.push_error(f"{self.name}: {exc}")
             return
         while next_word < len(words):

@@ -54,12 +54,14 @@ from callpipe.pipeline.frames import (
     StartFrame,
     SystemFrame,
     TTSStoppedFrame,
+    TTSTextFrame,
     UserSpeechPausedFrame,
     UserSpeechResumedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
 from callpipe.pipeline.processor import FrameDirection, FrameProcessor
+from callpipe.records import observer as records
 from callpipe.telnyx import protocol
 from callpipe.transports.base_transport import BaseTransport
 from callpipe.transports.clock import OutputClock
@@ -124,6 +126,7 @@ class InputGuard:
         # Sliding window: the call closes on more than max_per_sec bad messages within any 1 s.
         self._recent: collections.deque[float] = collections.deque(maxlen=max_per_sec + 1)
         self._logged: set[str] = set()
+        self.observer: records.CallObserver | None = None
 
     def record(self, reason: str, now: float, *, counts: bool = True) -> bool:
         """Count one bad message; True if the call should now be closed.
@@ -137,6 +140,8 @@ class InputGuard:
         if kind not in self._logged:
             self._logged.add(kind)
             logger.warning("dropped a malformed message (%s); the call carries on", reason)
+            if self.observer is not None:
+                self.observer.error("malformed_message", reason)
         if not counts:
             return False
         self._recent.append(now)
@@ -161,6 +166,9 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         self._context: contextvars.Context | None = None
         self._interrupt_handle: asyncio.TimerHandle | None = None
         self.messages_received = 0
+        # The call's record and recording (under ``callpipe serve``), looked up at start.
+        self._observer: records.CallObserver | None = None
+        self._recorder: records.CallRecorder | None = None
 
     @property
     def vad_analyzer(self) -> SileroVADAnalyzer | None:
@@ -187,6 +195,9 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
 
     async def _start(self, frame: StartFrame) -> None:
         self._context = contextvars.copy_context()
+        observer = self._observer = self._guard.observer = records.current()
+        if observer is not None:
+            self._recorder = observer.start_recording(self._serializer.in_codec, self._serializer.out_codec)
         in_rate = self._params.audio_in_sample_rate or frame.audio_in_sample_rate
         self._serializer.set_pipeline_in_rate(in_rate)
         if self._vad is not None:
@@ -225,6 +236,7 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
             while True:
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
+                    self._note_end("caller_hangup", "caller")
                     break
                 self._last_receive = time.monotonic()
                 self.messages_received += 1
@@ -239,6 +251,7 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
             raise
         except Exception as exc:  # a broken socket ends this call only
             reason = f"receive failed: {exc}"
+            self._note_end("caller_hangup", "network")
         finally:
             if not self._stopped:
                 self._stopped = True
@@ -266,18 +279,26 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
             except ValueError as exc:
                 return await self._bad_message(f"undecodable audio: {exc}")
             if pcm:
+                recorder = self._recorder
+                if recorder is not None:
+                    recorder.caller(payload)
                 if self._vad is not None:
                     self._vad.push_audio(pcm)
                 await self.push_frame(serializer.input_frame(pcm))
             return None
         if isinstance(event, protocol.DTMFEvent):
+            if self._observer is not None:
+                self._observer.dtmf(event.digit)
             await self.push_frame(InputDTMFFrame(button=event.digit))
         elif isinstance(event, protocol.MarkEvent):
             self._transport.output_processor.on_mark(event.name)
         elif isinstance(event, protocol.StopEvent):
+            self._note_end("caller_hangup", "caller")
             return "Telnyx stopped the stream (the call ended)"
         elif isinstance(event, protocol.ErrorEvent):
             logger.error("Telnyx stream error %s %s: %s", event.code, event.title, event.detail)
+            if self._observer is not None:
+                self._observer.error("telnyx_stream_error", f"{event.code} {event.title}: {event.detail}")
             await self.push_frame(
                 ErrorFrame(error=f"Telnyx error {event.code}: {event.title} {event.detail}".strip()),
                 FrameDirection.UPSTREAM,
@@ -295,8 +316,15 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
             )
         return None
 
+    def _note_end(self, reason: str, by: str) -> None:
+        if self._observer is not None:
+            self._observer.note_end(reason, by)
+
     async def _close(self, code: int, reason: str) -> str:
         logger.warning("closing the call's stream (%d): %s", code, reason)
+        if self._observer is not None:
+            self._observer.error("input", reason)
+            self._observer.note_end("error", "server")
         await self._transport.close(code, reason)
         return reason
 
@@ -356,6 +384,8 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
 
     async def _user_started(self) -> None:
         self._user_speaking = True
+        if self._observer is not None:
+            self._observer.caller_started()
         await self.push_frame(UserStartedSpeakingFrame())
         if not self.interruptions_allowed:
             return
@@ -381,6 +411,8 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         if self._interrupt_handle is not None:
             self._interrupt_handle.cancel()
             self._interrupt_handle = None
+        if self._observer is not None:
+            self._observer.caller_stopped(speech_ended_at)
         await self.push_frame(UserStoppedSpeakingFrame(speech_ended_at=speech_ended_at))
 
     async def _interrupt(self) -> None:
@@ -422,6 +454,9 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
         self._closing = False
         # Metrics.
         self._speech_ended_at: float | None = None
+        self._observer: records.CallObserver | None = None
+        self._recorder: records.CallRecorder | None = None
+        self._first_mark: str | None = None  # the mark after a turn's first chunk (heard latency)
         self.underruns = 0
         self.clears_sent = 0
         self.last_clear_at: float | None = None
@@ -442,8 +477,12 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
             self._context = contextvars.copy_context()
             self._clock = OutputClock.for_running_loop()
             self._out_rate = self._params.audio_out_sample_rate or frame.audio_out_sample_rate
+            observer = self._observer = records.current()
+            self._recorder = observer.recorder if observer is not None else None
             await self.push_frame(frame, direction)
         elif isinstance(frame, InterruptionFrame):
+            if self._observer is not None:
+                self._observer.interrupted(time.monotonic(), cut=self._has_pending_audio())
             await self._interrupt()
             await self.push_frame(frame, direction)
         elif isinstance(frame, UserStoppedSpeakingFrame):
@@ -453,6 +492,8 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
             # The reply is complete: the resampler's last few milliseconds belong to it.
             self._queue_encoded(self._serializer.flush_output())
             self._reply_complete = True
+            if self._observer is not None:
+                self._observer.reply_ended()
             await self._pass_in_order(frame, direction)
         elif isinstance(frame, EndFrame):
             await self._end(frame)
@@ -462,6 +503,8 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
             await self._pass_in_order(frame, direction)
 
     async def _pass_in_order(self, frame: Frame, direction: FrameDirection) -> None:
+        if self._observer is not None and isinstance(frame, TTSTextFrame):
+            self._observer.word_queued(frame.text)
         if isinstance(frame, SystemFrame) or not self._active:
             await self.push_frame(frame, direction)
         else:
@@ -517,6 +560,8 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
             grace = self._params.bot_stopped_grace_secs
             if now >= self._play_end and (self._mark_confirmed or now >= self._play_end + grace):
                 self._speaking = False
+                if self._observer is not None:
+                    self._observer.bot_stopped()
                 self._emit([BotStoppedSpeakingFrame()], both_ways=True)
         if not self._buffer and not self._held and not self._timed and not self._speaking:
             self._active = False
@@ -537,10 +582,16 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
         self._sent += size
         self.chunks_sent += 1
         emitted: list[Frame] = []
-        if not self._speaking:
+        recorder = self._recorder
+        if recorder is not None:
+            recorder.bot(payload, start)
+        first_of_turn = not self._speaking
+        if first_of_turn:
             self._speaking = True
             self._mark_confirmed = False
             emitted.append(BotStartedSpeakingFrame())
+            if self._observer is not None:
+                self._observer.audio_started(now)
         if self._speech_ended_at is not None:
             latency = now - self._speech_ended_at
             self._speech_ended_at = None
@@ -553,6 +604,11 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
             offset, frame = held.popleft()
             self._timed.append((start + max(0, offset - first_offset) / self._byte_rate, frame))
         messages = [protocol.build_media(payload)]
+        if first_of_turn and self._observer is not None and self._buffer:
+            # Its echo says when the caller heard the turn's first audio (one mark per turn).
+            self._mark_counter += 1
+            self._first_mark = f"callpipe-{self._mark_counter}"
+            messages.append(protocol.build_mark(self._first_mark))
         if not self._buffer:
             # Everything queued is on its way: a mark tells us when the caller has heard it.
             self._mark_counter += 1
@@ -568,6 +624,10 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
         released: list[Frame] = []
         while timed and timed[0][0] <= now:
             released.append(timed.popleft()[1])
+        if released and self._observer is not None:
+            for frame in released:
+                if isinstance(frame, TTSTextFrame):
+                    self._observer.word_heard(frame.text)
         if released:
             self._emit(released, both_ways=False)
 
@@ -580,6 +640,9 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
         """Telnyx echoed a mark: the audio before it has been played to the caller."""
         if name == self._pending_mark:
             self._mark_confirmed = True
+        if self._observer is not None and (name == self._first_mark or name == self._pending_mark):
+            self._first_mark = None
+            self._observer.heard()
 
     # ---------------------------------------------------------------- sending
 
@@ -607,6 +670,9 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
             if both_ways:
                 await self.push_frame(frame, FrameDirection.UPSTREAM)
 
+    def _has_pending_audio(self) -> bool:
+        return bool(self._buffer or self._held or self._timed)
+
     async def _interrupt(self) -> None:
         if not self._buffer and not self._speaking and not self._held and not self._timed:
             return
@@ -629,6 +695,8 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
 
     async def _end(self, frame: EndFrame) -> None:
         # Let the goodbye play out (bounded), then hang up and close.
+        if self._observer is not None:
+            self._observer.note_end("bot_ended", "bot")
         remaining = len(self._buffer) / self._byte_rate + max(0.0, self._play_end - time.monotonic())
         try:
             await asyncio.wait_for(

@@ -143,6 +143,11 @@ class TelnyxFrameSerializer(FrameSerializer):
         return self._encoder.sample_rate
 
     @property
+    def in_codec(self) -> Codec:
+        """The codec of the audio Telnyx sends us."""
+        return self._decoder
+
+    @property
     def out_codec(self) -> Codec:
         """The codec of the audio we send (its ``payload_bytes(20)`` sizes a 20 ms chunk)."""
         return self._encoder

@@ -181,7 +181,7 @@ class OpenAILLMService(LLMService):
             # (``**request`` keeps this independent of the SDK version's parameter types; the
             # annotation restores the typing of what comes back.)
             stream: AsyncStream[ChatCompletionChunk] = await self.client.chat.completions.create(
-                **request, stream=True
+                **request, stream=True, stream_options={"include_usage": True}
             )
         except openai.APIError as exc:
             raise self._error(exc) from None
@@ -191,6 +191,10 @@ class OpenAILLMService(LLMService):
         try:
             async for chunk in stream:
                 received = True
+                usage = getattr(chunk, "usage", None)
+                if usage is not None:
+                    # The last chunk (``include_usage``) carries the request's token counts.
+                    self.report_usage(int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0))
                 for choice in chunk.choices:
                     if choice.index != 0:
                         continue  # only one completion is asked for

@@ -1,0 +1,280 @@
+"""A call's stereo recording, written to disk as the call happens.
+
+Left channel: the caller. Right channel: the bot *as the caller heard it* - each chunk
+of bot audio is placed at the time it plays, and whatever a barge-in cleared before it
+played is cut out. 16-bit PCM WAV at the call's wire rate.
+
+Split in two so the audio path stays cheap:
+
+* :class:`CallRecorder` lives on the event loop. Per 20 ms frame it only appends the
+  *encoded* wire payload to a buffer (caller) or a list (bot, with its play time).
+  About once a second a timer hands what has accumulated to the writer.
+* :class:`WavWriter` runs in a worker thread: it decodes, lays the bot's chunks on the
+  caller's timeline, interleaves and appends to the file, and rewrites the RIFF and
+  ``data`` sizes after every flush, so a ``kill -9`` leaves a file that plays up to about
+  the last second. Nothing of the call is held in memory beyond that second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import re
+import struct
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+
+from callpipe.audio.codecs import Codec
+from callpipe.audio.resample import StreamResampler
+
+__all__ = ["CallRecorder", "WavWriter", "recording_path"]
+
+logger = logging.getLogger("callpipe.records")
+
+FLUSH_SECS = 1.0
+_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="callpipe-recording")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def recording_path(directory: str | Path, call_control_id: str, started_at: float) -> Path:
+    """``DIR/YYYY-MM-DD/<call id>.wav`` (the id made safe for a file name)."""
+    day = time.strftime("%Y-%m-%d", time.gmtime(started_at))
+    return Path(directory) / day / f"{_UNSAFE.sub('_', call_control_id)[:120]}.wav"
+
+
+def _wav_header(rate: int, data_bytes: int) -> bytes:
+    channels, width = 2, 2
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + data_bytes,
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,  # PCM
+        channels,
+        rate,
+        rate * channels * width,
+        channels * width,
+        8 * width,
+        b"data",
+        data_bytes,
+    )
+
+
+class WavWriter:
+    """Appends stereo frames to a WAV file; only ever called from one thread at a time.
+
+    ``write(caller, bot, pad_to, final)``: ``caller`` is caller PCM (mono int16 at
+    ``rate``) continuing the left channel; ``bot`` a list of ``(sample position, PCM)``
+    for the right channel; ``pad_to`` a position the left channel must at least reach
+    (silence fills a stall). Right-channel audio past the left channel's end waits for
+    the next write (or is written by the final one).
+    """
+
+    def __init__(self, path: Path, rate: int) -> None:
+        self.path = path
+        self.rate = rate
+        self.written = 0  # stereo frames in the file
+        self._left = np.zeros(0, dtype=np.int16)  # caller audio not yet written
+        self._right: list[tuple[int, npt.NDArray[np.int16]]] = []  # bot audio not yet written
+        self._file: BinaryIO | None = None
+
+    def _open(self) -> BinaryIO:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "wb")  # noqa: SIM115 - kept open for the whole call
+            self._file.write(_wav_header(self.rate, 0))
+        return self._file
+
+    def write(self, caller: bytes, bot: list[tuple[int, bytes]], pad_to: int, final: bool) -> None:
+        """Append what is complete; with ``final``, everything, and close the file."""
+        file = self._open()
+        left = np.frombuffer(caller, dtype=np.int16)
+        if len(self._left):
+            left = np.concatenate([self._left, left])
+        missing = pad_to - (self.written + len(left))
+        if missing > 0:
+            left = np.concatenate([left, np.zeros(missing, dtype=np.int16)])
+        self._right.extend((pos, np.frombuffer(pcm, dtype=np.int16)) for pos, pcm in bot if pcm)
+        end = self.written + len(left)
+        if final and self._right:
+            end = max(end, max(pos + len(pcm) for pos, pcm in self._right))
+            left = np.concatenate([left, np.zeros(end - self.written - len(left), dtype=np.int16)])
+        count = end - self.written
+        right = np.zeros(count, dtype=np.int16)
+        keep: list[tuple[int, npt.NDArray[np.int16]]] = []
+        for pos, pcm in self._right:
+            start = max(pos, self.written)  # audio placed before the file's end plays late
+            offset = start - self.written
+            take = min(len(pcm), count - offset)
+            if take > 0:
+                right[offset : offset + take] = pcm[:take]
+            if take < len(pcm):
+                keep.append((start + max(take, 0), pcm[max(take, 0) :]))
+        self._right = keep
+        self._left = left[count:]
+        frames = np.empty(2 * count, dtype=np.int16)
+        frames[0::2] = left[:count]
+        frames[1::2] = right
+        file.write(frames.tobytes())
+        self.written = end
+        # Sizes first in the file, so that it is valid up to here if the process dies now.
+        data_bytes = self.written * 4
+        file.seek(4)
+        file.write(struct.pack("<I", 36 + data_bytes))
+        file.seek(40)
+        file.write(struct.pack("<I", data_bytes))
+        file.seek(0, os.SEEK_END)
+        file.flush()
+        if final:
+            self.close()
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class _Decoder:
+    """Wire payloads -> PCM at the recording's rate (in the writer's thread)."""
+
+    def __init__(self, codec: Codec, rate: int) -> None:
+        self.codec = codec.new_instance()
+        self.resampler = StreamResampler(codec.sample_rate, rate) if codec.sample_rate != rate else None
+
+    def decode(self, payload: bytes) -> bytes:
+        pcm = self.codec.decode(payload)
+        return self.resampler.process(pcm) if self.resampler is not None else pcm
+
+
+class CallRecorder:
+    """The loop side of one call's recording: buffers payloads, flushes about every second.
+
+    ``caller(payload)`` and ``bot(payload, plays_at)`` are the only per-frame calls: a
+    bytes append and a list append. ``cut(now)`` drops bot audio that has not played yet
+    (barge-in). ``close()`` writes the rest and closes the file.
+    """
+
+    def __init__(self, path: Path, *, caller_codec: Codec, bot_codec: Codec, started: float) -> None:
+        self.path = path
+        self.rate = caller_codec.sample_rate
+        self._caller_codec = caller_codec
+        self._caller_chunk = caller_codec.payload_bytes(20)
+        self._bot_byte_rate = bot_codec.payload_bytes(20) * 50.0
+        self._caller_decoder = _Decoder(caller_codec, self.rate)
+        self._bot_decoder = _Decoder(bot_codec, self.rate)
+        self._writer = WavWriter(path, self.rate)
+        self._started = started
+        self._caller = bytearray()
+        self._caller_samples = 0  # caller samples handed to the writer or buffered
+        self._bot: list[tuple[float, bytes]] = []  # (play time, encoded payload)
+        self._pending: concurrent.futures.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._first_caller = True
+        self.failed = False
+
+    def start(self) -> None:
+        """Arm the flush timer (on the running loop)."""
+        self._timer = asyncio.get_running_loop().call_later(FLUSH_SECS, self._tick)
+
+    # ----------------------------------------------------------- per frame
+
+    def caller(self, payload: bytes) -> None:
+        """One frame of caller audio, as it arrived (encoded)."""
+        self._caller += payload
+
+    def bot(self, payload: bytes, plays_at: float) -> None:
+        """One chunk of bot audio sent to the caller, which plays at ``plays_at``."""
+        self._bot.append((plays_at, payload))
+
+    def cut(self, now: float) -> None:
+        """A barge-in cleared the caller's playback at ``now``: drop what had not played."""
+        kept: list[tuple[float, bytes]] = []
+        for plays_at, payload in self._bot:
+            if plays_at >= now:
+                break
+            played = round((now - plays_at) * self._bot_byte_rate)
+            kept.append((plays_at, payload[: played - played % 2] if played < len(payload) else payload))
+        self._bot = kept
+
+    # ------------------------------------------------------------- flushing
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        if self._pending is None or self._pending.done():
+            self._flush(final=False)
+        self._timer = asyncio.get_running_loop().call_later(FLUSH_SECS, self._tick)
+
+    def _take(self, now: float, final: bool) -> tuple[bytes, list[tuple[int, bytes]], int, int]:
+        caller = bytes(self._caller)
+        self._caller.clear()
+        samples = len(caller) * (self.rate // 50) // max(1, self._caller_chunk)
+        lead = 0
+        if self._first_caller and caller:
+            # The stream may have been running before this call's pipeline read it (a
+            # backlog arrives at once): the audio read so far ends about now, and what
+            # lies before it on the call's clock is silence.
+            self._first_caller = False
+            lead = max(0, int((now - self._started) * self.rate) - samples - self.rate // 50)
+        self._caller_samples += lead + samples
+        due = [item for item in self._bot if item[0] <= now]
+        self._bot = self._bot[len(due) :]
+        bot = [(max(0, int((at - self._started) * self.rate)), payload) for at, payload in due]
+        # The caller's stream is the clock (Telnyx sends audio every 20 ms, silence
+        # included): audio that arrives late after a stall on this side was only delayed,
+        # not missing, so nothing is padded mid-call. At the end, a stream that stopped
+        # early is filled up to the call's end.
+        pad_to = int((now - self._started) * self.rate) if final else 0
+        return caller, bot, pad_to, lead
+
+    def _flush(self, *, final: bool) -> concurrent.futures.Future[None] | None:
+        if self.failed:
+            return None
+        now = time.monotonic()
+        caller, bot, pad_to, lead = self._take(now, final)
+        self._pending = _EXECUTOR.submit(self._write, caller, bot, pad_to, lead, final)
+        return self._pending
+
+    def _write(
+        self, caller: bytes, bot: list[tuple[int, bytes]], pad_to: int, lead: int, final: bool
+    ) -> None:
+        try:
+            pcm = bytes(2 * lead) + (self._caller_decoder.decode(caller) if caller else b"")
+            decoded = [(pos, self._bot_decoder.decode(payload)) for pos, payload in bot]
+            self._writer.write(pcm, decoded, pad_to, final)
+        except Exception:
+            self.failed = True
+            logger.exception("recording to %s failed; the call goes on without it", self.path)
+            with contextlib.suppress(Exception):
+                self._writer.close()
+
+    async def close(self) -> None:
+        """Write what is left (waiting for the writer) and close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        previous = self._pending
+        if previous is not None and not previous.done():
+            await asyncio.wrap_future(previous)
+        future = self._flush(final=True)
+        if future is not None:
+            await asyncio.wrap_future(future)
+
+    @property
+    def duration_secs(self) -> float:
+        """Seconds written to the file so far."""
+        return self._writer.written / self.rate

@@ -1,0 +1,189 @@
+"""The pure parts of call records: turns, heard text and latency from timed events; the
+custom-fields API; the WAV writer; number masking. No sockets."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from callpipe.audio.codecs import get_codec
+from callpipe.log import mask_number
+from callpipe.records.model import CallRecord, Latency, ToolCall
+from callpipe.records.observer import CallObserver, RecordFields, provider_name
+from callpipe.records.recording import CallRecorder, WavWriter, recording_path
+from callpipe.records.sink import MemorySink
+from callpipe.records.timeline import Timeline
+
+T0 = 1000.0
+
+
+def _timeline() -> tuple[Timeline, CallRecord, list[tuple[Latency, bool]]]:
+    record = CallRecord(call_control_id="c1")
+    reported: list[tuple[Latency, bool]] = []
+    timeline = Timeline(
+        record, started=T0, to_wall=lambda t: t + 1e9, on_latency=lambda lat, g: reported.append((lat, g))
+    )
+    return timeline, record, reported
+
+
+def test_greeting_then_a_turn_with_every_latency_stage() -> None:
+    tl, record, reported = _timeline()
+    tl.llm_first_token(T0 + 0.5)
+    tl.bot_text("Hello there.", T0 + 0.51)
+    tl.tts_first_audio(T0 + 0.6)
+    tl.audio_sent(T0 + 0.61)
+    tl.heard(T0 + 0.7)
+    for word in ("Hello", "there."):
+        tl.bot_word_queued(word, T0 + 0.62)
+        tl.heard_word(word, T0 + 0.9)
+    tl.reply_ended(T0 + 0.8)
+    tl.bot_stopped(T0 + 1.5)
+    # The caller speaks; their speech ends at +3.0, the VAD says so at +3.3.
+    tl.caller_started(T0 + 2.0)
+    tl.caller_stopped(T0 + 3.0, T0 + 3.3)
+    tl.transcript("what time is it", T0 + 3.4)
+    tl.llm_first_token(T0 + 3.5)
+    tl.bot_text("It is noon.", T0 + 3.5)
+    tl.tts_first_audio(T0 + 3.6)
+    tl.audio_sent(T0 + 3.65)
+    tl.heard(T0 + 3.7)
+    tl.heard_word("It", T0 + 3.8)
+
+    greeting, caller, reply = record.turns
+    assert (greeting.speaker, greeting.text, greeting.heard_text) == ("bot", "Hello there.", "Hello there.")
+    assert greeting.latency == Latency(
+        llm_first_token_ms=500.0, tts_first_audio_ms=600.0, first_audio_sent_ms=610.0, heard_ms=700.0
+    )
+    assert greeting.ended_at == T0 + 1.5 + 1e9
+    assert (caller.speaker, caller.text) == ("caller", "what time is it")
+    assert (caller.started_at, caller.ended_at) == (T0 + 2.0 + 1e9, T0 + 3.0 + 1e9)
+    assert reply.latency == Latency(
+        vad_stop_ms=300.0,
+        stt_final_ms=400.0,
+        llm_first_token_ms=500.0,
+        tts_first_audio_ms=600.0,
+        first_audio_sent_ms=650.0,
+        heard_ms=700.0,
+    )
+    assert reply.heard_text == "It" and not reply.interrupted
+    # /metrics: the greeting is reported as such (and left out of the stage histograms).
+    assert [g for _, g in reported] == [True, False]
+
+
+def test_a_final_transcript_before_the_vad_stop_counts_for_the_next_turn() -> None:
+    tl, record, _ = _timeline()
+    tl.caller_started(T0 + 1.0)
+    tl.transcript("hello", T0 + 2.1)  # a streaming STT finalised first
+    tl.caller_stopped(T0 + 2.0, T0 + 2.3)
+    tl.llm_first_token(T0 + 2.4)
+    tl.bot_text("Hi.", T0 + 2.4)
+    latency = record.turns[-1].latency
+    assert latency is not None
+    assert (latency.stt_final_ms, latency.vad_stop_ms, latency.llm_first_token_ms) == (100.0, 300.0, 400.0)
+
+
+def test_barge_in_cuts_the_turn_and_keeps_what_was_heard() -> None:
+    tl, record, _ = _timeline()
+    tl.bot_text("One two three four five.", T0 + 0.1)
+    tl.audio_sent(T0 + 0.2)
+    tl.heard_word("One", T0 + 0.5)
+    tl.heard_word("two", T0 + 0.8)
+    tl.caller_started(T0 + 0.9)
+    assert tl.interrupted(T0 + 0.95, cut=True)
+    tl.heard_word("late", T0 + 1.0)  # nothing is open any more: ignored
+    turn = record.turns[0]
+    assert turn.interrupted and turn.text == "One two three four five." and turn.heard_text == "One two"
+    assert turn.ended_at == T0 + 0.95 + 1e9
+
+
+def test_an_interruption_after_the_whole_reply_played_is_not_a_cut() -> None:
+    tl, record, _ = _timeline()
+    tl.bot_text("Done.", T0)
+    tl.audio_sent(T0 + 0.1)
+    tl.reply_ended(T0 + 0.1)
+    assert tl.interrupted(T0 + 2.0, cut=False)
+    assert not record.turns[0].interrupted
+
+
+def test_words_without_a_tts_service_become_the_text_and_tools_join_the_turn() -> None:
+    tl, record, _ = _timeline()
+    tl.audio_sent(T0 + 0.1)
+    for word in ("canned", "reply"):
+        tl.bot_word_queued(word, T0 + 0.1)
+    tl.tool_call(ToolCall(name="end_call"), T0 + 0.2)
+    assert record.turns[0].text == "canned reply"
+    assert [c.name for c in record.turns[0].tool_calls] == ["end_call"]
+
+
+def test_record_fields_accept_json_and_reject_the_rest() -> None:
+    sink = MemorySink()
+    observer = CallObserver(CallRecord(call_control_id="c2"), sink)
+    fields = observer.fields
+    fields.set(outcome="booked", when={"day": "mon", "slots": [1, 2]})
+    fields.custom["crm_id"] = "A-17"
+    with pytest.raises(TypeError, match=r"'bad'.*not JSON-serializable"):
+        fields.set(bad=complex(1, 2))
+    with pytest.raises(TypeError):
+        fields.custom["worse"] = object()
+    assert observer.record.custom == {
+        "outcome": "booked",
+        "when": {"day": "mon", "slots": [1, 2]},
+        "crm_id": "A-17",
+    }
+    assert sink.live["c2"] is observer.record and fields.call_control_id == "c2"
+    detached = RecordFields()  # outside callpipe serve: kept locally, no error
+    detached.set(x=1)
+    assert detached.get("x") == 1 and detached.call_control_id is None
+
+
+def test_end_reason_first_noted_wins() -> None:
+    observer = CallObserver(CallRecord(call_control_id="c3"), MemorySink())
+    observer.note_end("transferred", "bot")
+    observer.note_end("caller_hangup", "caller")
+    assert observer.end_noted == "transferred"
+
+
+def test_provider_names_and_masked_numbers() -> None:
+    class DeepgramSTTService:
+        model = "nova-3"
+
+    assert provider_name(DeepgramSTTService()) == "deepgram:nova-3"
+    assert mask_number("+15551234567") == "+1555•••4567"
+    assert mask_number(None) == "-" and mask_number("1234") == "•••34"
+
+
+def test_wav_writer_is_valid_after_every_write_and_places_the_bot_in_time(tmp_path: Path) -> None:
+    path = tmp_path / "a.wav"
+    writer = WavWriter(path, 8000)
+    caller = (np.ones(8000, dtype=np.int16) * 100).tobytes()
+    bot = (np.ones(800, dtype=np.int16) * 200).tobytes()
+    writer.write(caller, [(4000, bot), (7600, bot)], pad_to=0, final=False)
+    with wave.open(str(path)) as wav:  # readable before the end: sizes are rewritten per write
+        assert (wav.getnchannels(), wav.getframerate(), wav.getnframes()) == (2, 8000, 8000)
+        frames = np.frombuffer(wav.readframes(8000), dtype=np.int16).reshape(-1, 2)
+    assert (frames[:, 0] == 100).all()
+    assert (frames[3999:4801, 1] == [0, *[200] * 800, 0]).all()
+    assert (frames[7600:, 1] == 200).all()  # 400 of 800 samples; the rest waits
+    writer.write(b"", [], pad_to=8800, final=True)  # the caller's stream ended early: padded
+    with wave.open(str(path)) as wav:
+        assert wav.getnframes() == 8800
+        frames = np.frombuffer(wav.readframes(8800), dtype=np.int16).reshape(-1, 2)
+    assert (frames[8000:8400, 1] == 200).all() and (frames[8400:, 1] == 0).all()
+    assert (frames[8000:, 0] == 0).all()
+
+
+async def test_recorder_cut_drops_bot_audio_that_had_not_played(tmp_path: Path) -> None:
+    codec = get_codec("PCMU")
+    chunk = codec.encode((np.ones(160, dtype=np.int16) * 3000).tobytes())
+    path = recording_path(tmp_path, "v3:abc/def", 1_700_000_000.0)
+    assert path.name == "v3_abc_def.wav" and path.parent.name == "2023-11-14"
+    recorder = CallRecorder(path, caller_codec=codec, bot_codec=codec, started=T0)
+    for i in range(10):
+        recorder.bot(chunk, T0 + i * 0.02)
+    recorder.cut(T0 + 0.05)  # mid-way through the third chunk
+    kept = recorder._bot
+    assert [at for at, _ in kept] == [T0, T0 + 0.02, T0 + 0.04]
+    assert len(kept[2][1]) == 80  # half a chunk played

@@ -65,3 +65,15 @@ def test_readiness_reasons() -> None:
     assert readiness(state) == (False, "at_capacity")
     state.draining = True
     assert readiness(state) == (False, "draining")
+
+
+def test_internal_urls_and_worker_ports() -> None:
+    from callpipe.server.control import advertised_url, worker_port
+
+    assert advertised_url("127.0.0.1", 4321, None) == "http://127.0.0.1:4321"
+    assert advertised_url("::1", 4321, None) == "http://[::1]:4321"
+    assert advertised_url("10.1.2.3", 9001, "http://pod-a.internal:{port}/") == "http://pod-a.internal:9001"
+    assert "0.0.0.0" not in advertised_url("0.0.0.0", 9000, None)
+    assert worker_port(9000, "1") == 9001
+    assert worker_port(9000, None) == 9000
+    assert worker_port(0, "3") == 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import time
 import uuid
@@ -440,7 +441,7 @@ async def _start_operations(state: ServerState) -> None:
             state,
             secret,
             host=settings.internal_host,
-            port=settings.internal_port,
+            port=control.worker_port(settings.internal_port, os.environ.get("CALLPIPE_WORKER")),
             advertised_url=settings.internal_url,
             timeout_secs=settings.forward_timeout_secs,
         )
@@ -460,8 +461,6 @@ async def _stop_operations(state: ServerState) -> None:
 
 def _is_worker() -> bool:
     # Under ``--workers`` the supervisor serves METRICS_PORT for the whole box.
-    import os
-
     return bool(os.environ.get("CALLPIPE_WORKER"))
 
 

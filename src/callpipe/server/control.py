@@ -223,9 +223,7 @@ class ControlPlane:
         sock.listen(128)
         sock.setblocking(False)
         self._sock = sock
-        port = sock.getsockname()[1]
-        host = f"[{self.host}]" if family == socket.AF_INET6 else self.host
-        self.url = (self.advertised_url or f"http://{host}:{port}").rstrip("/")
+        self.url = advertised_url(self.host, sock.getsockname()[1], self.advertised_url)
         config = _OwnLoggingConfig(
             internal_app(self.state, self.secret), lifespan="off", log_level="warning", access_log=False
         )
@@ -294,6 +292,33 @@ class ControlPlane:
         logger.info("forwarded %s for %s to its instance in %.0f ms", _describe(event), ccid, elapsed_ms)
         metrics.REGISTRY.forwarded.labels(direction="sent", result="delivered").inc()
         return "forwarded"
+
+
+def advertised_url(host: str, port: int, template: str | None) -> str:
+    """The URL other instances reach this listener at.
+
+    ``template`` (INTERNAL_URL) may hold ``{port}``, replaced by the bound port (ephemeral,
+    or offset per worker). Without it: ``http://host:port``, with the machine's hostname
+    for a wildcard host (0.0.0.0 is nobody's address).
+    """
+    if template:
+        return template.replace("{port}", str(port)).rstrip("/")
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def worker_port(port: int, worker: str | None) -> int:
+    """INTERNAL_PORT for this process: offset by the worker index under ``--workers``.
+
+    Workers of one box cannot share a fixed port; ``INTERNAL_PORT=9000`` with two
+    workers gives 9000 and 9001 (port 0 stays ephemeral).
+    """
+    if port == 0 or not worker or not worker.isdigit():
+        return port
+    return port + int(worker)
 
 
 def _describe(event: ControlEvent) -> str:

@@ -63,7 +63,7 @@ class ServerSettings(BaseSettings):
     record_call_params: bool = True  # RECORD_CALL_PARAMS=off: no dial-out body / stream query params
     internal_host: str = "127.0.0.1"  # the control listener other instances forward to
     internal_port: int = Field(default=0, ge=0, le=65535)  # 0 = an ephemeral port
-    internal_url: str | None = None  # how other instances reach it (default http://host:port)
+    internal_url: str | None = None  # how other instances reach it; "{port}" = the bound port
     metrics_port: int | None = Field(default=None, ge=0, le=65535)  # /metrics there, unauthenticated
     metrics_host: str = "127.0.0.1"
     forward_timeout_secs: float = Field(default=2.0, gt=0)

@@ -77,3 +77,43 @@ def test_internal_urls_and_worker_ports() -> None:
     assert worker_port(9000, "1") == 9001
     assert worker_port(9000, None) == 9000
     assert worker_port(0, "3") == 0
+
+
+async def test_the_internal_listener_takes_only_signed_fresh_events() -> None:
+    import time
+
+    import httpx
+
+    from callpipe.server.control import FORWARD_HEADER, ControlPlane
+
+    class NoLookups:
+        """A store that must not be asked: the internal listener never forwards again."""
+
+        async def owner_of(self, ccid: str) -> str | None:
+            raise AssertionError("a forwarded event was looked up for forwarding again")
+
+    state = _state()
+    plane = ControlPlane(state, SECRET)
+    state.store = NoLookups()  # type: ignore[assignment]
+    state.control = plane
+    await plane.start()
+    try:
+        url = f"{plane.url}/internal/calls/v3:nobody/events"
+        body = b'{"kind":"webhook","event_type":"call.hangup"}'
+        async with httpx.AsyncClient(timeout=5) as http:
+
+            async def post(header: str | None, content: bytes = body) -> int:
+                headers = {FORWARD_HEADER: header} if header else {}
+                return (await http.post(url, content=content, headers=headers)).status_code
+
+            assert await post(None) == 401
+            assert await post(sign_forward("wrong-secret", body)) == 401
+            assert await post(sign_forward(SECRET, body, now=time.time() - 120)) == 401
+            assert await post(sign_forward(SECRET, b"{}"), body) == 401  # signed another body
+            assert await post(sign_forward(SECRET, b"[1]"), b"[1]") == 400
+            # Signed and fresh, for a call this process does not hold: 404, and never sent on.
+            assert await post(sign_forward(SECRET, body)) == 404
+            too_big = b"x" * 70_000
+            assert await post(sign_forward(SECRET, too_big), too_big) == 413
+    finally:
+        await plane.stop()

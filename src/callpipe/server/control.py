@@ -61,6 +61,8 @@ FORWARD_HEADER = "X-Callpipe-Forward"
 # request cannot be replayed later.
 FORWARD_TOLERANCE_SECS = 30.0
 MAX_FORWARD_BYTES = 64 * 1024
+# A little over the record writer's batch interval (0.5 s): by then a new call is stored.
+OWNER_RETRY_SECS = 0.6
 _PURPOSE = b"callpipe-forward-v1"
 
 
@@ -258,6 +260,11 @@ class ControlPlane:
         try:
             async with asyncio.timeout(self.timeout_secs):
                 owner = await store.owner_of(ccid)
+                if owner is None and _matters(event):
+                    # A call that started a moment ago may not be in the store yet (records
+                    # are written in batches): look once more before giving up on it.
+                    await asyncio.sleep(OWNER_RETRY_SECS)
+                    owner = await store.owner_of(ccid)
                 if owner is None or owner.rstrip("/") == self.url:
                     # No live owner, or the store still names us for a call we no longer hold.
                     metrics.REGISTRY.forwarded.labels(direction="sent", result="not_found").inc()
@@ -319,6 +326,13 @@ def worker_port(port: int, worker: str | None) -> int:
     if port == 0 or not worker or not worker.isdigit():
         return port
     return port + int(worker)
+
+
+def _matters(event: ControlEvent) -> bool:
+    """Events worth a second owner lookup: those that change a live call."""
+    if event.kind != "webhook":
+        return True
+    return event.event_type == "call.hangup" or event.event_type.startswith("call.machine.")
 
 
 def _describe(event: ControlEvent) -> str:

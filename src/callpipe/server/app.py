@@ -236,9 +236,9 @@ def create_app(
         telnyx_auth.log_startup()
         state.models_warm = warmup.models_warm()  # already warm (another app in this process)
         warming = asyncio.create_task(state.warm_up_models())
+        await _start_operations(state)  # first: the store registers the internal URL at start
         if state.store is not None:
             await state.store.start()
-        await _start_operations(state)
         state.ready = True
         yield
         state.ready = False

@@ -60,6 +60,9 @@ def test_readiness_reasons() -> None:
     state = _state(max_calls=1)
     assert readiness(state) == (False, "starting")
     state.ready = True
+    state.models_warm = False
+    assert readiness(state) == (False, "warming_up")
+    state.models_warm = True
     assert readiness(state) == (True, "ok")
     state.calls["v3:x"] = object()  # type: ignore[assignment]
     assert readiness(state) == (False, "at_capacity")

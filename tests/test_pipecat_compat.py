@@ -5,7 +5,14 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import httpx
 import pytest
 
 from callpipe.audio.vad import SileroVADAnalyzer, VADParams
@@ -14,10 +21,13 @@ from callpipe.pipeline import Pipeline, PipelineTask
 from callpipe.pipeline.vad_placement import NO_VAD_WARNING
 from callpipe.pipeline.worker import PipelineWorker, WorkerRunner
 from callpipe.runner import RunnerArguments, TelnyxCallData
+from callpipe.server.background import free_port
 from callpipe.services.cartesia import CartesiaTTSService
 from callpipe.services.deepgram import DeepgramSTTService
 from callpipe.services.llm import LLMContext, LLMContextAggregatorPair, LLMUserAggregatorParams
 from callpipe.services.openai import OpenAILLMService
+
+STYLE_BOT = Path(__file__).resolve().parent.parent / "examples" / "pipecat_style" / "inbound_bot.py"
 
 # Every module path (after the package name) and name a Pipecat Telnyx bot imports.
 PIPECAT_IMPORTS = {
@@ -180,3 +190,99 @@ async def test_worker_runner_runs_added_workers() -> None:
     assert seen == [worker] and worker.has_finished()
     with pytest.raises(RuntimeError, match="add_workers"):
         await WorkerRunner().run()
+
+
+# ------------------------------------------------------------ the dev runner
+
+
+def test_dev_runner_flags_map_to_callpipe_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    from callpipe.runner.run import runner_settings
+
+    monkeypatch.delenv("PUBLIC_URL", raising=False)
+    monkeypatch.setenv("CALLPIPE_SECRET", "s" * 32)
+    args, overrides = runner_settings(["-t", "telnyx", "--proxy", "https://abc.ngrok.io/"])
+    assert (args.host, args.port) == ("localhost", 7860)  # Pipecat's defaults
+    assert overrides == {"public_url": "https://abc.ngrok.io"}
+    args, overrides = runner_settings(["-x", "bot.example.com", "--port", "8000"])
+    assert args.port == 8000 and overrides["public_url"] == "https://bot.example.com"
+    monkeypatch.delenv("CALLPIPE_SECRET")
+    _, overrides = runner_settings([])
+    assert overrides["public_url"] == "http://localhost:7860" and len(overrides["callpipe_secret"]) >= 32
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-t", "twilio"], "Telnyx calls only"),
+        (["-t", "daily"], "use -t telnyx"),
+        (["--direct"], "Daily room"),
+        (["--esp32"], "Telnyx calls only"),
+        (["--whatsapp"], "WhatsApp"),
+        (["-f", "downloads"], "downloads folder"),
+        (["--workers", "2"], "unknown option"),
+    ],
+)
+def test_dev_runner_says_why_a_flag_differs(argv: list[str], message: str) -> None:
+    from callpipe.runner.run import runner_settings
+
+    with pytest.raises(SystemExit, match=message):
+        runner_settings(argv)
+
+
+@pytest.mark.slow
+def test_python_bot_py_serves_the_bot(tmp_path: Path) -> None:
+    """``python inbound_bot.py -t telnyx --proxy HOST`` (Pipecat's command) runs callpipe's server."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PUBLIC_URL", "CALLPIPE_"))}
+    command = [sys.executable, str(STYLE_BOT), "-t", "telnyx", "--proxy", "bot.example.com"]
+    process = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, "the runner exited"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/livez", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.1)  # a separate process: there is nothing to await
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert "https://bot.example.com/texml" in output
+    assert "CALLPIPE_SECRET is not set" in output
+
+
+async def test_a_stream_without_token_is_told_what_to_paste(caplog: pytest.LogCaptureFixture) -> None:
+    import secrets
+
+    import websockets
+
+    from callpipe.server.app import create_app
+    from callpipe.server.background import BackgroundServer
+    from callpipe.server.settings import ServerSettings
+    from callpipe.server.tokens import MISSING_TOKEN_REASON
+
+    async def bot(runner_args: RunnerArguments) -> None:
+        raise AssertionError("no bot may run for a stream without a token")
+
+    settings = ServerSettings(
+        public_url="https://bot.example.com",
+        callpipe_secret=secrets.token_urlsafe(16),  # type: ignore[arg-type]
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    with BackgroundServer(create_app(bot, settings)) as server, caplog.at_level(logging.WARNING):
+        # What a TeXML Bin copied from Pipecat's guide opens: wss://HOST/ws, no token.
+        async with websockets.connect(server.ws_url + "/ws") as ws:
+            with pytest.raises(websockets.ConnectionClosed):
+                await ws.recv()
+    assert (ws.close_code, ws.close_reason) == (1008, MISSING_TOKEN_REASON)
+    assert "callpipe texml" in caplog.text and "<Pause" in caplog.text

@@ -60,6 +60,8 @@ from callpipe.server.replay import ReplayGuard
 from callpipe.server.settings import ServerSettings
 from callpipe.server.telnyx_auth import TelnyxRequestAuth
 from callpipe.server.tokens import (
+    MISSING_TOKEN_HELP,
+    MISSING_TOKEN_REASON,
     TokenError,
     scope_digest,
     sign_expiring,
@@ -370,8 +372,13 @@ def create_app(
             try:
                 token_claims = verify_token(secret or "", websocket.query_params.get("token"))
             except TokenError as exc:
-                logger.warning("refusing stream: %s", exc)
-                await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=fit_close_reason(str(exc)))
+                reason = str(exc)
+                if not websocket.query_params.get("token"):  # e.g. a TeXML Bin from Pipecat's guide
+                    logger.warning(MISSING_TOKEN_HELP)
+                    reason = MISSING_TOKEN_REASON
+                else:
+                    logger.warning("refusing stream: %s", exc)
+                await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=fit_close_reason(reason))
                 _count_refused()
                 return
         try:

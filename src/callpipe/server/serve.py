@@ -33,7 +33,9 @@ BOT_ENVIRONMENT = (
     "openai_api_key",
     "openai_base_url",
     "deepgram_api_key",
+    "deepgram_base_url",
     "cartesia_api_key",
+    "cartesia_base_url",
 )
 
 _TOKEN_IN_URL = re.compile(r"(\b(?:token|sig)=)[^&\s\"]+")

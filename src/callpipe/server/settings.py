@@ -89,7 +89,9 @@ class ServerSettings(BaseSettings):
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
     deepgram_api_key: SecretStr | None = None
+    deepgram_base_url: str | None = None
     cartesia_api_key: SecretStr | None = None
+    cartesia_base_url: str | None = None
 
     def secret(self, name: str) -> str | None:
         """The plain value of a secret setting, or ``None``."""

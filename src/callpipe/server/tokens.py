@@ -40,12 +40,14 @@ __all__ = [
 # A stream URL without a token is what a TeXML Bin copied from Pipecat's Telnyx guide has
 # (`<Stream url="wss://HOST/ws">` and `<Pause length="40"/>`). Refusing it is deliberate -
 # Telnyx's <Stream> carries no authentication - so the refusal says what to paste instead.
-MISSING_TOKEN_REASON = "missing stream token: put the output of `callpipe texml` in your TeXML Bin (see README)"
+MISSING_TOKEN_REASON = (
+    "missing stream token: put the output of `callpipe texml` in your TeXML Bin (see README)"
+)
 MISSING_TOKEN_HELP = (
-    "refusing stream: its URL has no token. A TeXML Bin with a plain <Stream url=\"wss://HOST/ws\"> "
-    "(and <Pause length=\"40\"/>), as in Pipecat's Telnyx guide, is refused on purpose: anyone could "
+    'refusing stream: its URL has no token. A TeXML Bin with a plain <Stream url="wss://HOST/ws"> '
+    '(and <Pause length="40"/>), as in Pipecat\'s Telnyx guide, is refused on purpose: anyone could '
     "open that URL. Replace the Bin's content with the output of `callpipe texml` (with TEXML_PATH_SECRET "
-    "set: <Response><Redirect method=\"POST\">https://HOST/texml/<TEXML_PATH_SECRET></Redirect></Response>, "
+    'set: <Response><Redirect method="POST">https://HOST/texml/<TEXML_PATH_SECRET></Redirect></Response>, '
     "which gives each call its own signed stream URL), or set the TeXML application's voice URL to "
     "https://HOST/texml (signed with TELNYX_PUBLIC_KEY) or https://HOST/texml/<TEXML_PATH_SECRET>"
 )

@@ -515,6 +515,10 @@ def _build_parser() -> argparse.ArgumentParser:
     dial.add_argument("--server", default="http://127.0.0.1:8000", help="the callpipe server")
     dial.add_argument("--api-key", help="CALLPIPE_API_KEY of the server (default: from the environment)")
 
+    from callpipe.store.cli import add_calls_parser
+
+    add_calls_parser(sub)
+
     fake = sub.add_parser(
         "fake-telnyx", help="run the fake Telnyx API (dial-out answered by simulated callees)"
     )
@@ -545,6 +549,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _texml(args)
     if args.command == "dial":
         return asyncio.run(_dial(args))
+    if args.command == "calls":
+        from callpipe.store.cli import run_calls
+
+        return run_calls(args)
     if args.command == "fake-telnyx":
         configure_logging(logging.DEBUG if args.verbose else logging.INFO)
         return _fake_telnyx(args)

@@ -7,7 +7,6 @@ when no key is configured (the records hold personal data; they are never open).
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import hmac
 import logging
 import os
@@ -20,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from callpipe.records.model import END_REASONS, CallRecord
 from callpipe.store.base import CallFilter, CallStore
-from callpipe.store.queries import MAX_LIMIT, CursorError
+from callpipe.store.queries import MAX_LIMIT, CursorError, parse_iso8601
 
 if TYPE_CHECKING:
     from callpipe.server.app import ServerState
@@ -63,14 +62,9 @@ def _time(params: Any, name: str) -> float | None:
     if not text:
         return None
     try:
-        value = _dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise _ApiError(
-            422, "bad_time", f"{name} must be ISO 8601, e.g. 2026-01-31T12:00:00Z, not {text!r}"
-        ) from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=_dt.UTC)
-    return value.timestamp()
+        return parse_iso8601(text, name)
+    except ValueError as exc:
+        raise _ApiError(422, "bad_time", str(exc)) from None
 
 
 def _filter(request: Request) -> CallFilter:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime as _dt
 import logging
 import os
 import time
@@ -17,7 +18,15 @@ from callpipe.records.model import IN_PROGRESS, CallRecord
 from callpipe.store.base import CallFilter, CallPage
 from callpipe.store.schema import calls, webhook_outbox
 
-__all__ = ["CursorError", "decode_cursor", "encode_cursor", "get_call", "list_calls", "purge_older_than"]
+__all__ = [
+    "CursorError",
+    "decode_cursor",
+    "encode_cursor",
+    "get_call",
+    "list_calls",
+    "parse_iso8601",
+    "purge_older_than",
+]
 
 logger = logging.getLogger("callpipe.store")
 
@@ -42,6 +51,17 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     except (ValueError, msgspec.DecodeError):
         raise CursorError("malformed cursor (use the next_cursor of a previous page)") from None
     return started_at, ccid
+
+
+def parse_iso8601(text: str, name: str) -> float:
+    """UNIX seconds of an ISO 8601 time (UTC when it has no offset); ValueError naming ``name``."""
+    try:
+        value = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{name} must be ISO 8601, e.g. 2026-01-31T12:00:00Z, not {text!r}") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=_dt.UTC)
+    return value.timestamp()
 
 
 def _decode(raw: str) -> CallRecord:

@@ -130,12 +130,12 @@ class WebhookDeliverer:
 
     async def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()  # before reading: a wake during the read is not lost
             try:
                 delay = await self.deliver_due()
             except Exception as exc:  # the database is down: try again later
                 logger.warning("webhooks: cannot read the outbox (%s)", type(exc).__name__)
                 delay = self._poll_secs
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 

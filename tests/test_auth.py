@@ -370,3 +370,62 @@ def test_a_malformed_public_key_stops_start_up_naming_it(monkeypatch: pytest.Mon
         serve(monkeypatch, with_fake=False, telnyx_public_key="not-a-key"),
     ):
         pass
+
+
+# --------------------------------------------------------------------------- across instances
+
+
+async def test_single_use_holds_across_instances_sharing_a_store(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two servers on one database (as behind a load balancer): what one used, the other refuses."""
+    shared = {"data_dir": str(tmp_path), "greeting_secs": 0.2}
+    with serve(monkeypatch, simulate=False, **shared) as a:
+        telnyx = a.settings.telnyx_public_key
+        with serve(monkeypatch, simulate=False, telnyx_public_key=telnyx, **shared) as b:
+            assert a.state.store is not None and b.state.store is not None
+            assert a.state.store.instance_id != b.state.store.instance_id
+            # A stream URL from instance A, used there, is refused by instance B.
+            async with a.http() as http:
+                url, _ = _stream_of((await _post_texml(http, a, {"CallSid": "v3:lb"})).text)
+            assert (await _call(url, call_control_id="v3:lb")).greeting_heard_at is not None
+            on_b = await _call(url.replace(a.server.ws_url, b.server.ws_url), call_control_id="v3:lb")
+            assert on_b.close_code == 1008 and "already used" in on_b.close_reason
+
+            # A signed TeXML request answered by A, replayed to B.
+            raw = b"CallSid=v3%3Areplayed"
+            headers = {
+                "content-type": "application/x-www-form-urlencoded",
+                **sign_webhook(raw, a.signing_key),
+            }
+            async with a.http() as http:
+                assert (await http.post("/texml", content=raw, headers=headers)).status_code == 200
+            async with b.http() as http:
+                assert (await http.post("/texml", content=raw, headers=headers)).status_code == 409
+
+            # A webhook event applied by A is a duplicate on B, even signed afresh.
+            event = _event("call.initiated", "v3:nobody")
+            async with a.http() as http:
+                first = await http.post(
+                    "/webhooks/telnyx", content=event, headers=sign_webhook(event, a.signing_key)
+                )
+            async with b.http() as http:
+                again = await http.post(
+                    "/webhooks/telnyx", content=event, headers=sign_webhook(event, a.signing_key)
+                )
+            assert first.json() == {"ok": True} and again.json()["duplicate"] is True
+
+            # A client's retry of /start that lands on the other instance places no second call.
+            key = {"Idempotency-Key": f"lb-{uuid.uuid4()}", "Authorization": f"Bearer {API_KEY}"}
+            request = {"phone_number": CALLEE, "body": BODY}
+            async with a.http() as http:
+                placed = await http.post("/start", json=request, headers=key)
+            async with b.http() as http:
+                retried = await http.post("/start", json=request, headers=key)
+            assert placed.status_code == 200 and retried.status_code == 409
+            assert a.fake_state is not None and b.fake_state is not None
+            dials = [
+                *a.fake_state.requests_to("/v2/texml/Accounts/*/Calls"),
+                *b.fake_state.requests_to("/v2/texml/Accounts/*/Calls"),
+            ]
+            assert len(dials) == 1

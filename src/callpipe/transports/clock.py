@@ -29,7 +29,7 @@ class PacedStream(Protocol):
     """What the clock drives: one call's outgoing audio."""
 
     def on_tick(self, now: float) -> bool:
-        """Send what is due; return False once the stream has nothing left in flight."""
+        """Send what is due at ``now`` (the tick's scheduled time); False once nothing is left in flight."""
         ...
 
 
@@ -84,9 +84,15 @@ class OutputClock:
                 # The loop was blocked for more than a tick; timelines catch up on their
                 # own (they are absolute), the count is for diagnostics.
                 self.late_ticks += 1
+                at = now
+            else:
+                # Streams decide on the tick's own time, not on when the loop got round to
+                # it: a few milliseconds of wake-up jitter would otherwise make a stream
+                # send nothing on one tick and two chunks on the next (a 40 ms hole).
+                at = next_tick
             for stream in list(self._streams):
                 try:
-                    active = stream.on_tick(now)
+                    active = stream.on_tick(at)
                 except Exception:
                     logger.exception("output stream failed; dropping it from the clock")
                     active = False

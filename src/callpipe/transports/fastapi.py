@@ -25,7 +25,6 @@ import collections
 import contextvars
 import logging
 import math
-import re
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -65,6 +64,7 @@ from callpipe.records import observer as records
 from callpipe.telnyx import protocol
 from callpipe.transports.base_transport import BaseTransport
 from callpipe.transports.clock import OutputClock
+from callpipe.transports.guards import FloodGuard, InputGuard, Verdict
 from callpipe.transports.serializers import TelnyxFrameSerializer
 
 # Silence inside a turn after which the VAD says "paused" (speculative transcription
@@ -72,7 +72,6 @@ from callpipe.transports.serializers import TelnyxFrameSerializer
 PAUSE_SECS = 0.1
 
 logger = logging.getLogger("callpipe.transports")
-_DETAIL_NUMBERS = re.compile(r"\d+")
 
 # WebSocket close codes (RFC 6455) used when we end a call over its input.
 CLOSE_NORMAL = 1000
@@ -80,6 +79,9 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_INVALID_DATA = 1007
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
+
+# The receive loop yields to the event loop after this many messages in a row.
+_YIELD_EVERY = 4
 
 
 @dataclass(kw_only=True)
@@ -90,7 +92,10 @@ class FastAPIWebsocketParams:
     stops what the caller hears within about this much). ``receive_timeout_secs``: a
     call whose socket is silent this long is closed (Telnyx streams audio every 20 ms).
     ``max_bad_messages_per_sec``: malformed messages tolerated per second before the
-    call is closed. ``add_wav_header`` is accepted for compatibility; Telnyx takes raw
+    call is closed. ``max_media_ahead_secs``: how far caller audio may run ahead of real
+    time (a network hiccup's backlog) before the excess is dropped undecoded;
+    ``flood_close_after_secs`` of dropped audio, or more than ``max_messages_per_sec``
+    messages (after a burst of twice that), close the call with 1008. ``add_wav_header`` is accepted for compatibility; Telnyx takes raw
     payloads, so it has no effect.
     """
 
@@ -105,6 +110,9 @@ class FastAPIWebsocketParams:
     receive_timeout_secs: float | None = 10.0
     session_timeout: float | None = None
     max_bad_messages_per_sec: int = 20
+    max_media_ahead_secs: float = 3.0
+    flood_close_after_secs: float = 2.0
+    max_messages_per_sec: float = 200.0
     bot_stopped_grace_secs: float = 0.6
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -112,40 +120,6 @@ class FastAPIWebsocketParams:
 def fit_close_reason(reason: str) -> str:
     """Trim a close reason to RFC 6455's 123 bytes of UTF-8 (longer ones break the close frame)."""
     return reason.encode()[:123].decode(errors="ignore")
-
-
-class InputGuard:
-    """Counts malformed input of one call and decides when enough is enough.
-
-    Each distinct reason is logged once per call; the totals are logged at the end.
-    """
-
-    def __init__(self, max_per_sec: int) -> None:
-        self.max_per_sec = max_per_sec
-        self.total = 0
-        # Sliding window: the call closes on more than max_per_sec bad messages within any 1 s.
-        self._recent: collections.deque[float] = collections.deque(maxlen=max_per_sec + 1)
-        self._logged: set[str] = set()
-        self.observer: records.CallObserver | None = None
-
-    def record(self, reason: str, now: float, *, counts: bool = True) -> bool:
-        """Count one bad message; True if the call should now be closed.
-
-        ``counts=False`` (an unknown event) is logged and totalled but never closes a call.
-        """
-        self.total += 1
-        metrics.REGISTRY.error("malformed_message")
-        # Byte offsets and lengths are details of one message, not a new kind of fault.
-        kind = _DETAIL_NUMBERS.sub("N", reason.split(" - at ")[0])[:80]
-        if kind not in self._logged:
-            self._logged.add(kind)
-            logger.warning("dropped a malformed message (%s); the call carries on", reason)
-            if self.observer is not None:
-                self.observer.error("malformed_message", reason)
-        if not counts:
-            return False
-        self._recent.append(now)
-        return len(self._recent) > self.max_per_sec and now - self._recent[0] < 1.0
 
 
 class FastAPIWebsocketInputTransport(FrameProcessor):
@@ -162,6 +136,13 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         self._last_receive = time.monotonic()
         self._watchdog: asyncio.TimerHandle | None = None
         self._guard = InputGuard(self._params.max_bad_messages_per_sec)
+        self._flood = FloodGuard(
+            burst_secs=self._params.max_media_ahead_secs,
+            close_after_secs=self._params.flood_close_after_secs,
+            max_messages_per_sec=self._params.max_messages_per_sec,
+            message_burst=2 * self._params.max_messages_per_sec,
+        )
+        self._media_byte_rate = float(self._serializer.max_payload_bytes)  # payload bytes per second
         self._stopped = False
         self._context: contextvars.Context | None = None
         self._interrupt_handle: asyncio.TimerHandle | None = None
@@ -225,6 +206,12 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         await super().cleanup()
         if self._guard.total:
             logger.info("call had %d malformed messages in total", self._guard.total)
+        if self._flood.dropped:
+            logger.info(
+                "dropped %d media messages (%.1fs of audio) that ran ahead of real time",
+                self._flood.dropped,
+                self._flood.dropped_secs,
+            )
 
     # ------------------------------------------------------------------ reading
 
@@ -232,14 +219,22 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         websocket = self._transport.websocket
         receive = websocket.receive
         reason = "the caller's stream closed"
+        flood = self._flood
         try:
             while True:
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
                     self._note_end("caller_hangup", "caller")
                     break
-                self._last_receive = time.monotonic()
+                self._last_receive = now = time.monotonic()
                 self.messages_received += 1
+                if self.messages_received % _YIELD_EVERY == 0:
+                    # The server hands over queued messages without suspending: a sender
+                    # that fills the socket would otherwise hold the loop for all of them.
+                    await asyncio.sleep(0)
+                if flood.message(now) is Verdict.CLOSE:
+                    reason = await self._close(CLOSE_POLICY_VIOLATION, flood.reason)
+                    break
                 data = message.get("text")
                 if data is None:
                     data = message.get("bytes") or b""
@@ -272,8 +267,16 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
             if self._stopped or not self._params.audio_in_enabled:
                 return None
             payload = event.media.payload
-            if len(payload) > serializer.max_payload_bytes:
+            if len(payload) > self._media_byte_rate:
                 return await self._close(CLOSE_TOO_BIG, f"media payload of {len(payload)} bytes is over 1 s")
+            verdict = self._flood.media(len(payload) / self._media_byte_rate)
+            if verdict is not Verdict.ACCEPT:
+                # Beyond real time: dropped before any decoding or VAD work.
+                return (
+                    None
+                    if verdict is Verdict.DROP
+                    else await self._close(CLOSE_POLICY_VIOLATION, self._flood.reason)
+                )
             try:
                 pcm = serializer.decode_media(payload)
             except ValueError as exc:

@@ -521,6 +521,8 @@ class VADBatcher:
     ``max_batch`` windows are pending, on the next loop iteration) :meth:`flush` runs
     one inference per sample rate and per "round" (round k holds every stream's k-th
     pending window, since a stream's windows depend on each other through the RNN state).
+    A timer's flush runs at most ``max_rounds`` rounds: a call that delivers a backlog of
+    seconds at once is worked off a few windows per loop iteration, not in one long stall.
 
     Design choice: inference runs inline on the loop thread. It is short (~0.1 ms for
     one window, ~3 ms for 100, ~6.5 ms for 200) and keeps ordering trivial: events are
@@ -544,6 +546,7 @@ class VADBatcher:
         *,
         max_delay: float = 0.004,
         max_batch: int = 256,
+        max_rounds: int = 4,
         model: SileroVADModel | None = None,
     ) -> None:
         """Create a batcher for ``loop`` (default: the running loop); see :meth:`for_loop`."""
@@ -554,6 +557,7 @@ class VADBatcher:
         self._loop_ref = weakref.ref(loop or asyncio.get_running_loop())
         self.max_delay = max_delay
         self.max_batch = max_batch
+        self.max_rounds = max_rounds
         self._model = model
         self._pending: dict[SileroVADAnalyzer, list[bytes]] = {}
         self._count = 0
@@ -618,21 +622,25 @@ class VADBatcher:
 
     def _on_timer(self, generation: int) -> None:
         if generation == self._generation:
-            self.flush()
+            self.flush(max_rounds=self.max_rounds)
 
-    def flush(self) -> None:
-        """Process every pending window now and deliver the events (no-op from a listener)."""
+    def flush(self, max_rounds: int | None = None) -> None:
+        """Process pending windows now and deliver the events (no-op from a listener).
+
+        ``max_rounds`` bounds how many windows of each stream run now (the timer's
+        flushes use :attr:`max_rounds`); the rest follow on the next loop iteration.
+        """
         if self._flushing:
             # Re-entered from a listener: windows queued meanwhile already armed a timer,
             # and processing them now could overtake the same streams' earlier windows.
             return
         self._flushing = True
         try:
-            self._flush()
+            self._flush(max_rounds)
         finally:
             self._flushing = False
 
-    def _flush(self) -> None:
+    def _flush(self, max_rounds: int | None) -> None:
         self._generation += 1
         self._armed = self._soon = False
         pending, self._pending, self._count = self._pending, {}, 0
@@ -644,13 +652,31 @@ class VADBatcher:
         by_rate: dict[int, list[tuple[SileroVADAnalyzer, int, list[bytes]]]] = {}
         for analyzer, windows in pending.items():
             by_rate.setdefault(analyzer._sample_rate, []).append((analyzer, analyzer._epoch, windows))
+        longest = max(len(windows) for windows in pending.values())
+        rounds = longest if max_rounds is None else min(max_rounds, longest)
         for rate, streams in by_rate.items():
-            for k in range(max(len(windows) for _, _, windows in streams)):
+            for k in range(min(rounds, max(len(windows) for _, _, windows in streams))):
                 rows = [
                     (analyzer, epoch, windows[k]) for analyzer, epoch, windows in streams if len(windows) > k
                 ]
                 for start in range(0, len(rows), self.max_batch):
                     self._run_group(model, rate, rows[start : start + self.max_batch])
+        self._requeue_rest([s for streams in by_rate.values() for s in streams], rounds)
+
+    def _requeue_rest(self, streams: list[tuple[SileroVADAnalyzer, int, list[bytes]]], done: int) -> None:
+        # A stream that delivered a backlog (many windows at once) is processed
+        # ``max_rounds`` windows per flush, so one call's burst never holds the loop for
+        # long; its rest goes first in the next flush, ahead of windows queued meanwhile.
+        rest = {a: w[done:] for a, epoch, w in streams if len(w) > done and a._epoch == epoch}
+        if not rest:
+            return
+        for analyzer, windows in self._pending.items():
+            rest[analyzer] = rest.get(analyzer, []) + windows
+        self._pending = rest
+        self._count = sum(len(w) for w in rest.values())
+        if not self._soon:
+            self._soon = True
+            self._loop().call_soon(self._on_timer, self._generation)
 
     def _run_group(
         self, model: SileroVADModel, rate: int, rows: list[tuple[SileroVADAnalyzer, int, bytes]]

@@ -23,6 +23,12 @@ from callpipe.telnyx import protocol
 ONE_FRAME = bytes([0xFF]) * 160  # 20 ms of PCMU silence
 
 
+async def _discard_incoming(ws: websockets.ClientConnection) -> None:
+    with contextlib.suppress(websockets.ConnectionClosed):
+        async for _ in ws:
+            pass
+
+
 async def flood(url: str, count: int) -> dict[str, object]:
     """One connection: handshake, then ``count`` media messages back to back."""
     stream_id = str(uuid.uuid4())
@@ -44,6 +50,9 @@ async def flood(url: str, count: int) -> dict[str, object]:
             )
             for i in range(count)
         ]
+        # Read what the bot sends (its greeting): unread, it would fill the client's
+        # queue, pause reading, and hide the server's close frame behind it.
+        reader = asyncio.ensure_future(_discard_incoming(ws))
         with contextlib.suppress(websockets.ConnectionClosed):
             for message in messages:
                 await ws.send(message)
@@ -51,6 +60,7 @@ async def flood(url: str, count: int) -> dict[str, object]:
             # Everything is written; wait (bounded) for the server to react.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ws.wait_closed(), 5)
+        reader.cancel()
         return {
             "sent": sent,
             "code": ws.close_code,

@@ -12,3 +12,12 @@ The package is layered; each sub-package depends only on the ones listed before 
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # ``callpipe.serve_app`` without importing uvicorn and FastAPI for every ``import callpipe``.
+    if name == "serve_app":
+        from callpipe.server.limits import serve_app
+
+        return serve_app
+    raise AttributeError(f"module 'callpipe' has no attribute {name!r}")

@@ -17,13 +17,13 @@ from typing import Any
 import uvicorn
 
 from callpipe.server.app import BotFunction, ServerState, create_app
+from callpipe.server.limits import SAFE_WEBSOCKET_OPTIONS
 from callpipe.server.settings import ServerSettings
 
 logger = logging.getLogger("callpipe.server")
 
 # Largest WebSocket message uvicorn accepts: a Telnyx media message is a few hundred
 # bytes; refusing big frames in the protocol layer means they are never buffered whole.
-WS_MAX_SIZE = 256 * 1024
 
 
 # Settings that bots read from os.environ rather than from ServerSettings.
@@ -157,7 +157,7 @@ def uvicorn_options(host: str, port: int, log_level: str) -> dict[str, Any]:
         "host": host,
         "port": port,
         "log_level": log_level,
-        "ws_max_size": WS_MAX_SIZE,
+        **SAFE_WEBSOCKET_OPTIONS,
         "lifespan": "on",
         "proxy_headers": True,
     }

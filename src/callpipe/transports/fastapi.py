@@ -233,7 +233,7 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
                     # that fills the socket would otherwise hold the loop for all of them.
                     await asyncio.sleep(0)
                 if flood.message(now) is Verdict.CLOSE:
-                    reason = await self._close(CLOSE_POLICY_VIOLATION, flood.reason)
+                    reason = await self._close(CLOSE_POLICY_VIOLATION, flood.reason, abort=True)
                     break
                 data = message.get("text")
                 if data is None:
@@ -272,11 +272,9 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
             verdict = self._flood.media(len(payload) / self._media_byte_rate)
             if verdict is not Verdict.ACCEPT:
                 # Beyond real time: dropped before any decoding or VAD work.
-                return (
-                    None
-                    if verdict is Verdict.DROP
-                    else await self._close(CLOSE_POLICY_VIOLATION, self._flood.reason)
-                )
+                if verdict is Verdict.DROP:
+                    return None
+                return await self._close(CLOSE_POLICY_VIOLATION, self._flood.reason, abort=True)
             try:
                 pcm = serializer.decode_media(payload)
             except ValueError as exc:
@@ -323,12 +321,14 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         if self._observer is not None:
             self._observer.note_end(reason, by)
 
-    async def _close(self, code: int, reason: str) -> str:
+    async def _close(self, code: int, reason: str, *, abort: bool = False) -> str:
         logger.warning("closing the call's stream (%d): %s", code, reason)
         if self._observer is not None:
             self._observer.error("input", reason)
             self._observer.note_end("error", "server")
         await self._transport.close(code, reason)
+        if abort:
+            self._transport.abort_connection()
         return reason
 
     # ----------------------------------------------------------------- watchdog
@@ -805,6 +805,20 @@ class FastAPIWebsocketTransport(BaseTransport):
         except Exception as exc:  # the caller is gone; the input side ends the call
             logger.debug("send failed: %s", exc)
             self._closed = True
+
+    def abort_connection(self) -> None:
+        """Drop the TCP connection now, after a close frame was sent (a flooding peer).
+
+        A graceful close waits for the peer's close frame, and until it comes the server
+        parses (and inflates) every frame the peer had already sent: thousands per read
+        for a flood, a stall for every call. Under uvicorn the ASGI ``receive`` is a
+        method of its protocol object, which holds the asyncio transport; other servers
+        keep the graceful close.
+        """
+        protocol_object = getattr(getattr(self.websocket, "_receive", None), "__self__", None)
+        transport = getattr(protocol_object, "transport", None)
+        if isinstance(transport, asyncio.BaseTransport) and hasattr(transport, "abort"):
+            transport.abort()
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Close the WebSocket once (with a close code and reason)."""

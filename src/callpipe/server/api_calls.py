@@ -41,7 +41,7 @@ def recording_url(record: CallRecord) -> str | None:
     """The API path of a record's recording, ``None`` without one."""
     if not record.recording_path:
         return None
-    return f"/api/calls/{quote(record.call_control_id, safe='')}/recording"
+    return f"/api/calls/{quote(record.call_control_id, safe=':')}/recording"
 
 
 def _store(request: Request) -> CallStore:

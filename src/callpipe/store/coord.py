@@ -79,44 +79,46 @@ def _pid_gone(pid: int) -> bool:
     return False
 
 
-async def _live_instances(engine: AsyncEngine, stale_after: float) -> set[str]:
-    """Instances heartbeating within ``stale_after`` seconds, minus local ones whose pid is gone."""
+async def _instances(engine: AsyncEngine, stale_after: float) -> tuple[set[str], dict[str, float]]:
+    """The live instances (heartbeat within ``stale_after`` s and, on this host, pid alive),
+    and every registered instance's last heartbeat."""
     cutoff = time.time() - stale_after
     host = socket.gethostname()
     async with engine.connect() as conn:
         rows = (
             await conn.execute(
-                sa.select(instances.c.instance_id, instances.c.hostname, instances.c.pid).where(
-                    instances.c.heartbeat_at >= cutoff
+                sa.select(
+                    instances.c.instance_id, instances.c.hostname, instances.c.pid, instances.c.heartbeat_at
                 )
             )
         ).all()
     live = set()
-    for instance_id, hostname, pid in rows:
+    for instance_id, hostname, pid, heartbeat_at in rows:
+        if heartbeat_at < cutoff:
+            continue
         if hostname == host and pid != os.getpid() and _pid_gone(pid):
             continue  # killed on this host: no need to wait for its heartbeat to go stale
         live.add(instance_id)
-    return live
+    return live, {row.instance_id: row.heartbeat_at for row in rows}
 
 
 async def sweep_dead(engine: AsyncEngine, stale_after: float) -> list[str]:
-    """Mark in-progress calls of dead instances ``process_died`` (ended at their last update)."""
-    live = await _live_instances(engine, stale_after)
+    """Mark in-progress calls of dead instances ``process_died``.
+
+    They end at the later of their last write and their instance's last heartbeat: the
+    process was alive then, and a quiet call (a long greeting) writes nothing for a while.
+    """
+    live, heartbeats = await _instances(engine, stale_after)
+    query = sa.select(calls.c.call_control_id, calls.c.instance, calls.c.record, calls.c.updated_at).where(
+        calls.c.end_reason == IN_PROGRESS, sa.or_(calls.c.instance.is_(None), calls.c.instance.not_in(live))
+    )
     async with engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                sa.select(
-                    calls.c.call_control_id, calls.c.instance, calls.c.record, calls.c.updated_at
-                ).where(calls.c.end_reason == IN_PROGRESS)
-            )
-        ).all()
+        rows = (await conn.execute(query)).all()
     swept = []
     for ccid, instance, raw, updated_at in rows:
-        if instance in live:
-            continue
         record = msgspec.json.decode(raw, type=CallRecord)
         record.end_reason = "process_died"
-        record.ended_at = max(record.started_at, updated_at)
+        record.ended_at = max(record.started_at, updated_at, heartbeats.get(instance or "", 0.0))
         async with engine.begin() as conn:
             result = await conn.execute(
                 calls.update()

@@ -9,6 +9,7 @@ and the stereo WAV on disk are then checked against what happened.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import uuid
 import wave
@@ -62,21 +63,70 @@ def _responder(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> l
     return [GOODBYE, FakeToolCall("end_call", {})]
 
 
+API_KEY = "cp-api-key-records-1"
+
+
 @dataclass
 class Served:
+    """The server, and where its records go: a MemorySink, or the store (SQLite) read over the API."""
+
     server: BackgroundServer
-    sink: MemorySink
+    sink: MemorySink | None
     recordings: Path
-    openai: Any
     signing_key: Any
+    tmp_path: Path
 
     @property
     def ws(self) -> str:
         return self.server.ws_url + "/ws"
 
+    async def record(self, ccid: str, *, final: bool) -> CallRecord | None:
+        """The call's record as the sink or the API has it (``final``: only once finished)."""
+        if self.sink is not None:
+            return self.sink.finished.get(ccid) if final else self.sink.live.get(ccid)
+        async with httpx.AsyncClient(base_url=self.server.base_url) as http:
+            auth = {"Authorization": f"Bearer {API_KEY}"}
+            response = await http.get(f"/api/calls/{ccid}", headers=auth)
+            if response.status_code == 404:
+                return None
+            assert response.status_code == 200, response.text
+            data = response.json()
+            if final and data["end_reason"] == "in_progress":
+                return None
+            record = _record_from_json(data)
+            if data["recording_url"]:
+                wav = await http.get(data["recording_url"], headers=auth)
+                if (wav.status_code == 404 or len(wav.content) < 44) and not final:
+                    return None  # the file is being created
+                assert wav.status_code == 200 and wav.content[:4] == b"RIFF"
+                path = self.tmp_path / f"downloaded-{uuid.uuid4().hex}.wav"
+                path.write_bytes(wav.content)
+                record.recording_path = str(path)
+            return record
 
-@pytest.fixture()
-def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Served]:
+
+def _epoch(text: str | None) -> float | None:
+    return None if text is None else dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _record_from_json(data: dict[str, Any]) -> CallRecord:
+    """``GET /api/calls/{id}`` back into a :class:`CallRecord` (ISO times -> UNIX seconds)."""
+    data = {k: v for k, v in data.items() if k not in ("duration_secs", "recording_url")}
+    for key in ("started_at", "answered_at", "ended_at"):
+        data[key] = _epoch(data[key])
+    for turn in data["turns"]:
+        turn["started_at"], turn["ended_at"] = _epoch(turn["started_at"]), _epoch(turn["ended_at"])
+        for tool in turn["tool_calls"]:
+            tool["at"] = _epoch(tool["at"])
+    for event in data["events"]:
+        event["at"] = _epoch(event["at"])
+    return msgspec.convert(data, CallRecord)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def served(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Served]:
     deepgram = create_fake_deepgram_app("dg-key", transcript=[FIRST_WORDS, SECOND_WORDS])
     openai = create_fake_openai_app("sk-key", script=_responder)
     cartesia = create_fake_cartesia_app("ct-key")
@@ -113,12 +163,14 @@ def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Served]:
             callpipe_insecure_streams=True,
             telnyx_public_key=public_key,
             recording_dir=str(recordings),
+            data_dir=str(tmp_path / "data"),
+            callpipe_api_key=API_KEY,
         )
         app = create_app(bot, settings)
-        sink = MemorySink()
+        sink = MemorySink() if request.param == "memory" else None
         app.state.callpipe.record_sink = sink
         with BackgroundServer(app, port=port) as server:
-            yield Served(server, sink, recordings, openai.state.openai, signing_key)
+            yield Served(server, sink, recordings, signing_key, tmp_path)
 
 
 def _webhook(event_type: str, ccid: str, **payload: Any) -> bytes:
@@ -138,12 +190,13 @@ def _webhook(event_type: str, ccid: str, **payload: Any) -> bytes:
 async def _wav_while_live(served: Served, caller: SimulatedCaller) -> tuple[int, int]:
     """Mid-call: the recording on disk is already a valid WAV (frames, rate)."""
     for _ in range(200):
-        live = served.sink.live.get(caller.call_control_id)
+        live = await served.record(caller.call_control_id, final=False)
         if live is not None and live.recording_path and live.turns:
             break
         await asyncio.sleep(0.05)
     await asyncio.sleep(2.2)  # at least two flushes
-    assert live is not None and live.recording_path
+    live = await served.record(caller.call_control_id, final=False)
+    assert live is not None and live.recording_path and live.end_reason == "in_progress"
     with wave.open(live.recording_path) as wav:
         return wav.getnframes(), wav.getframerate()
 
@@ -165,10 +218,11 @@ async def _run_call(served: Served, speech: bytes) -> tuple[CallResult, CallReco
         assert (await http.post("/webhooks/telnyx", content=amd, headers=headers)).status_code == 200
     result = await asyncio.wait_for(run, 40)
     for _ in range(100):
-        if caller.call_control_id in served.sink.finished:
-            break
+        record = await served.record(caller.call_control_id, final=True)
+        if record is not None:
+            return result, record, live_wav
         await asyncio.sleep(0.05)
-    return result, served.sink.finished[caller.call_control_id], live_wav
+    raise AssertionError("the call's record was not finished")
 
 
 @pytest.mark.slow

@@ -87,16 +87,18 @@ class WavWriter:
         self._right: list[tuple[int, npt.NDArray[np.int16]]] = []  # bot audio not yet written
         self._file: BinaryIO | None = None
 
-    def _open(self) -> BinaryIO:
+    def open(self) -> BinaryIO:
+        """Create the file with an empty WAV header (done by the first write otherwise)."""
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "wb")  # noqa: SIM115 - kept open for the whole call
             self._file.write(_wav_header(self.rate, 0))
+            self._file.flush()
         return self._file
 
     def write(self, caller: bytes, bot: list[tuple[int, bytes]], pad_to: int, final: bool) -> None:
         """Append what is complete; with ``final``, everything, and close the file."""
-        file = self._open()
+        file = self.open()
         left = np.frombuffer(caller, dtype=np.int16)
         if len(self._left):
             left = np.concatenate([self._left, left])
@@ -180,12 +182,19 @@ class CallRecorder:
         self._pending: concurrent.futures.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
-        self._first_caller = True
         self.failed = False
 
     def start(self) -> None:
-        """Arm the flush timer (on the running loop)."""
+        """Create the file (in the writer's thread) and arm the flush timer (on the running loop)."""
+        self._pending = _EXECUTOR.submit(self._open)
         self._timer = asyncio.get_running_loop().call_later(FLUSH_SECS, self._tick)
+
+    def _open(self) -> None:
+        try:
+            self._writer.open()
+        except Exception:
+            self.failed = True
+            logger.exception("could not create the recording %s; the call goes on without it", self.path)
 
     # ----------------------------------------------------------- per frame
 
@@ -217,18 +226,14 @@ class CallRecorder:
             self._flush(final=False)
         self._timer = asyncio.get_running_loop().call_later(FLUSH_SECS, self._tick)
 
-    def _take(self, now: float, final: bool) -> tuple[bytes, list[tuple[int, bytes]], int, int]:
+    def _take(self, now: float, final: bool) -> tuple[bytes, list[tuple[int, bytes]], int]:
         caller = bytes(self._caller)
         self._caller.clear()
         samples = len(caller) * (self.rate // 50) // max(1, self._caller_chunk)
-        lead = 0
-        if self._first_caller and caller:
-            # The stream may have been running before this call's pipeline read it (a
-            # backlog arrives at once): the audio read so far ends about now, and what
-            # lies before it on the call's clock is silence.
-            self._first_caller = False
-            lead = max(0, int((now - self._started) * self.rate) - samples - self.rate // 50)
-        self._caller_samples += lead + samples
+        # No lead-in: Telnyx streams media from the ``start`` message on, and the call's
+        # clock (``started``) starts right after it, so the caller's first frame is at 0
+        # even when the pipeline reads the first second as a backlog.
+        self._caller_samples += samples
         due = [item for item in self._bot if item[0] <= now]
         self._bot = self._bot[len(due) :]
         bot = [(max(0, int((at - self._started) * self.rate)), payload) for at, payload in due]
@@ -237,21 +242,19 @@ class CallRecorder:
         # not missing, so nothing is padded mid-call. At the end, a stream that stopped
         # early is filled up to the call's end.
         pad_to = int((now - self._started) * self.rate) if final else 0
-        return caller, bot, pad_to, lead
+        return caller, bot, pad_to
 
     def _flush(self, *, final: bool) -> concurrent.futures.Future[None] | None:
         if self.failed:
             return None
         now = time.monotonic()
-        caller, bot, pad_to, lead = self._take(now, final)
-        self._pending = _EXECUTOR.submit(self._write, caller, bot, pad_to, lead, final)
+        caller, bot, pad_to = self._take(now, final)
+        self._pending = _EXECUTOR.submit(self._write, caller, bot, pad_to, final)
         return self._pending
 
-    def _write(
-        self, caller: bytes, bot: list[tuple[int, bytes]], pad_to: int, lead: int, final: bool
-    ) -> None:
+    def _write(self, caller: bytes, bot: list[tuple[int, bytes]], pad_to: int, final: bool) -> None:
         try:
-            pcm = bytes(2 * lead) + (self._caller_decoder.decode(caller) if caller else b"")
+            pcm = self._caller_decoder.decode(caller) if caller else b""
             decoded = [(pos, self._bot_decoder.decode(payload)) for pos, payload in bot]
             self._writer.write(pcm, decoded, pad_to, final)
         except Exception:

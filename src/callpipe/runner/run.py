@@ -96,7 +96,8 @@ def runner_settings(argv: Sequence[str] | None = None) -> tuple[argparse.Namespa
         overrides["callpipe_secret"] = secrets.token_urlsafe(32)
         print(
             "CALLPIPE_SECRET is not set: stream URLs are signed with a secret for this run only "
-            "(TeXML applications pointing at /texml work; set CALLPIPE_SECRET for a TeXML Bin)",
+            "(TeXML applications pointing at /texml work, given TELNYX_PUBLIC_KEY or TEXML_PATH_SECRET; "
+            "set CALLPIPE_SECRET for a TeXML Bin)",
             flush=True,
         )
     return args, overrides

@@ -5,7 +5,8 @@ with the account's Ed25519 key: ``telnyx-signature-ed25519`` over ``f"{telnyx-ti
 plus the raw body (form-encoded for TeXML). With ``TELNYX_PUBLIC_KEY`` set, ``/texml`` and
 ``/webhooks/telnyx`` take only requests signed with it and fresh (5 min). A TeXML GET has
 no body, so its signature covers the timestamp only (an assumption: Telnyx does not say
-what a GET signs); that is why every accepted signature is also single-use.
+what a GET signs); that is why every accepted signature is also single-use (a repeat
+answers 409; a Telnyx retry is assumed to be signed afresh, as each webhook delivery is).
 
 For accounts whose TeXML fetches are not signed, ``TEXML_PATH_SECRET`` authenticates the
 voice URL instead: Telnyx is given ``https://host/texml/<secret>``. Without either, ``/texml``

@@ -16,9 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import time
+import uuid
 import wave
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -61,6 +64,42 @@ def create_app(reply: bytes, greeting: bytes | None, stop_secs: float) -> FastAP
     return app
 
 
+class RecordsOn:
+    """ASGI wrapper: every call gets a record and a recording, as under ``callpipe serve``.
+
+    Each WebSocket runs with a :class:`~callpipe.records.observer.CallObserver` in its
+    context (writing through an embedded SQLite store in ``directory``) and its stereo
+    recording in ``directory/recordings``: the same work ``_run_bot`` adds to a call.
+    """
+
+    def __init__(self, app: Any, directory: Path) -> None:
+        from callpipe.store.sql import SqlCallStore
+
+        self.app = app
+        self.directory = directory
+        self.store = SqlCallStore(None, data_dir=directory)
+        self._started: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        from callpipe.records.model import CallRecord
+        from callpipe.records.observer import CallObserver, current_observer
+
+        if self._started is None:
+            self._started = asyncio.ensure_future(self.store.start())
+        await asyncio.shield(self._started)
+        record = CallRecord(call_control_id=f"bench-{uuid.uuid4().hex[:12]}", started_at=time.time())
+        observer = CallObserver(record, self.store.sink, recording_dir=self.directory / "recordings")
+        current_observer.set(observer)
+        observer.touch()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            await observer.finish()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
@@ -68,11 +107,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--reply", required=True, help="8 kHz mono 16-bit WAV")
     parser.add_argument("--greeting", default=None, help="8 kHz mono 16-bit WAV")
     parser.add_argument("--stop-secs", type=float, default=0.2)
+    parser.add_argument(
+        "--records", default=None, help="keep records (SQLite) and recordings in this directory"
+    )
     args = parser.parse_args(argv)
     reply = read_pcm(args.reply)
     greeting = read_pcm(args.greeting) if args.greeting else None
     SileroVADModel.shared()  # load the VAD model now, not on the first call
-    app = create_app(reply, greeting, args.stop_secs)
+    app: Any = create_app(reply, greeting, args.stop_secs)
+    if args.records:
+        app = RecordsOn(app, Path(args.records))
     loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "auto"
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level="warning", loop=loop, ws_max_size=262144

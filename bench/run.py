@@ -92,6 +92,7 @@ class Framework:
     name: str
     python: str
     bot: Path
+    extra: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -109,6 +110,7 @@ def bot_server(framework: Framework, cpu: int | None) -> Iterator[tuple[str, int
         str(DATA / "greeting_8k.wav"),
         "--stop-secs",
         str(STOP_SECS),
+        *framework.extra,
     ]
     if cpu is not None and shutil.which("taskset"):
         command = ["taskset", "-c", str(cpu), *command]
@@ -259,7 +261,14 @@ def main() -> int:
     parser.add_argument("--max-limit", type=int, default=640, help="largest concurrency tried (default 640)")
     parser.add_argument("--only", choices=["callpipe", "pipecat"], help="measure one framework only")
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument(
+        "--records",
+        action="store_true",
+        help="callpipe only: max concurrent calls with call records + recordings off, then on",
+    )
     args = parser.parse_args()
+    if args.records:
+        return compare_records(args)
 
     turn, _ = read_wav(ROOT / "src" / "callpipe" / "sim" / "data" / "caller_8k.wav")
     two_cpus = (os.cpu_count() or 1) >= 2
@@ -302,6 +311,32 @@ def main() -> int:
     if not args.no_docs and len(results) == 2:
         update_docs(table)
         log(f"updated {DOCS.relative_to(ROOT)}")
+    return 0
+
+
+def compare_records(args: argparse.Namespace) -> int:
+    """Capacity (calls on time per process) with records and recordings off vs on."""
+    import tempfile
+
+    turn, _ = read_wav(ROOT / "src" / "callpipe" / "sim" / "data" / "caller_8k.wav")
+    two_cpus = (os.cpu_count() or 1) >= 2
+    server_cpu = 0 if two_cpus else None
+    if two_cpus:
+        os.sched_setaffinity(0, {1})
+    found: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="callpipe-bench-records-") as directory:
+        for label, extra in (("off", ()), ("on", ("--records", directory))):
+            fw = Framework("callpipe", sys.executable, BENCH / "callpipe_bot.py", extra)
+            log(f"== callpipe, records and recordings {label}")
+            with bot_server(fw, server_cpu) as (url, pid):
+                best, capped = max_calls(url, pid, turn, args.duration, 10, args.max_limit)
+            found[label] = best
+            log(f"  -> {best}{' (load generator limit)' if capped else ''}")
+        recordings = list(Path(directory).glob("recordings/*/*.wav"))
+        log(f"  ({len(recordings)} recordings written)")
+    change = (found["on"] - found["off"]) / max(1, found["off"]) * 100
+    print(f"max concurrent calls on time: records off {found['off']}, on {found['on']} ({change:+.0f}%)")
+    print(f"machine: {machine()}; {datetime.date.today().isoformat()}")
     return 0
 
 

@@ -17,7 +17,12 @@ function parseWav(buffer) {
   while (pos + 8 <= buffer.byteLength) {
     const id = tag(pos), size = dv.getUint32(pos + 4, true);
     if (id === "fmt ") fmt = { channels: dv.getUint16(pos + 10, true), rate: dv.getUint32(pos + 12, true), bits: dv.getUint16(pos + 22, true) };
-    if (id === "data") { data = { at: pos + 8, size: Math.min(size, buffer.byteLength - pos - 8) }; break; }
+    if (id === "data") {
+      // A recording cut short (a crash mid-call) may carry a size of 0 or too large: use what is there.
+      const rest = buffer.byteLength - pos - 8;
+      data = { at: pos + 8, size: size === 0 || size > rest ? rest : size };
+      break;
+    }
     pos += 8 + size + (size & 1);
   }
   if (!fmt || !data || fmt.bits !== 16) throw new Error("expected a 16-bit PCM WAV");

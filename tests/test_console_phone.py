@@ -34,14 +34,14 @@ FAKE_MIC = [
 ]
 
 
-def speech_then_silence(path: Path, silence_secs: float = 6.0) -> Path:
-    """The test sentence, then silence: Chromium loops the file, so the caller waits between."""
+def speech_then_silence(path: Path, silence_secs: float = 6.0, before_secs: float = 0.0) -> Path:
+    """The test sentence between silences: Chromium loops the file, so the caller waits between."""
     pcm, rate = read_wav(DATA / "speech_16k.wav")
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
         wav.setframerate(rate)
-        wav.writeframes(pcm + bytes(2 * int(rate * silence_secs)))
+        wav.writeframes(bytes(2 * int(rate * before_secs)) + pcm + bytes(2 * int(rate * silence_secs)))
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from typing import Any
@@ -56,4 +57,11 @@ async def keep_serving(
     print(f"  dashboard:  {found['dashboard']}", flush=True)
     print(f"  softphone:  {found['phone']}", flush=True)
     print(f"  password:   {password}", flush=True)
-    await server.serve()
+    serving = asyncio.ensure_future(server.serve())
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        # Cancelled (by a test or an embedding program): shut down as on Ctrl-C, then go.
+        server.should_exit = True
+        await serving
+        raise

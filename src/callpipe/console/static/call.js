@@ -197,7 +197,8 @@ function renderFacts(record) {
     ["Instance", record.instance || "–"], ["p50 voice-to-voice", CP.ms(record.v2v_p50_ms)],
     ["AMD", record.amd ? JSON.stringify(record.amd) : "–"]];
   for (const [k, v] of Object.entries(record.custom || {})) facts.push([k, typeof v === "string" ? v : JSON.stringify(v)]);
-  document.getElementById("facts").replaceChildren(...facts.map(([k, v]) => CP.el("div", {}, CP.el("dt", {}, k), CP.el("dd", {}, v))));
+  document.getElementById("facts").replaceChildren(...facts.map(([k, v], i) =>
+    CP.el("div", { class: i === 0 ? "wide" : null }, CP.el("dt", {}, k), CP.el("dd", {}, v))));
   const json = document.getElementById("download-json");
   json.href = `${apiBase}?download=1`;
 }

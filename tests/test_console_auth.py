@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
@@ -13,6 +15,7 @@ from callpipe.console.views import Prices, cost_estimate, mask_number, overview,
 from callpipe.server.app import create_app
 from callpipe.server.background import BackgroundServer, free_port
 from callpipe.server.settings import ServerSettings
+from callpipe.server.tokens import verify_token
 from tests.console_support import PASSWORD, sample_record
 
 SECRET = "console-test-secret-Qq12"
@@ -145,7 +148,10 @@ def test_sign_in_sets_a_strict_http_only_cookie_and_csrf_guards_changes(server: 
         data = session.json()
         assert data["encoding"] == "L16" and data["sample_rate"] == 16000
         assert data["call_control_id"].startswith("v3:console-")
-        assert "token=" in data["stream_query"]
+        token = parse_qs(data["stream_query"])["token"][0]
+        claims = verify_token(SECRET, token)
+        assert claims.call_id == data["call_control_id"]  # bound to this browser call
+        assert claims.expires_at - time.time() <= 61  # and short-lived
         bad = client.post(
             "/console/api/phone/session", json={"from": "<script>"}, headers={"X-CSRF-Token": csrf}
         )

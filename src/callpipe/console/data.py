@@ -44,6 +44,8 @@ LIVE_MAX_CALLS = 50
 MAX_PARAMS = 20
 MAX_PARAM_CHARS = 256
 MAX_SESSION_BYTES = 8192
+# The page opens the stream right after it gets the URL (the microphone is already open).
+PHONE_TOKEN_TTL_SECS = 60.0
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
@@ -349,13 +351,13 @@ def _number(value: Any, default: str) -> str:
 
 def phone_call(state: ServerState, request: Any) -> dict[str, Any]:
     """A browser call's identity, media format and signed, single-call stream URL query."""
-    from callpipe.server.app import stream_url
+    from callpipe.server.urls import stream_url
 
     if not isinstance(request, dict):
         raise ValueError("the request body must be a JSON object")
     hd = bool(request.get("hd"))
     ccid = f"v3:console-{uuid.uuid4().hex}"
-    url = stream_url(state.settings, direction="inbound", call_sid=ccid, extra={})
+    url = stream_url(state.settings, direction="inbound", call_sid=ccid, extra={}, ttl=PHONE_TOKEN_TTL_SECS)
     return {
         "call_control_id": ccid,
         "call_session_id": f"console-session-{uuid.uuid4().hex[:12]}",

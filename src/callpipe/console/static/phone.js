@@ -95,20 +95,22 @@ async function startCall() {
   message("");
   setStatus("starting…");
   document.getElementById("call").disabled = true;
-  let session;
-  try {
-    session = await CP.api("/console/api/phone/session", { method: "POST", json: {
-      from: document.getElementById("from").value, to: document.getElementById("to").value,
-      custom_parameters: parseParams(document.getElementById("params").value), hd: !!document.getElementById("hd").value } });
-  } catch (err) {
-    return fail(`Could not start the call: ${err.message}`);
-  }
+  // The microphone first: the stream URL's one-use token is short-lived.
   let stream;
   try {
     stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true } });
   } catch (err) {
     stats.error = "microphone";
     return fail(micError(err));
+  }
+  let session;
+  try {
+    session = await CP.api("/console/api/phone/session", { method: "POST", json: {
+      from: document.getElementById("from").value, to: document.getElementById("to").value,
+      custom_parameters: parseParams(document.getElementById("params").value), hd: !!document.getElementById("hd").value } });
+  } catch (err) {
+    stream.getTracks().forEach((track) => track.stop());
+    return fail(`Could not start the call: ${err.message}`);
   }
   try {
     await connect(session, stream);

@@ -109,3 +109,48 @@ async def test_resumed_speech_throws_the_speculation_away(harness: ServiceHarnes
     assert [f.text for f in harness.down.seen(TranscriptionFrame)] == [f"{3 * RATE} bytes"]
     assert stt.runs == [2 * RATE, 3 * RATE]
     await harness.cancel()
+
+
+async def test_the_scripted_reply_is_previewed_without_changing_the_conversation() -> None:
+    from callpipe.pipeline.frames import SpeculativeTranscriptionFrame, TTSPrefetchFrame
+    from callpipe.services.scripted import ScriptedLLMService
+
+    llm = ScriptedLLMService()
+    assert llm.preview("Thursday, please.").startswith("Sure, what time on Thursday")
+    assert llm.preview("I'd like to book a cleaning on Friday at 3 pm.").startswith("You're booked")
+    # Nothing was booked by previewing: the same words get the same answer.
+    assert llm.preview("Thursday, please.").startswith("Sure, what time on Thursday")
+    params = PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE)
+    harness = await ServiceHarness(llm, params).start()
+    await harness.task.queue_frame(SpeculativeTranscriptionFrame(text="What are your hours on Saturday?"))
+    await wait_until(lambda: bool(harness.down.seen(TTSPrefetchFrame)))
+    assert [f.text for f in harness.down.seen(TTSPrefetchFrame)] == [
+        "We're open Saturdays from 9 AM to 1 PM."
+    ]
+    await harness.cancel()
+
+
+async def test_piper_speaks_a_prefetched_sentence_without_synthesizing_it_again() -> None:
+    pytest.importorskip("piper", reason="needs callpipe[local]")
+    from callpipe.pipeline.frames import TTSAudioRawFrame, TTSPrefetchFrame, TTSSpeakFrame
+    from callpipe.services.piper import PiperTTSService
+    from callpipe.services.workers import ModelResult
+
+    texts: list[str] = []
+
+    class Counting(PiperTTSService):
+        async def synthesize_timed(self, text: str, *, deadline: float | None = None) -> ModelResult[bytes]:
+            texts.append(text)
+            return ModelResult(b"\x00\x01" * 800, 0.0, 0.0)
+
+    tts = Counting(sample_rate=RATE)
+    params = PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE)
+    harness = await ServiceHarness(tts, params).start()
+    await harness.task.queue_frame(TTSPrefetchFrame(text="Sure, what time works?"))
+    await harness.task.queue_frame(TTSSpeakFrame("Sure, what time works?"))
+    await wait_until(lambda: bool(harness.down.seen(TTSAudioRawFrame)))
+    await harness.task.queue_frame(TTSPrefetchFrame(text="A sentence never asked for."))
+    await harness.task.queue_frame(TTSSpeakFrame("Something else."))
+    await wait_until(lambda: texts.count("Something else.") == 1)
+    assert texts == ["Sure, what time works?", "A sentence never asked for.", "Something else."]
+    await harness.cancel()

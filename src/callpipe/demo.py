@@ -159,13 +159,29 @@ async def run_demo(lines: list[str], *, record: str, transcript: str, stop_secs:
     return results[0]
 
 
+def trim_trailing_silence(pcm: bytes, rate: int = 8000, keep_secs: float = 0.03) -> bytes:
+    """Cut the silence after the last speech (Piper ends a line with 0.2-0.35 s of it), so
+    that "the caller stopped" - where voice-to-voice latency starts - is the end of speech."""
+    import numpy as np
+
+    samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32)
+    hop = rate // 100
+    if len(samples) < 2 * hop:
+        return pcm
+    frames = samples[: len(samples) // hop * hop].reshape(-1, hop)
+    level = np.sqrt(np.mean(frames**2, axis=1))
+    loud = np.nonzero(level > 0.03 * level.max())[0]
+    end = min(len(samples), (int(loud[-1]) + 1) * hop + int(keep_secs * rate)) if len(loud) else len(samples)
+    return pcm[: 2 * end]
+
+
 async def _synthesize_lines(callers: list[DemoCaller]) -> tuple[dict[str, bytes], bytes]:
     from callpipe.services.piper import PiperTTSService
 
     # Deterministic caller voice (no sampling noise): the demo sounds the same on every run.
     voice = PiperTTSService(sample_rate=8000, length_scale=1.05, noise_scale=0.0, noise_w_scale=0.0)
-    audio = {line: await voice.synthesize(line) for c in callers for line in c.lines}
-    return audio, await voice.synthesize(NUDGE)
+    audio = {line: trim_trailing_silence(await voice.synthesize(line)) for c in callers for line in c.lines}
+    return audio, trim_trailing_silence(await voice.synthesize(NUDGE))
 
 
 async def run_demo_calls(

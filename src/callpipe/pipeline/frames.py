@@ -265,6 +265,29 @@ class UserSpeechResumedFrame(SystemFrame):
 
 
 @dataclass(slots=True, kw_only=True)
+class SpeculativeTranscriptionFrame(SystemFrame):
+    """callpipe: what the caller probably said, transcribed at a pause before the VAD's stop.
+
+    Only a hint: the turn's real transcript is the :class:`TranscriptionFrame` that
+    follows the stop (identical when speech does not resume). Services that can prepare
+    the reply without side effects (the scripted LLM) may start on it.
+    """
+
+    text: str
+
+
+@dataclass(slots=True, kw_only=True)
+class TTSPrefetchFrame(SystemFrame):
+    """callpipe: a sentence the TTS will probably be asked to speak next.
+
+    A TTS may synthesize it ahead and use the audio if the very same sentence comes; if
+    it does not, the audio is dropped.
+    """
+
+    text: str
+
+
+@dataclass(slots=True, kw_only=True)
 class BotStartedSpeakingFrame(SystemFrame):
     """The bot's audio started playing to the caller."""
 

@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 import numpy as np
 import soxr
 
-from callpipe.pipeline.frames import MetricsData, MetricsFrame
+from callpipe.pipeline.frames import Frame, MetricsData, MetricsFrame, TTSPrefetchFrame
+from callpipe.pipeline.processor import FrameDirection
 from callpipe.services import warmup
 from callpipe.services.tts import TTSService
 from callpipe.services.whisper import LocalModelMissing
@@ -113,6 +114,8 @@ class PiperTTSService(TTSService):
         self.model_path = model
         self.config_path = config or model + ".json"
         self.deadline_secs = deadline_secs
+        # A sentence synthesized ahead (TTSPrefetchFrame) and its synthesis.
+        self._prefetch: tuple[str, asyncio.Task[ModelResult[bytes]]] | None = None
         # Piper's defaults unless set; noise 0 makes synthesis deterministic (the simulator
         # uses that so a scripted caller sounds the same on every run).
         self.settings = {
@@ -145,6 +148,27 @@ class PiperTTSService(TTSService):
         """The whole of ``text`` as PCM16 at :attr:`sample_rate` (also used by the simulator)."""
         return (await self.synthesize_timed(text)).value
 
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Start synthesizing a prefetched sentence at once; the rest as any TTS."""
+        if isinstance(frame, TTSPrefetchFrame) and direction is FrameDirection.DOWNSTREAM:
+            self._drop_prefetch()
+            job = self.synthesize_timed(frame.text, deadline=self.deadline_secs)
+            self._prefetch = (frame.text, self.create_task(job, "prefetch"))
+        await super().process_frame(frame, direction)
+
+    def _drop_prefetch(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch[1].cancel()
+            self._prefetch = None
+
+    async def _synthesis_of(self, text: str) -> ModelResult[bytes]:
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is not None and prefetch[0] == text:
+            return await prefetch[1]
+        if prefetch is not None:
+            prefetch[1].cancel()
+        return await self.synthesize_timed(text, deadline=self.deadline_secs)
+
     async def run_tts(self, text: str) -> AsyncIterator[bytes]:
         """One sentence: Piper synthesizes it in one go (a 2 s sentence in ~0.1 s).
 
@@ -152,7 +176,7 @@ class PiperTTSService(TTSService):
         line is spoken instead; the queue wait goes out as a ``queue_wait`` metric.
         """
         try:
-            result = await self.synthesize_timed(text, deadline=self.deadline_secs)
+            result = await self._synthesis_of(text)
         except (ModelDeadline, ModelOverloaded) as exc:
             logger.warning("%s: %s; saying the filler line instead", self.name, exc)
             shared = await self._voice()

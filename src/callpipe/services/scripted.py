@@ -14,12 +14,16 @@ assistant runs the same prompt and tools on a real model instead.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from callpipe.pipeline.frames import Frame, SpeculativeTranscriptionFrame, TTSPrefetchFrame
+from callpipe.pipeline.processor import FrameDirection
 from callpipe.services.llm import LLMChunk, LLMContext, LLMService, ToolCall
+from callpipe.services.tts import _SENTENCE_END
 
 _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _NUMBERS = {
@@ -128,6 +132,27 @@ class ScriptedLLMService(LLMService):
             return self._greeting(), False
         text = str(users[-1].get("content") or "").lower()
         return self._answer(text)
+
+    def preview(self, text: str) -> str:
+        """The reply the caller's ``text`` would get now, without changing the conversation."""
+        booking, said_goodbye = self._booking, self._said_goodbye
+        self._booking = dataclasses.replace(booking)
+        try:
+            return self._answer(text.lower())[0]
+        finally:
+            self._booking, self._said_goodbye = booking, said_goodbye
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """A speculative transcript: have the TTS synthesize the reply's first sentence ahead.
+
+        Safe because the script is deterministic and :meth:`preview` has no side effects;
+        if the caller goes on speaking, the prefetched audio is simply never used.
+        """
+        if isinstance(frame, SpeculativeTranscriptionFrame) and direction is FrameDirection.DOWNSTREAM:
+            first = _SENTENCE_END.split(self.preview(frame.text).strip(), maxsplit=1)[0]
+            if first:
+                await self.push_frame(TTSPrefetchFrame(text=first))
+        await super().process_frame(frame, direction)
 
     def _greeting(self) -> str:
         office = self.office

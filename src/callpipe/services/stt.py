@@ -32,6 +32,7 @@ from callpipe.pipeline.frames import (
     InputAudioRawFrame,
     MetricsData,
     MetricsFrame,
+    SpeculativeTranscriptionFrame,
     StartFrame,
     TranscriptionFrame,
     UserSpeechPausedFrame,
@@ -159,7 +160,7 @@ class SegmentedSTTService(STTService):
             self._drop_speculation()
             self._speculated_bytes = len(self._utterance)
             self._speculation = self.create_task(
-                self.run_stt(bytes(self._utterance), self.sample_rate), "speculative transcribe"
+                self._speculate(bytes(self._utterance)), "speculative transcribe"
             )
         elif isinstance(frame, UserSpeechResumedFrame):
             self._drop_speculation()
@@ -181,6 +182,13 @@ class SegmentedSTTService(STTService):
     def billed_audio_secs(self) -> float:
         """Seconds of audio transcribed (only the utterances)."""
         return self._transcribed_bytes / 2 / max(self.sample_rate, 1)
+
+    async def _speculate(self, audio: bytes) -> str:
+        text = await self.run_stt(audio, self.sample_rate)
+        if self._speaking and self._speculation is asyncio.current_task() and text.strip():
+            # Still in the stop window: let the services after us prepare the reply.
+            await self.push_frame(SpeculativeTranscriptionFrame(text=text.strip()))
+        return text
 
     def _drop_speculation(self) -> None:
         # Cancelling drops a job still queued for the model; one already decoding finishes

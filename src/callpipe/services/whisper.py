@@ -11,7 +11,8 @@ process and is shared by every call; decoding runs on the model's shared worker 
 with beam 1 costs ~0.2 s per utterance on one thread instead of ~0.6 s for faster-whisper's
 fixed 30 s window, at the same or better WER. ``engine="faster-whisper"`` keeps the old
 path (for comparison). Settings: ``CALLPIPE_WHISPER_WINDOW_SECS``,
-``CALLPIPE_WHISPER_BEAM_SIZE``, ``CALLPIPE_WHISPER_THREADS`` for the built-in assistant.
+``CALLPIPE_WHISPER_BEAM_SIZE``, ``CALLPIPE_WHISPER_THREADS`` and ``CALLPIPE_SPECULATIVE``
+(``0``: transcribe only at the stop) for the built-in assistant.
 """
 
 from __future__ import annotations
@@ -209,6 +210,7 @@ def whisper_settings_from_env() -> dict[str, Any]:
         "window_secs": float(env.get("CALLPIPE_WHISPER_WINDOW_SECS") or DEFAULT_WINDOW_SECS),
         "beam_size": int(env.get("CALLPIPE_WHISPER_BEAM_SIZE") or DEFAULT_BEAM_SIZE),
         "cpu_threads": int(env.get("CALLPIPE_WHISPER_THREADS") or 1),
+        "speculative": env.get("CALLPIPE_SPECULATIVE", "1") != "0",
     }
 
 

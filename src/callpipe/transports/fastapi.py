@@ -69,7 +69,7 @@ from callpipe.transports.serializers import TelnyxFrameSerializer
 
 # Silence inside a turn after which the VAD says "paused" (speculative transcription
 # starts there, in parallel with the rest of the stop window).
-PAUSE_SECS = 0.1
+PAUSE_SECS = 0.09  # three 32 ms VAD windows
 
 logger = logging.getLogger("callpipe.transports")
 

@@ -154,3 +154,19 @@ async def test_piper_speaks_a_prefetched_sentence_without_synthesizing_it_again(
     await wait_until(lambda: texts.count("Something else.") == 1)
     assert texts == ["Sure, what time works?", "A sentence never asked for.", "Something else."]
     await harness.cancel()
+
+
+def test_a_long_sentence_is_split_at_its_first_comma_for_a_faster_first_audio() -> None:
+    pytest.importorskip("piper", reason="needs callpipe[local]")
+    from callpipe.services.piper import split_long_sentence
+
+    assert split_long_sentence("Hi Maria, thanks for calling Bright Smile Dental, this is Ava.") == [
+        "Hi Maria,",
+        "thanks for calling Bright Smile Dental, this is Ava.",
+    ]
+    assert split_long_sentence("Sure, what time on Thursday works for you?") == [
+        "Sure, what time on Thursday works for you?"  # one word before the comma: not worth it
+    ]
+    assert split_long_sentence("Thanks for calling Bright Smile Dental, Maria.") == [
+        "Thanks for calling Bright Smile Dental, Maria."  # the rest is too short
+    ]

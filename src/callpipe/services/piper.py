@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import threading
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import numpy as np
+import onnxruntime
 import soxr
 
 from callpipe.pipeline.frames import Frame, MetricsData, MetricsFrame, TTSPrefetchFrame
@@ -34,6 +37,16 @@ logger = logging.getLogger("callpipe.services")
 # Said when a sentence cannot be synthesized in time (overload): short, and true.
 FILLER_LINE = "One moment, please."
 FILLER_LINES = (FILLER_LINE,)
+# A long sentence is spoken in two pieces, split at its first comma, so its first audio
+# comes after the synthesis of a few words rather than of the whole sentence.
+_SPLIT_OVER_CHARS = 40
+_FIRST_COMMA = re.compile(r"^([^\s,]+(?:\s+[^\s,]+)+,)\s+(.{12,})$")
+
+
+def split_long_sentence(text: str) -> list[str]:
+    """``text`` as one piece, or two at its first comma when it is long (see above)."""
+    match = _FIRST_COMMA.match(text) if len(text) > _SPLIT_OVER_CHARS else None
+    return [match.group(1), match.group(2)] if match else [text]
 
 
 def default_piper_voice() -> tuple[str, str]:
@@ -57,6 +70,16 @@ class _SharedVoice:
         except ImportError:
             raise LocalModelMissing("piper-tts is not installed: pip install 'callpipe[local]'") from None
         self.voice = PiperVoice.load(model, config_path=config)
+        # Piper's own session uses onnxruntime's defaults: a thread per core that spin-waits
+        # between ops, which measured 2-3x slower per sentence on a busy 2-core box. One
+        # thread per synthesis (the pool gives parallelism across calls), no spinning.
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = int(os.environ.get("CALLPIPE_PIPER_THREADS") or 1)
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.voice.session = onnxruntime.InferenceSession(
+            model, sess_options=options, providers=["CPUExecutionProvider"]
+        )
         self.sample_rate: int = int(self.voice.config.sample_rate)
         self.workers = ModelWorkers("piper")
         self.fillers: dict[tuple[str, int], bytes] = {}
@@ -161,40 +184,52 @@ class PiperTTSService(TTSService):
             self._prefetch[1].cancel()
             self._prefetch = None
 
-    async def _synthesis_of(self, text: str) -> ModelResult[bytes]:
+    def _syntheses_of(self, text: str) -> list[asyncio.Future[ModelResult[bytes]]]:
+        """The synthesis jobs for ``text``, all queued at once: a prefetched one, or its pieces."""
         prefetch, self._prefetch = self._prefetch, None
         if prefetch is not None and prefetch[0] == text:
-            return await prefetch[1]
+            return [prefetch[1]]
         if prefetch is not None:
             prefetch[1].cancel()
-        return await self.synthesize_timed(text, deadline=self.deadline_secs)
+        return [
+            asyncio.ensure_future(self.synthesize_timed(piece, deadline=self.deadline_secs))
+            for piece in split_long_sentence(text)
+        ]
 
     async def run_tts(self, text: str) -> AsyncIterator[bytes]:
-        """One sentence: Piper synthesizes it in one go (a 2 s sentence in ~0.1 s).
+        """One sentence (a long one in two pieces, see :func:`split_long_sentence`).
 
         Under overload (no worker within ``deadline_secs``, or a full queue) the filler
         line is spoken instead; the queue wait goes out as a ``queue_wait`` metric.
         """
+        jobs = self._syntheses_of(text)
         try:
-            result = await self._synthesis_of(text)
-        except (ModelDeadline, ModelOverloaded) as exc:
-            logger.warning("%s: %s; saying the filler line instead", self.name, exc)
-            shared = await self._voice()
-            filler = shared.fillers.get((FILLER_LINE, self.sample_rate))
-            if filler is None:
-                raise
-            yield filler
-            return
-        await self.push_frame(
-            MetricsFrame(
-                data=[
-                    MetricsData(
-                        name="queue_wait", value=result.queue_wait, processor=self.name, model="piper"
-                    )
-                ]
-            )
-        )
-        yield result.value
+            for index, job in enumerate(jobs):
+                try:
+                    result = await job
+                except (ModelDeadline, ModelOverloaded) as exc:
+                    if index:
+                        raise  # part of the sentence was said: stop there
+                    logger.warning("%s: %s; saying the filler line instead", self.name, exc)
+                    yield await self._filler()
+                    return
+                if index == 0:
+                    await self._report_wait(result.queue_wait)
+                yield result.value
+        finally:
+            for job in jobs:
+                job.cancel()
+
+    async def _filler(self) -> bytes:
+        shared = await self._voice()
+        filler = shared.fillers.get((FILLER_LINE, self.sample_rate))
+        if filler is None:
+            raise ModelOverloaded(f"{self.name}: no filler line at {self.sample_rate} Hz")
+        return filler
+
+    async def _report_wait(self, seconds: float) -> None:
+        data = MetricsData(name="queue_wait", value=seconds, processor=self.name, model="piper")
+        await self.push_frame(MetricsFrame(data=[data]))
 
 
 def _warm_default() -> None:

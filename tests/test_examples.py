@@ -30,7 +30,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 class _Lines(logging.Handler):
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
+        super().__init__(logging.DEBUG)
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -43,7 +43,7 @@ def conversation() -> Iterator[list[str]]:
     handler = _Lines()
     log = logging.getLogger("callpipe.assistant")
     level = log.level
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.DEBUG)  # the conversation itself is logged at DEBUG (privacy)
     log.addHandler(handler)
     try:
         yield handler.lines

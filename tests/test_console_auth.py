@@ -195,3 +195,24 @@ def test_console_is_off_without_a_password() -> None:
         assert response.status_code == 503 and "CONSOLE_PASSWORD" in response.text
         assert client.post("/login", data={"password": ""}).status_code == 503
         assert client.get("/console/api/calls").status_code == 401
+
+
+def test_live_streams_end_when_the_session_expires(tmp_path: object) -> None:
+    port = free_port()
+    settings = _settings(port, records=True, data_dir=str(tmp_path), console_session_hours=2 / 3600)
+    with (
+        BackgroundServer(create_app(_idle_bot, settings), port=port) as srv,
+        httpx.Client(base_url=srv.base_url, timeout=10) as client,
+    ):
+        assert _sign_in(client).status_code == 303
+        started = time.monotonic()
+        events = []
+        with client.stream("GET", "/console/api/live") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            for line in stream.iter_lines():
+                events.append(line)
+                if line.startswith("event: signed-out"):
+                    break
+        assert events[0] == 'data: {"calls":[]}'  # the live list, then the end of the session
+        assert 1.0 < time.monotonic() - started < 6.0
+        assert client.get("/console/api/calls").status_code == 401  # the cookie is no longer valid

@@ -96,14 +96,24 @@ def _sse(
     ``produce`` returns ``(data, done)``; the stream ends after a ``done`` value is sent.
     """
 
+    session = getattr(request.state, "console_session", None)
+    expires_at = session.expires_at if session is not None else 0.0
+
     async def events() -> AsyncIterator[str]:
         last = None
         quiet_since = time.monotonic()
+        failing = False
         while not await request.is_disconnected():
+            if time.time() >= expires_at:
+                yield "event: signed-out\ndata: {}\n\n"  # the session expired mid-stream
+                return
             try:
                 value, done = await produce()
-            except Exception:
-                logger.exception("console: live query failed")
+                failing = False
+            except Exception as exc:
+                if not failing:  # once per outage, not every poll
+                    logger.warning("console: live query failed (%s)", type(exc).__name__)
+                failing = True
                 value, done = None, False
             if value is not None:
                 text = json.dumps(value, separators=(",", ":"))
@@ -135,6 +145,7 @@ def add_api(router: APIRouter, state: ServerState, auth: ConsoleAuth) -> None:
             return _error(401, "unauthorized", "sign in at /login first")
         if change and not auth.csrf_ok(request, session):
             return _error(403, "csrf", "missing or wrong X-CSRF-Token")
+        request.state.console_session = session  # live streams end when it expires
         store = _store(state)
         if store is None:
             return _error(503, "no_store", "call records are off on this server")

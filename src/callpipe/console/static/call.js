@@ -124,8 +124,10 @@ function turnLine(item) {
       CP.el("span", { class: "unheard", title: "meant, not heard" }, rest),
       CP.el("span", { class: "flag interrupted" }, "⚡ interrupted"));
     if (!turn.text.startsWith(heard)) parts.push(CP.el("div", { class: "small muted" }, `heard: ${heard || "(nothing)"}`));
+  } else if (turn.text || turn.heard_text) {
+    parts.push(CP.el("span", {}, turn.text || turn.heard_text));
   } else {
-    parts.push(CP.el("span", {}, turn.text));
+    parts.push(CP.el("span", { class: "muted" }, "(audio, no words)"));
   }
   const v2v = turn.latency ? (turn.latency.heard_ms ?? turn.latency.first_audio_sent_ms) : null;
   if (v2v !== null && v2v !== undefined) parts.push(CP.el("span", { class: "flag" }, `${Math.round(v2v)} ms`));
@@ -261,10 +263,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   }
   render(record);
   if (record.end_reason === "in_progress") {
-    const source = new EventSource(`${apiBase}/live`);
-    source.onmessage = (event) => render(JSON.parse(event.data));
-    source.addEventListener("end", async () => {
-      source.close();
+    CP.watch(`${apiBase}/live`, render, async () => {
       const final = await CP.api(apiBase);
       render(final);
       if (final.recording_url) loadRecording(final.recording_url).catch((e) => (document.getElementById("recording-status").textContent = e.message));

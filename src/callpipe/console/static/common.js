@@ -69,6 +69,18 @@ const CP = (() => {
     return plus + digits.slice(0, front) + "•".repeat(digits.length - front - 4) + digits.slice(-4);
   }
 
+  // A live stream whose session expired: back to the sign-in page.
+  function watch(url, onData, onEnd) {
+    const source = new EventSource(url);
+    source.onmessage = (event) => onData(JSON.parse(event.data));
+    source.addEventListener("end", () => { source.close(); onEnd?.(); });
+    source.addEventListener("signed-out", () => {
+      source.close();
+      location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
+    });
+    return source;
+  }
+
   function callLink(id) {
     return "/dashboard/calls/" + encodeURIComponent(id);
   }
@@ -85,5 +97,5 @@ const CP = (() => {
   }
 
   document.addEventListener("DOMContentLoaded", initHeader);
-  return { api, el, svg, duration, ms, when, clock, maskNumber, callLink, csrf };
+  return { api, watch, el, svg, duration, ms, when, clock, maskNumber, callLink, csrf };
 })();

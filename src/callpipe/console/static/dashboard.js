@@ -44,6 +44,10 @@ function startLive() {
     status.textContent = `${data.calls.length} live · updated ${new Date().toLocaleTimeString()}`;
   };
   source.onerror = () => (status.textContent = "reconnecting…");
+  source.addEventListener("signed-out", () => {
+    source.close();
+    location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
+  });
   // Durations tick between updates.
   setInterval(() => {
     for (const cell of document.querySelectorAll("#live-calls .elapsed")) {

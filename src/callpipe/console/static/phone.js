@@ -236,6 +236,7 @@ function watchRecord(id) {
     list.scrollTop = list.scrollHeight;
   };
   source.addEventListener("end", () => source.close());
+  source.addEventListener("signed-out", () => source.close()); // the call itself goes on
   source.onerror = () => { if (!call) source.close(); };
 }
 

@@ -187,3 +187,19 @@ async def test_recorder_cut_drops_bot_audio_that_had_not_played(tmp_path: Path) 
     kept = recorder._bot
     assert [at for at, _ in kept] == [T0, T0 + 0.02, T0 + 0.04]
     assert len(kept[2][1]) == 80  # half a chunk played
+
+
+def test_turn_latency_feeds_one_histogram_per_stage() -> None:
+    from callpipe import metrics
+    from callpipe.records import stats
+
+    def count(stage: str) -> float:
+        text = metrics.REGISTRY.render().decode()
+        line = f'callpipe_turn_stage_latency_seconds_count{{stage="{stage}"}}'
+        return next((float(x.split()[-1]) for x in text.splitlines() if x.startswith(line)), 0.0)
+
+    before = {stage: count(stage) for stage in ("vad_stop", "heard", "stt_final")}
+    stats.turn_latency(Latency(vad_stop_ms=200.0, heard_ms=650.0), greeting=False)
+    stats.turn_latency(Latency(vad_stop_ms=1.0, heard_ms=2.0), greeting=True)  # not a reply: left out
+    assert count("vad_stop") == before["vad_stop"] + 1 and count("heard") == before["heard"] + 1
+    assert count("stt_final") == before["stt_final"]  # null stages are not observed

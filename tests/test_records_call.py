@@ -189,7 +189,7 @@ def _webhook(event_type: str, ccid: str, **payload: Any) -> bytes:
 
 async def _wav_while_live(served: Served, caller: SimulatedCaller) -> tuple[int, int]:
     """Mid-call: the recording on disk is already a valid WAV (frames, rate)."""
-    for _ in range(200):
+    for _ in range(600):  # (a bound, not a measure: the first call of a loaded box is slow to start)
         live = await served.record(caller.call_control_id, final=False)
         if live is not None and live.recording_path and live.turns:
             break

@@ -246,5 +246,16 @@ async def _outliving_call_is_ended(
                 await asyncio.wait({run}, timeout=5)
     out = served.output()
     assert "ending 1 call(s) still running" in out
+    # Its record (SQLite in ./callpipe-data, the default) says the server's shutdown ended it.
+    from callpipe.store.sql import SqlCallStore
+
+    store = SqlCallStore(None, data_dir=tmp_path / "callpipe-data", background=False)
+    await store.start()
+    try:
+        record = await store.get_call(caller.call_control_id)
+    finally:
+        await store.close()
+    assert record is not None and (record.end_reason, record.hangup_by) == ("shutdown", "server")
+    assert record.recording_path and os.path.isfile(record.recording_path)  # noqa: ASYNC240
     assert TELNYX_KEY not in out and SECRET not in out
     assert "Traceback" not in out and "Exception in ASGI application" not in out  # ended, not crashed

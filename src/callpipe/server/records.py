@@ -42,9 +42,11 @@ def recording_dir(settings: ServerSettings) -> Path | None:
     """Where recordings go (``RECORDING_DIR``, else ``<DATA_DIR>/recordings``); ``None`` if off."""
     if not settings.recording:
         return None
+    # Absolute: the record keeps the path, and whoever serves or deletes the file later
+    # (the API, retention, another process on this host) may run from another directory.
     if settings.recording_dir:
-        return Path(settings.recording_dir)
-    return Path(settings.data_dir or DEFAULT_DATA_DIR) / "recordings"
+        return Path(settings.recording_dir).absolute()
+    return (Path(settings.data_dir or DEFAULT_DATA_DIR) / "recordings").absolute()
 
 
 def _sink_of(state: ServerState) -> RecordSink:

@@ -113,6 +113,19 @@ class Served:
                 raise AssertionError(f"server not ready within {timeout}s:\n{self.output()}")
             await asyncio.sleep(0.1)
 
+    async def wait_workers(self, count: int, timeout: float = 60.0) -> None:
+        """Wait until ``count`` workers have finished starting (their apps accept calls).
+
+        ``/readyz`` answers from whichever worker accepts the connection, so one ready
+        worker is not all of them; uvicorn logs each worker's start-up.
+        """
+        deadline = time.monotonic() + timeout
+        while self.output().count("Application startup complete") < count:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{count} workers did not start:\n{self.output()}")
+            await asyncio.sleep(0.1)
+        await self.wait_ready(timeout)
+
     def terminate(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

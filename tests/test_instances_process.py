@@ -1,6 +1,11 @@
 """Several real ``callpipe serve`` processes on one database.
 
-* two instances on PostgreSQL: the dial-out rate limit is shared;
+* two instances on PostgreSQL: a signed ``call.hangup`` sent to the instance that does
+  not hold the call ends it in under 500 ms (from the POST to the WebSocket close the
+  simulated caller sees); an operator's hang-up through the other instance too; the
+  dial-out rate limit is shared;
+* ``--workers 2`` on the default SQLite store: webhooks reach the worker that holds
+  the call, whichever worker receives them;
 * one process with ``MAX_CALLS=1``: the next stream is refused with 1013 and ``/readyz``
   answers 503 while the limit is reached.
 """
@@ -8,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import sys
 import time
 import uuid
@@ -22,7 +28,7 @@ from callpipe.server.background import BackgroundServer
 from callpipe.sim.caller import CallResult, SimulatedCaller
 from callpipe.sim.fake_api import create_fake_telnyx_app
 from callpipe.telnyx.webhooks import generate_webhook_keypair, sign_webhook
-from tests.serving import API_KEY, Served, callpipe_serve, several
+from tests.serving import API_KEY, Served, callpipe_serve, several, webhook_body
 
 pytestmark = [
     pytest.mark.slow,
@@ -100,6 +106,65 @@ def _env(db: str, public_key: str, **more: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- two instances
 
 
+async def test_a_hangup_webhook_at_the_other_instance_ends_the_call_within_500ms(
+    tmp_path: Path, pg_url: str, webhook_keys: tuple[Any, str]
+) -> None:
+    private, public = webhook_keys
+    with several(tmp_path, 2, env=_env(pg_url, public)) as (holder, other):
+        await asyncio.gather(holder.wait_ready(), other.wait_ready())
+        latencies: list[float] = []
+        async with httpx.AsyncClient(timeout=5) as http:
+            for _ in range(3):
+                call = await Call(holder).started()
+                try:
+                    await _known_to(other, call.ccid)
+                    body = webhook_body("call.hangup", call.ccid, hangup_cause="normal_clearing")
+                    posted = time.monotonic()
+                    response = await _post_webhook(http, f"{other.base}/webhooks/telnyx", body, private)
+                    assert response.status_code == 200, response.text
+                    result = await call.ended()
+                finally:
+                    await call.hang_up()
+                assert result.closed_by == "bot" and result.closed_at is not None
+                latencies.append(result.closed_at - posted)
+        print(f"forwarded call.hangup -> caller saw the close: {[f'{x * 1000:.0f} ms' for x in latencies]}")
+        assert max(latencies) < FORWARD_BUDGET_SECS, latencies
+        assert "forwarded call.hangup" in other.output()
+        metrics = await holder.metrics()
+        assert metrics['callpipe_forwarded_events_total{direction="received",result="delivered"}'] == 3
+
+
+async def test_an_operator_hangs_up_through_the_other_instance(
+    tmp_path: Path, pg_url: str, webhook_keys: tuple[Any, str]
+) -> None:
+    _, public = webhook_keys
+    with several(tmp_path, 2, env=_env(pg_url, public)) as (holder, other):
+        await asyncio.gather(holder.wait_ready(), other.wait_ready())
+        call = await Call(holder).started()
+        try:
+            await _known_to(other, call.ccid)
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            async with httpx.AsyncClient(base_url=other.base, timeout=5) as http:
+                assert (await http.post(f"/api/calls/{call.ccid}/hangup")).status_code == 401
+                posted = time.monotonic()
+                response = await http.post(f"/api/calls/{call.ccid}/hangup", headers=headers)
+                assert response.status_code == 200 and response.json()["handled"] == "forwarded", (
+                    response.text
+                )
+                result = await call.ended()
+                assert result.closed_at is not None and result.closed_at - posted < FORWARD_BUDGET_SECS
+                # Once the bot has finished and its record is final, the call is gone
+                # everywhere: a second hang-up finds nothing.
+                for _ in range(60):
+                    again = await http.post(f"/api/calls/{call.ccid}/hangup", headers=headers)
+                    if again.status_code == 404:
+                        break
+                    await asyncio.sleep(0.05)
+                assert again.status_code == 404, again.text
+        finally:
+            await call.hang_up()
+
+
 @pytest.fixture()
 def fake_telnyx_api() -> Iterator[tuple[str, Any]]:
     app = create_fake_telnyx_app(TELNYX_KEY)
@@ -138,6 +203,53 @@ async def test_the_dial_out_rate_limit_is_shared_by_instances(
             codes = await asyncio.gather(*(start(servers[i % 2]) for i in range(6)))
         assert sorted(codes) == [200, 429, 429, 429, 429, 429], codes
         assert len(fake.requests_to("/v2/texml/Accounts/*/Calls")) == 1
+
+
+# --------------------------------------------------------------------------- workers
+
+
+async def test_webhooks_reach_the_worker_holding_the_call(
+    tmp_path: Path, webhook_keys: tuple[Any, str]
+) -> None:
+    private, public = webhook_keys
+    with callpipe_serve(tmp_path, workers=2, env={"TELNYX_PUBLIC_KEY": public}) as served:
+        await served.wait_workers(2)
+        calls: list[Call] = []
+        try:
+            while len({served.served_by(c.ccid) for c in calls}) < 2:
+                assert len(calls) < 16, "every call went to one worker"
+                calls.append(await Call(served).started())
+            for call in calls:
+                await _known_to(served, call.ccid)
+            before = await served.metrics()
+            # One kept-alive connection: every webhook reaches the same worker, so those for
+            # the other worker's calls must be forwarded there.
+            latencies = []
+            async with httpx.AsyncClient(timeout=5, limits=httpx.Limits(max_connections=1)) as http:
+                for call in calls:
+                    body = webhook_body("call.hangup", call.ccid, hangup_cause="normal_clearing")
+                    posted = time.monotonic()
+                    response = await _post_webhook(http, f"{served.base}/webhooks/telnyx", body, private)
+                    assert response.status_code == 200
+                    result = await call.ended()
+                    assert result.closed_by == "bot" and result.closed_at is not None
+                    latencies.append(result.closed_at - posted)
+        finally:
+            for call in calls:
+                await call.hang_up()
+        print(
+            f"workers: webhook -> close {statistics.median(latencies) * 1000:.0f} ms median, {max(latencies) * 1000:.0f} ms max"
+        )
+        assert max(latencies) < FORWARD_BUDGET_SECS, latencies
+        after = await served.metrics()
+        key = 'callpipe_forwarded_events_total{direction="sent",result="delivered"}'
+        forwarded = after.get(key, 0) - before.get(key, 0)
+        by_pid = [
+            sum(1 for c in calls if served.served_by(c.ccid) == pid)
+            for pid in {served.served_by(c.ccid) for c in calls}
+        ]
+        assert forwarded in by_pid, (forwarded, by_pid)  # exactly the other worker's calls
+        assert forwarded >= 1
 
 
 # --------------------------------------------------------------------------- capacity

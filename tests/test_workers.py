@@ -61,7 +61,7 @@ async def _open_until_both_workers(held: HeldCalls, limit: int = 16) -> None:
 
 async def test_two_workers_serve_calls_and_metrics_sum_over_both(tmp_path: Path) -> None:
     with callpipe_serve(tmp_path, workers=2) as served:
-        await served.wait_ready()
+        await served.wait_workers(2)
         held = HeldCalls(served)
         try:
             await _open_until_both_workers(held)
@@ -87,7 +87,7 @@ async def test_two_workers_serve_calls_and_metrics_sum_over_both(tmp_path: Path)
 
 async def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
     with callpipe_serve(tmp_path, workers=2, env={"SHUTDOWN_GRACE_SECS": "20"}) as served:
-        await served.wait_ready()
+        await served.wait_workers(2)
         held = HeldCalls(served)
         await _open_until_both_workers(held)
         served.terminate()

@@ -230,6 +230,12 @@ class SimulatedCaller:
                 await ws.send(outbox.popleft())
         except websockets.ConnectionClosed:
             outbox.clear()
+            # The bot closed the socket while we were sending: noticed here first, it is
+            # still the bot's close (the receive loop would otherwise find _closed set).
+            if self.result is not None and not self._closed.is_set():
+                self.result.closed_by = self.result.closed_by or "bot"
+                if self.result.closed_at is None:
+                    self.result.closed_at = time.monotonic()
             self._closed.set()
 
     async def hang_up(self) -> None:

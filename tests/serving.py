@@ -99,7 +99,7 @@ class Served:
         assert response.status_code == 200, response.text
         return parse_metrics(response.text)
 
-    async def wait_ready(self, timeout: float = 60.0) -> None:
+    async def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -113,7 +113,7 @@ class Served:
                 raise AssertionError(f"server not ready within {timeout}s:\n{self.output()}")
             await asyncio.sleep(0.1)
 
-    async def wait_workers(self, count: int, timeout: float = 60.0) -> None:
+    async def wait_workers(self, count: int, timeout: float = 120.0) -> None:
         """Wait until ``count`` workers have finished starting (their apps accept calls).
 
         ``/readyz`` answers from whichever worker accepts the connection, so one ready

@@ -51,12 +51,12 @@ def pg_url(postgres_server: Any) -> str:
 
 
 class Call:
-    """A simulated call held open (a long greeting) on one server."""
+    """A simulated call held open (a short greeting, then the bot waits for the caller) on one server."""
 
     def __init__(self, served: Served) -> None:
         self.ccid = f"v3:i-{uuid.uuid4().hex[:12]}"
         self.caller = SimulatedCaller(
-            served.stream_url(self.ccid, greeting_secs=30), call_control_id=self.ccid, max_call_secs=40
+            served.stream_url(self.ccid, greeting_secs=0.2), call_control_id=self.ccid, max_call_secs=40
         )
         self.run: asyncio.Future[CallResult] = asyncio.ensure_future(
             self.caller.run([], hang_up_after_secs=60)

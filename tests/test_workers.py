@@ -20,7 +20,7 @@ pytestmark = [
 
 
 class HeldCalls:
-    """Calls that stay up (a long greeting) until :meth:`hang_up_all`."""
+    """Calls that stay up (a short greeting, then a silent wait) until :meth:`hang_up_all`."""
 
     def __init__(self, served: Served) -> None:
         self.served = served
@@ -31,7 +31,7 @@ class HeldCalls:
     async def open(self) -> str:
         ccid = f"v3:w-{uuid.uuid4().hex[:10]}"
         caller = SimulatedCaller(
-            self.served.stream_url(ccid, greeting_secs=30), call_control_id=ccid, max_call_secs=40
+            self.served.stream_url(ccid, greeting_secs=0.2), call_control_id=ccid, max_call_secs=40
         )
         self.callers.append(caller)
         self.runs.append(asyncio.ensure_future(caller.run([], hang_up_after_secs=60)))

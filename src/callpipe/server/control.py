@@ -237,6 +237,10 @@ class ControlPlane:
                 self._task.result()  # raises what stopped it
                 raise RuntimeError("the internal control listener stopped at start-up")
             await asyncio.sleep(0.01)
+        # One request to ourselves: the client's and the listener's first-use costs (lazy
+        # imports, the first connection) are paid now, not by the first forwarded hang-up.
+        with contextlib.suppress(httpx.HTTPError):
+            await self._http.get(f"http://{_loopback(self.host)}:{sock.getsockname()[1]}/internal/livez")
         logger.info("internal control listener on %s", self.url)
 
     async def stop(self) -> None:
@@ -265,6 +269,7 @@ class ControlPlane:
                     # are written in batches): look once more before giving up on it.
                     await asyncio.sleep(OWNER_RETRY_SECS)
                     owner = await store.owner_of(ccid)
+                looked_up = time.monotonic()
                 if owner is None or owner.rstrip("/") == self.url:
                     # No live owner, or the store still names us for a call we no longer hold.
                     metrics.REGISTRY.forwarded.labels(direction="sent", result="not_found").inc()
@@ -287,6 +292,7 @@ class ControlPlane:
             metrics.REGISTRY.forwarded.labels(direction="sent", result="failed").inc()
             return "failed"
         elapsed_ms = (time.monotonic() - started) * 1000
+        lookup_ms = (looked_up - started) * 1000
         if response.status_code == 404:
             metrics.REGISTRY.forwarded.labels(direction="sent", result="not_found").inc()
             return "not_found"
@@ -296,7 +302,13 @@ class ControlPlane:
             )
             metrics.REGISTRY.forwarded.labels(direction="sent", result="failed").inc()
             return "failed"
-        logger.info("forwarded %s for %s to its instance in %.0f ms", _describe(event), ccid, elapsed_ms)
+        logger.info(
+            "forwarded %s for %s to its instance in %.0f ms (owner lookup %.0f ms)",
+            _describe(event),
+            ccid,
+            elapsed_ms,
+            lookup_ms,
+        )
         metrics.REGISTRY.forwarded.labels(direction="sent", result="delivered").inc()
         return "forwarded"
 
@@ -326,6 +338,15 @@ def worker_port(port: int, worker: str | None) -> int:
     if port == 0 or not worker or not worker.isdigit():
         return port
     return port + int(worker)
+
+
+def _loopback(host: str) -> str:
+    """An address of this listener reachable from this process."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if ":" in host:
+        return "[::1]" if host == "::" else f"[{host}]"
+    return host
 
 
 def _matters(event: ControlEvent) -> bool:
@@ -363,6 +384,10 @@ class _SignalFreeServer(uvicorn.Server):
 def internal_app(state: ServerState, secret: str) -> FastAPI:
     """The internal control listener: signed forwarded events, delivered here or 404."""
     app = FastAPI(title="callpipe internal", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/internal/livez")
+    async def livez() -> Response:
+        return JSONResponse({"status": "alive"})
 
     @app.post("/internal/calls/{ccid:path}/events")
     async def receive(ccid: str, request: Request) -> Response:

@@ -205,6 +205,35 @@ async def test_the_dial_out_rate_limit_is_shared_by_instances(
         assert len(fake.requests_to("/v2/texml/Accounts/*/Calls")) == 1
 
 
+async def test_an_operator_transfer_is_sent_to_telnyx_by_the_instance_holding_the_call(
+    tmp_path: Path, pg_url: str, webhook_keys: tuple[Any, str], fake_telnyx_api: tuple[str, Any]
+) -> None:
+    base_url, fake = fake_telnyx_api
+    _, public = webhook_keys
+    env = _env(pg_url, public, TELNYX_API_KEY=TELNYX_KEY, TELNYX_API_BASE_URL=base_url)
+    with several(tmp_path, 2, env=env) as (holder, other):
+        await asyncio.gather(holder.wait_ready(), other.wait_ready())
+        call = await Call(holder).started()
+        try:
+            await _known_to(other, call.ccid)
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            async with httpx.AsyncClient(base_url=other.base, timeout=5) as http:
+                response = await http.post(
+                    f"/api/calls/{call.ccid}/transfer", headers=headers, json={"to": "+15557654321"}
+                )
+        finally:
+            await call.hang_up()
+        [sent] = fake.requests_to(f"/v2/calls/{call.ccid}/actions/transfer")
+        assert sent.json["to"] == "+15557654321"
+        assert f"call {call.ccid} transferred by an operator" in holder.output()
+        assert "transferred by an operator" not in other.output()
+        # This fake Telnyx never placed the simulated call, so it answers "call ended";
+        # the operator hears that Telnyx refused, not that the owner was unreachable.
+        assert response.status_code == 502 and response.json()["error"]["code"] == "telnyx_error", (
+            response.text
+        )
+
+
 # --------------------------------------------------------------------------- workers
 
 

@@ -8,10 +8,12 @@ import sys
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
+from callpipe.server.background import free_port
 from callpipe.sim.caller import CallResult, SimulatedCaller
-from tests.serving import Served, callpipe_serve
+from tests.serving import Served, callpipe_serve, parse_metrics
 
 pytestmark = [
     pytest.mark.slow,
@@ -60,7 +62,8 @@ async def _open_until_both_workers(held: HeldCalls, limit: int = 16) -> None:
 
 
 async def test_two_workers_serve_calls_and_metrics_sum_over_both(tmp_path: Path) -> None:
-    with callpipe_serve(tmp_path, workers=2) as served:
+    metrics_port = free_port()
+    with callpipe_serve(tmp_path, workers=2, env={"METRICS_PORT": str(metrics_port)}) as served:
         await served.wait_workers(2)
         held = HeldCalls(served)
         try:
@@ -71,6 +74,10 @@ async def test_two_workers_serve_calls_and_metrics_sum_over_both(tmp_path: Path)
             for _ in range(6):
                 metrics = await served.metrics()
                 assert metrics["callpipe_active_calls"] == live, metrics
+            # The supervisor's METRICS_PORT (no key) shows the same totals.
+            async with httpx.AsyncClient(timeout=5) as http:
+                scraped = await http.get(f"http://127.0.0.1:{metrics_port}/metrics")
+            assert parse_metrics(scraped.text)["callpipe_active_calls"] == live
         finally:
             results = await held.hang_up_all()
         assert all(r.greeting_heard_at is not None for r in results)

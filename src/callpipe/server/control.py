@@ -183,7 +183,8 @@ async def dispatch(state: ServerState, ccid: str, event: ControlEvent) -> str:
     """Deliver ``event`` here if the call is ours, else forward it to the owner.
 
     Returns ``"local"``, ``"forwarded"``, ``"not_found"`` (no live instance holds the
-    call) or ``"failed"`` (the owner did not take it; logged).
+    call), ``"failed"`` (the owner did not take it; logged) or ``"telnyx_error"`` (the
+    owner took it, Telnyx refused the action).
     """
     if await deliver_locally(state, ccid, event):
         return "local"
@@ -296,6 +297,11 @@ class ControlPlane:
         if response.status_code == 404:
             metrics.REGISTRY.forwarded.labels(direction="sent", result="not_found").inc()
             return "not_found"
+        if response.status_code == 502:
+            # The owner took the event but Telnyx refused the action (a transfer).
+            logger.warning("%s for %s: Telnyx refused it at the owner", _describe(event), ccid)
+            metrics.REGISTRY.forwarded.labels(direction="sent", result="telnyx_error").inc()
+            return "telnyx_error"
         if response.status_code != 200:
             logger.warning(
                 "forwarding %s for %s: the owner answered %d", _describe(event), ccid, response.status_code
@@ -432,6 +438,8 @@ def control_router(state: ServerState) -> APIRouter:
             return _error(404, "no_such_call", "no live call with this call_control_id")
         if result == "failed":
             return _error(502, "forward_failed", "the instance holding the call did not answer")
+        if result == "telnyx_error":
+            return _error(502, "telnyx_error", "Telnyx refused the action (see the holding instance's log)")
         return JSONResponse({"ok": True, "call_control_id": ccid, "handled": result})
 
     @router.post("/api/calls/{ccid}/hangup")

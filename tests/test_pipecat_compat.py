@@ -244,7 +244,7 @@ def test_python_bot_py_serves_the_bot(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a fresh interpreter loading the models, on a busy machine
         while True:
             assert process.poll() is None, "the runner exited"
             try:
@@ -286,3 +286,25 @@ async def test_a_stream_without_token_is_told_what_to_paste(caplog: pytest.LogCa
                 await ws.recv()
     assert (ws.close_code, ws.close_reason) == (1008, MISSING_TOKEN_REASON)
     assert "callpipe texml" in caplog.text and "<Pause" in caplog.text
+
+
+def test_more_settings_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEEPGRAM_BASE_URL", raising=False)
+    assert (
+        CartesiaTTSService(api_key="k", settings=CartesiaTTSService.Settings(voice_id="v-3")).voice_id
+        == "v-3"
+    )
+    stt = DeepgramSTTService(
+        api_key="k",
+        settings=DeepgramSTTService.Settings(
+            model="nova-2", endpointing=False, smart_format=False, extra={"keyterm": "callpipe"}
+        ),
+    )
+    query = stt.url.split("?", 1)[1].split("&")
+    assert {"model=nova-2", "endpointing=false", "smart_format=false", "keyterm=callpipe"} <= set(query)
+    assert (
+        "endpointing=250"
+        in DeepgramSTTService(api_key="k", settings=DeepgramSTTService.Settings(endpointing=250)).url
+    )
+    with pytest.raises(AttributeError):
+        _ = TelnyxCallData()._private  # only public names read as call data

@@ -40,6 +40,8 @@ from callpipe.pipeline.frames import (
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
+    UserSpeechPausedFrame,
+    UserSpeechResumedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -84,6 +86,8 @@ __all__ = [
     "TextFrame",
     "TranscriptionFrame",
     "TransportMessageFrame",
+    "UserSpeechPausedFrame",
+    "UserSpeechResumedFrame",
     "UserStartedSpeakingFrame",
     "UserStoppedSpeakingFrame",
 ]

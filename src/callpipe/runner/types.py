@@ -33,7 +33,7 @@ class CallData(dict[str, Any]):
     __slots__ = ()
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
+        if name.startswith("_"):  # never pretend to have private or special attributes
             raise AttributeError(name)
         return self.get(_ALIASES.get(name, name))
 

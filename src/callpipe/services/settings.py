@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "DeepgramSTTSettings",
     "LLMSettings",
     "STTSettings",
     "ServiceSettings",
@@ -42,10 +43,14 @@ class LLMSettings(ServiceSettings):
 
 @dataclass(kw_only=True)
 class TTSSettings(ServiceSettings):
-    """A voice's settings: ``voice`` (Pipecat's older ``voice_id``) and ``language``."""
+    """A voice's settings: ``voice`` (``voice_id`` is Pipecat's alias of it) and ``language``."""
 
     voice: str | None = None
+    voice_id: str | None = None
     language: str | None = None
+
+    def __post_init__(self) -> None:
+        self.voice = pick(self.voice, self.voice_id)
 
 
 @dataclass(kw_only=True)
@@ -53,6 +58,38 @@ class STTSettings(ServiceSettings):
     """A speech recogniser's settings."""
 
     language: str | None = None
+
+
+@dataclass(kw_only=True)
+class DeepgramSTTSettings(STTSettings):
+    """Deepgram's live options as Pipecat's ``DeepgramSTTService.Settings`` names them.
+
+    ``endpointing``: milliseconds of silence that end an utterance, or ``False`` for none.
+    The other options become query parameters of the stream (``extra`` too).
+    """
+
+    endpointing: int | bool | None = None
+    smart_format: bool | None = None
+    punctuate: bool | None = None
+    numerals: bool | None = None
+    profanity_filter: bool | None = None
+    diarize: bool | None = None
+    utterance_end_ms: int | None = None
+
+    def query_params(self) -> dict[str, str]:
+        """The options that were set, as Deepgram query parameters."""
+        options = {
+            "smart_format": self.smart_format,
+            "punctuate": self.punctuate,
+            "numerals": self.numerals,
+            "profanity_filter": self.profanity_filter,
+            "diarize": self.diarize,
+            "utterance_end_ms": self.utterance_end_ms,
+            **self.extra,
+        }
+        return {
+            k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items() if v is not None
+        }
 
 
 def pick(*values: Any) -> Any:

@@ -104,6 +104,10 @@ class CartesiaTTSService(TTSService):
     sentence, so a wedged socket cannot stall the reply forever. ``reconnect_attempts``
     bounds the retries of one (re)connection, with a delay starting at
     ``reconnect_backoff_secs`` and doubling.
+
+    Pipecat's shapes work too: ``settings=CartesiaTTSService.Settings(voice=...)`` (or the
+    older ``voice_id=``), ``url=`` (the full ``wss://…/tts/websocket``); with no key or URL,
+    ``CARTESIA_API_KEY``/``CARTESIA_BASE_URL`` are used.
     """
 
     Settings = TTSSettings

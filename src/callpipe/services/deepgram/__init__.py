@@ -63,7 +63,7 @@ from callpipe.pipeline.frames import (
     UserStoppedSpeakingFrame,
 )
 from callpipe.pipeline.processor import FrameDirection
-from callpipe.services.settings import STTSettings, base_url_from_env, pick
+from callpipe.services.settings import DeepgramSTTSettings, STTSettings, base_url_from_env, pick
 from callpipe.services.stt import STTService
 
 logger = logging.getLogger("callpipe.services")
@@ -110,9 +110,13 @@ class DeepgramSTTService(STTService):
     sends ``endpointing=false``). ``params`` adds or overrides query parameters (for
     example ``{"keyterm": "callpipe"}``). ``reconnect_attempts`` bounds the retries of
     one outage; the delay starts at ``reconnect_backoff_secs`` and doubles (at most 5 s).
+
+    Pipecat's shapes work too: ``settings=DeepgramSTTService.Settings(...)``,
+    ``audio_passthrough=True`` (the audio also goes on downstream), ``base_url`` as a bare
+    host; with no key or URL, ``DEEPGRAM_API_KEY``/``DEEPGRAM_BASE_URL`` are used.
     """
 
-    Settings = STTSettings
+    Settings = DeepgramSTTSettings
 
     def __init__(
         self,
@@ -136,9 +140,13 @@ class DeepgramSTTService(STTService):
     ) -> None:
         # Pipecat's shapes: settings win over keywords; no key or URL given means
         # DEEPGRAM_API_KEY / DEEPGRAM_BASE_URL; Pipecat's ``base_url`` may be a bare host.
-        settings = settings or STTSettings()
+        settings = settings or DeepgramSTTSettings()
         language = pick(settings.language, language)
         model = pick(settings.model, model)
+        if isinstance(settings, DeepgramSTTSettings):
+            if settings.endpointing is not None and settings.endpointing is not True:
+                endpointing_ms = None if settings.endpointing is False else int(settings.endpointing)
+            params = {**settings.query_params(), **(params or {})}
         api_key = api_key if api_key is not None else os.environ.get("DEEPGRAM_API_KEY", "")
         base_url = _websocket_root(base_url_from_env("DEEPGRAM_BASE_URL", base_url, "wss://api.deepgram.com"))
         super().__init__(language=language, name=name)

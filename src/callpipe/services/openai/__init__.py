@@ -88,6 +88,10 @@ class OpenAILLMService(LLMService):
     long mid-reply fails instead of hanging the call. ``max_retries`` is the SDK's: it
     retries connection failures, 408/409/429 and 5xx with backoff before the stream starts;
     once text has been streamed nothing is retried (the caller has heard it).
+
+    Pipecat's shapes work too: ``settings=OpenAILLMService.Settings(system_instruction=...,
+    model=...)`` (the instruction goes first in every request, as a system message), and
+    with no ``api_key``/``base_url`` the service reads ``OPENAI_API_KEY``/``OPENAI_BASE_URL``.
     """
 
     Settings = LLMSettings

@@ -43,7 +43,9 @@ async def _bot(runner_args: RunnerArguments) -> None:
 
 
 @contextmanager
-def _serve(tmp_path: Any, **settings: Any) -> Iterator[tuple[BackgroundServer, MemorySink, Any]]:
+def _serve(
+    tmp_path: Any, bot: Any = _bot, **settings: Any
+) -> Iterator[tuple[BackgroundServer, MemorySink, Any]]:
     port = free_port()
     signing_key, public_key = generate_webhook_keypair()
     values: dict[str, Any] = {
@@ -54,7 +56,7 @@ def _serve(tmp_path: Any, **settings: Any) -> Iterator[tuple[BackgroundServer, M
         "records": False,
         **settings,
     }
-    app = create_app(_bot, ServerSettings(_env_file=None, **values))  # type: ignore[call-arg]
+    app = create_app(bot, ServerSettings(_env_file=None, **values))  # type: ignore[call-arg]
     sink = MemorySink()
     app.state.callpipe.record_sink = sink
     with BackgroundServer(app, port=port) as server:
@@ -155,3 +157,28 @@ async def test_dial_params_are_kept_unless_switched_off(tmp_path: Any, setting: 
         assert record.query_params is not None and record.query_params["campaign"] == "spring"
     else:
         assert record.query_params is None and record.body is None
+
+
+async def test_a_failing_bot_ends_the_call_as_an_error_with_its_reason(tmp_path: Any) -> None:
+    async def broken(runner_args: RunnerArguments) -> None:
+        raise RuntimeError("the CRM is down")
+
+    with _serve(tmp_path, bot=broken) as (server, sink, _):
+        caller = _caller(server)
+        await asyncio.wait_for(caller.run([], hang_up_after_secs=0.3), 20)
+        record = await _finished(sink, caller.call_control_id)
+    assert (record.end_reason, record.hangup_by) == ("error", "server")
+    errors = [e for e in record.events if e.type == "error"]
+    assert [e.name for e in errors] == ["bot_exception"]
+    assert errors[0].data["reason"] == "RuntimeError: the CRM is down"
+
+
+def test_a_successful_transfer_tool_ends_the_call_as_transferred() -> None:
+    from callpipe.records.observer import CallObserver
+
+    observer = CallObserver(CallRecord(call_control_id="t1"), MemorySink())
+    observer.tool_call("transfer_call", {"to": "+15551230000"}, {"error": "not available"})
+    assert observer.end_noted is None  # a failed transfer does not end the call
+    observer.tool_call("transfer_call", {"to": "+15551230000"}, {"status": "transferring"})
+    observer.note_end("caller_hangup", "caller")  # Telnyx stops the stream once it is bridged
+    assert observer.end_noted == "transferred"

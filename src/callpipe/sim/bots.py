@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +130,9 @@ class CannedBotConfig:
     interruption_min_secs: float = 0.0
     interruption_min_words: int = 0
     idle_timeout_secs: float | None = 300.0
+    # Extra processors for a call (tests): built per call from its index (0, 1, ...).
+    before_output: Callable[[int], Sequence[FrameProcessor]] | None = None
+    after_output: Callable[[int], Sequence[FrameProcessor]] | None = None
 
 
 @dataclass
@@ -212,7 +215,12 @@ def create_canned_bot_app(config: CannedBotConfig) -> tuple[FastAPI, list[Canned
         heard: list[str] = []
         call = CannedBotCall(call_data, responder, heard, transport, threading.Event())
         calls.append(call)
-        pipeline = Pipeline([transport.input(), responder, transport.output(), _HeardRecorder(heard)])
+        index = len(calls) - 1
+        before = list(config.before_output(index)) if config.before_output else []
+        after = list(config.after_output(index)) if config.after_output else []
+        pipeline = Pipeline(
+            [transport.input(), *before, responder, transport.output(), *after, _HeardRecorder(heard)]
+        )
         task = PipelineTask(
             pipeline,
             params=PipelineParams(

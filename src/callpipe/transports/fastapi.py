@@ -65,6 +65,7 @@ from callpipe.telnyx import protocol
 from callpipe.transports.base_transport import BaseTransport
 from callpipe.transports.clock import OutputClock
 from callpipe.transports.guards import FloodGuard, InputGuard, Verdict
+from callpipe.transports.inbox import CallInbox
 from callpipe.transports.serializers import TelnyxFrameSerializer
 
 # Silence inside a turn after which the VAD says "paused" (speculative transcription
@@ -185,6 +186,7 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
             self._vad.set_sample_rate(in_rate)
             self._vad.set_pause_secs(PAUSE_SECS)
             self._vad.set_listener(self._on_vad_event)
+        self._transport.inbox.start()
         self._receive_task = self.create_task(self._receive_loop(), "receive")
         self._arm_watchdog()
         await self._transport._call_event_handler("on_client_connected", self._transport.websocket)
@@ -203,6 +205,7 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
     async def cleanup(self) -> None:
         """Stop reading and release the VAD."""
         self._stop_reading()
+        self._transport.inbox.close()
         await super().cleanup()
         if self._guard.total:
             logger.info("call had %d malformed messages in total", self._guard.total)
@@ -361,16 +364,14 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
             await self.push_frame(CancelTaskFrame(reason=reason), FrameDirection.UPSTREAM)
 
     def _spawn_in_call(self, coro: Any) -> None:
-        task = run_eager(coro, context=self._context)
-        if task is not None:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        # From a timer or the shared VAD batcher: into the pipeline through the call's inbox.
+        self._transport.inbox.post(coro)
 
     # ---------------------------------------------------------------------- VAD
 
     def _on_vad_event(self, event: VADEvent) -> None:
-        # Called by the shared VAD batcher, outside this call's tasks: run the pushes in
-        # this call's context (for the call id in logs) without a task unless they wait.
+        # Called by the shared VAD batcher, outside this call's tasks: the pushes run in
+        # the call's inbox task, in the order the events happened.
         if self._stopped:
             return
         now = time.monotonic()
@@ -451,7 +452,7 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
         self._pending_mark: str | None = None
         self._mark_confirmed = False
         self._send_task: asyncio.Task[Any] | None = None
-        self._emit_task: asyncio.Task[Any] | None = None
+        self._inbox = transport.inbox
         self._drained = asyncio.Event()
         self._drained.set()
         self._closing = False
@@ -478,6 +479,7 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
                 self._queue_audio(frame)
         elif isinstance(frame, StartFrame):
             self._context = contextvars.copy_context()
+            self._inbox.start()
             self._clock = OutputClock.for_running_loop()
             self._out_rate = self._params.audio_out_sample_rate or frame.audio_out_sample_rate
             observer = self._observer = records.current()
@@ -508,7 +510,11 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
     async def _pass_in_order(self, frame: Frame, direction: FrameDirection) -> None:
         if self._observer is not None and isinstance(frame, TTSTextFrame):
             self._observer.word_queued(frame.text)
-        if isinstance(frame, SystemFrame) or not self._active:
+        if isinstance(frame, SystemFrame):
+            await self.push_frame(frame, direction)
+        elif not self._active:
+            if not self._inbox.idle:
+                await self._inbox.wait_idle()  # behind frames the inbox is still delivering
             await self.push_frame(frame, direction)
         else:
             # In-order data behind queued audio: release it once that audio has played.
@@ -658,16 +664,11 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
             self._send_task = task
 
     def _emit(self, frames: list[Frame], *, both_ways: bool) -> None:
-        coro = self._push_all(frames, both_ways, self._emit_task)
-        task = run_eager(coro, context=self._context)
-        if task is not None:
-            self._emit_task = task
+        # Called from the shared clock (or whichever task queued the audio): processors
+        # downstream and upstream get these frames in the call's inbox task, in order.
+        self._inbox.post(self._push_all(frames, both_ways))
 
-    async def _push_all(
-        self, frames: list[Frame], both_ways: bool, previous: asyncio.Task[Any] | None
-    ) -> None:
-        if previous is not None and not previous.done():
-            await previous  # keep frames in order behind an emit that had to wait
+    async def _push_all(self, frames: list[Frame], both_ways: bool) -> None:
         for frame in frames:
             await self.push_frame(frame)
             if both_ways:
@@ -707,10 +708,16 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
             )
         except TimeoutError:
             logger.warning("output did not drain before the end; closing anyway")
+        try:
+            # The last words released as they played are still on their way through the inbox.
+            await asyncio.wait_for(self._inbox.wait_idle(), timeout=2.0)
+        except TimeoutError:
+            logger.warning("the call's processors did not take their last events before the end")
         await self._shutdown(CLOSE_NORMAL, "the bot ended the call")
         await self.push_frame(frame)
 
     async def _cancel(self, frame: CancelFrame) -> None:
+        self._inbox.close()  # nothing more reaches the processors after the cancel
         await self._shutdown(CLOSE_NORMAL, frame.reason or "cancelled")
         await self.push_frame(frame)
 
@@ -733,6 +740,7 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
         if self._clock is not None:
             self._clock.deactivate(self)
         self._closing = True
+        self._inbox.close()
         await self._transport.close(CLOSE_NORMAL, "pipeline finished")
         await super().cleanup()
 
@@ -769,17 +777,26 @@ class FastAPIWebsocketTransport(BaseTransport):
         self.call_id = call_id.get()
         for event in ("on_client_connected", "on_client_disconnected", "on_session_timeout"):
             self.register_event_handler(event)
+        self.inbox = CallInbox(self.name)
         self._input = FastAPIWebsocketInputTransport(self)
         self._output = FastAPIWebsocketOutputTransport(self)
         if self.serializer.call_control_id:
             _live_transports[self.serializer.call_control_id] = self
 
     async def push_call_event(self, frame: Frame) -> None:
-        """Push a frame that came from outside the stream (a webhook) into the pipeline."""
-        await self._input.push_frame(frame)
+        """Push a frame that came from outside the stream (a webhook) into the pipeline.
+
+        The frame enters through the call's inbox, so processors see it in the call's own
+        task (not the webhook request's), in order with the call's other events.
+        """
+        self.inbox.post(self._input.push_frame(frame))
 
     async def end_from_outside(self, reason: str) -> None:
-        """The call ended elsewhere (a ``call.hangup`` webhook): end this pipeline now."""
+        """The call ended elsewhere (a ``call.hangup`` webhook): end this pipeline now.
+
+        Direct, not through the inbox: upstream of the input is only the task itself (no
+        processor code runs), and a hang-up must not wait behind a stuck processor.
+        """
         await self._input.push_frame(CancelTaskFrame(reason=reason), FrameDirection.UPSTREAM)
 
     def input(self) -> FastAPIWebsocketInputTransport:

@@ -83,6 +83,9 @@ CLOSE_TOO_BIG = 1009
 
 # The receive loop yields to the event loop after this many messages in a row.
 _YIELD_EVERY = 4
+# After a barge-in, how long the output waits for its InterruptionFrame (processors
+# upstream cancel within a couple of seconds) before it plays new audio regardless.
+_MUTE_SECS = 5.0
 
 
 @dataclass(kw_only=True)
@@ -420,6 +423,9 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         await self.push_frame(UserStoppedSpeakingFrame(speech_ended_at=speech_ended_at))
 
     async def _interrupt(self) -> None:
+        # The caller must stop hearing the bot now, not once every processor on the way
+        # to the output has cancelled its work: stop the output first, then tell them.
+        self._transport.output_processor.stop_for_interruption()
         await self.push_frame(InterruptionFrame())
 
 
@@ -452,6 +458,8 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
         self._pending_mark: str | None = None
         self._mark_confirmed = False
         self._send_task: asyncio.Task[Any] | None = None
+        self._outbox: collections.deque[str] = collections.deque()  # behind a send that waits
+        self._muted_until = 0.0  # after a barge-in, until its InterruptionFrame arrives
         self._inbox = transport.inbox
         self._drained = asyncio.Event()
         self._drained.set()
@@ -475,7 +483,7 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
             await self.push_frame(frame, direction)
             return
         if isinstance(frame, OutputAudioRawFrame):
-            if self._params.audio_out_enabled and not self._closing:
+            if self._params.audio_out_enabled and not self._closing and not self._muted():
                 self._queue_audio(frame)
         elif isinstance(frame, StartFrame):
             self._context = contextvars.copy_context()
@@ -486,7 +494,10 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
             self._recorder = observer.recorder if observer is not None else None
             await self.push_frame(frame, direction)
         elif isinstance(frame, InterruptionFrame):
-            if self._observer is not None:
+            if self._muted_until:
+                self._muted_until = 0.0  # stopped already (stop_for_interruption); the reply's
+                # processors upstream have now cancelled, so new audio is a new reply
+            elif self._observer is not None:
                 self._observer.interrupted(time.monotonic(), cut=self._has_pending_audio())
             await self._interrupt()
             await self.push_frame(frame, direction)
@@ -508,6 +519,8 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
             await self._pass_in_order(frame, direction)
 
     async def _pass_in_order(self, frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, TTSTextFrame) and self._muted():
+            return  # a word of the interrupted reply: never played, so never heard
         if self._observer is not None and isinstance(frame, TTSTextFrame):
             self._observer.word_queued(frame.text)
         if isinstance(frame, SystemFrame):
@@ -658,10 +671,22 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
     def _send(self, messages: list[str]) -> None:
         if self._closing:
             return
-        task = run_eager(self._transport.send_texts(messages), context=self._context)
+        if self._send_task is not None and not self._send_task.done():
+            # A send is waiting on a congested socket: these go out after it, in order.
+            self._outbox.extend(messages)
+            return
+        task = run_eager(self._send_in_order(messages), context=self._context)
         if task is not None:
             # The socket is congested: hold this call's audio until the send completes.
             self._send_task = task
+
+    async def _send_in_order(self, messages: list[str]) -> None:
+        await self._transport.send_texts(messages)
+        outbox = self._outbox
+        while outbox:
+            batch = list(outbox)
+            outbox.clear()
+            await self._transport.send_texts(batch)
 
     def _emit(self, frames: list[Frame], *, both_ways: bool) -> None:
         # Called from the shared clock (or whichever task queued the audio): processors
@@ -677,9 +702,41 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
     def _has_pending_audio(self) -> bool:
         return bool(self._buffer or self._held or self._timed)
 
-    async def _interrupt(self) -> None:
-        if not self._buffer and not self._speaking and not self._held and not self._timed:
+    def _muted(self) -> bool:
+        if self._muted_until and time.monotonic() > self._muted_until:
+            # The InterruptionFrame never came (a processor swallowed it): play again.
+            logger.warning("the interruption did not reach the output within %.0fs", _MUTE_SECS)
+            self._muted_until = 0.0
+        return self._muted_until > 0.0
+
+    def stop_for_interruption(self) -> None:
+        """Barge-in, first step: stop playing and send ``clear`` now.
+
+        The input transport calls this before it pushes the :class:`InterruptionFrame`,
+        which reaches the output only after every processor on the way has cancelled its
+        work (seconds, for a slow service). Until it arrives, audio and words of the
+        interrupted reply still coming down are dropped.
+        """
+        if self._closing:
             return
+        self._muted_until = time.monotonic() + _MUTE_SECS
+        if self._observer is not None:
+            self._observer.interrupted(time.monotonic(), cut=self._has_pending_audio())
+        if self._stop_playing():
+            self._emit([BotStoppedSpeakingFrame()], both_ways=True)
+
+    async def _interrupt(self) -> None:
+        if self._stop_playing():
+            await self.push_frame(BotStoppedSpeakingFrame())
+            await self.push_frame(BotStoppedSpeakingFrame(), FrameDirection.UPSTREAM)
+
+    def _stop_playing(self) -> bool:
+        """Drop what is queued and send ``clear``; True if the bot was speaking."""
+        if not self._buffer and not self._speaking and not self._held and not self._timed:
+            return False
+        # Media not yet handed to the socket is dropped rather than sent and cleared;
+        # a send already under way finishes first, and ``clear`` goes out after it.
+        self._outbox.clear()
         self._buffer.clear()
         self._serializer.reset_output()
         self._enqueued = self._sent
@@ -690,10 +747,8 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
         self.clears_sent += 1
         self._send([protocol.build_clear()])
         self.last_clear_at = time.monotonic()
-        if self._speaking:
-            self._speaking = False
-            await self.push_frame(BotStoppedSpeakingFrame())
-            await self.push_frame(BotStoppedSpeakingFrame(), FrameDirection.UPSTREAM)
+        was_speaking, self._speaking = self._speaking, False
+        return was_speaking
 
     # ------------------------------------------------------------- end / cancel
 

@@ -24,6 +24,10 @@ def test_database_urls_map_to_async_drivers(tmp_path: Path) -> None:
     assert async_url("postgres://u:p@h/db", tmp_path) == "postgresql+asyncpg://u:p@h/db"
     assert async_url("postgresql://u@h:5/db", tmp_path) == "postgresql+asyncpg://u@h:5/db"
     assert async_url("sqlite:////x/y.db", tmp_path) == "sqlite+aiosqlite:////x/y.db"
+    assert (
+        async_url("postgres://u:p@h/db?sslmode=require", tmp_path)
+        == "postgresql+asyncpg://u:p@h/db?ssl=require"
+    )
     with pytest.raises(ValueError, match="unsupported scheme"):
         async_url("mysql://h/db", tmp_path)
 
@@ -252,3 +256,26 @@ async def test_migrations_run_once_with_concurrent_starters(db_url: str) -> None
     finally:
         for s in stores:
             await s.__aexit__(None, None, None)
+
+
+async def test_housekeeping_sweeps_and_applies_retention_on_its_own(db_url: str) -> None:
+    async with started_store(db_url, heartbeat_secs=3600) as a:
+        a.sink.touch(full_record("orphan", end_reason="in_progress"))
+        a.sink.finish(full_record("ancient", started_at=time.time() - 400 * 86400))
+        await a.writer.flush()
+        async with started_store(db_url, sweep_secs=0.1, retention_days=365) as b:
+            orphan = await b.get_call("orphan")
+            assert orphan is not None and orphan.end_reason == "in_progress"  # a is alive
+            async with a.engine.begin() as conn:  # now a's host vanishes
+                await conn.execute(
+                    instances.update()
+                    .where(instances.c.instance_id == a.instance_id)
+                    .values(heartbeat_at=time.time() - 60, hostname="elsewhere")
+                )
+            deadline = time.monotonic() + 10
+            while True:
+                orphan, ancient = await b.get_call("orphan"), await b.get_call("ancient")
+                if orphan is not None and orphan.end_reason == "process_died" and ancient is None:
+                    break
+                assert time.monotonic() < deadline, (orphan, ancient)
+                await asyncio.sleep(0.05)

@@ -51,7 +51,15 @@ def async_url(database_url: str | None, data_dir: str | Path) -> str:
     driver = drivers.get(scheme.lower())
     if driver is None:
         raise ValueError(f"DATABASE_URL: unsupported scheme {scheme!r} (use postgresql:// or sqlite://)")
-    return f"{driver}://{rest}"
+    url = f"{driver}://{rest}"
+    if driver.startswith("postgresql"):
+        # Hosted PostgreSQL URLs say ?sslmode=require (libpq); asyncpg calls it ssl.
+        parsed = make_url(url)
+        if "sslmode" in parsed.query:
+            query = dict(parsed.query)
+            query["ssl"] = query.pop("sslmode")
+            url = parsed.set(query=query).render_as_string(hide_password=False)
+    return url
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -59,7 +67,8 @@ def make_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # The records hold personal data: a new data directory is the owner's alone.
+            Path(parsed.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_MS / 1000})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine

@@ -1,9 +1,9 @@
 """``SqlCallStore``: the :class:`~callpipe.store.base.CallStore` over SQLite or PostgreSQL.
 
 One object per process. ``start()`` connects, migrates, registers this instance and
-starts three tasks: the record writer (``sink``), the maintenance loop (heartbeat every
-``heartbeat_secs``, the process_died sweep, token purge, retention) and, with a webhook
-configured, the outbox delivery. ``close()`` flushes and stops them.
+starts its tasks: the record writer (``sink``), the heartbeat (every ``heartbeat_secs``),
+housekeeping (the process_died sweep every ``sweep_secs``, token purge, retention) and,
+with a webhook configured, the outbox delivery. ``close()`` flushes and stops them.
 
 The instance's internal URL (where other instances forward a call's control requests)
 is given to the constructor or set later with :meth:`SqlCallStore.set_internal_url`; it
@@ -82,7 +82,7 @@ class SqlCallStore:
             max_pending_finals=max_pending_finals,
         )
         self._deliverer: WebhookDeliverer | None = None
-        self._maintenance: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._beat_now = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -92,7 +92,8 @@ class SqlCallStore:
         webhook = None
         if settings.call_webhook_url:
             secret = settings.secret("call_webhook_secret") or settings.secret("callpipe_secret")
-            assert secret, "checked by ServerSettings.check_for_serving"
+            if not secret:
+                raise ValueError("CALL_WEBHOOK_URL needs CALL_WEBHOOK_SECRET or CALLPIPE_SECRET to sign with")
             webhook = WebhookConfig(url=settings.call_webhook_url, secret=secret)
         return cls(
             settings.secret("database_url"),
@@ -149,7 +150,12 @@ class SqlCallStore:
             self._deliverer = WebhookDeliverer(self.engine, self.webhook)
             self._deliverer.start()
         self._stop.clear()
-        self._maintenance = asyncio.create_task(self._maintain(), name="callpipe-store-maintenance")
+        # Two tasks: a slow sweep or retention pass must never delay the heartbeat (a late
+        # heartbeat makes the other instances think this one died).
+        self._tasks = [
+            asyncio.create_task(self._heartbeats(), name="callpipe-store-heartbeat"),
+            asyncio.create_task(self._housekeeping(), name="callpipe-store-housekeeping"),
+        ]
         logger.info("call store: %s, instance %s", _safe_url(self.url), self.instance_id)
 
     async def close(self) -> None:
@@ -158,9 +164,8 @@ class SqlCallStore:
             return
         self._stop.set()
         self._beat_now.set()
-        if self._maintenance is not None:
-            await self._maintenance
-            self._maintenance = None
+        await asyncio.gather(*self._tasks)
+        self._tasks = []
         if self.background:
             await self._writer.close()
         if self._deliverer is not None:
@@ -172,29 +177,37 @@ class SqlCallStore:
         await self._engine.dispose()
         self._engine = None
 
-    async def _maintain(self) -> None:
-        last_sweep = last_purge = time.monotonic()
-        last_retention = 0.0
+    async def _heartbeats(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_now.wait(), self.heartbeat_secs)
             self._beat_now.clear()
             if self._stop.is_set():
                 return
-            now = time.monotonic()
             try:
                 await coord.heartbeat(self.engine, self.instance_id, self.internal_url, self.started_at)
-                if now - last_sweep >= self.sweep_secs:
-                    last_sweep = now
-                    await self._sweep()
+            except Exception as exc:  # the database is down: the next beat tries again
+                logger.warning("call store: heartbeat failed (%s: %s)", type(exc).__name__, exc)
+
+    async def _housekeeping(self) -> None:
+        last_purge = time.monotonic()
+        last_retention = float("-inf")  # a first pass soon after start
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.sweep_secs)
+            if self._stop.is_set():
+                return
+            now = time.monotonic()
+            try:
+                await self._sweep()
                 if now - last_purge >= TOKEN_PURGE_SECS:
                     last_purge = now
                     await coord.purge_tokens(self.engine)
                 if self.retention_days > 0 and now - last_retention >= RETENTION_EVERY_SECS:
                     last_retention = now
                     await self.apply_retention()
-            except Exception as exc:  # the database is down: the next beat tries again
-                logger.warning("call store: maintenance failed (%s: %s)", type(exc).__name__, exc)
+            except Exception as exc:  # the database is down: the next round tries again
+                logger.warning("call store: housekeeping failed (%s: %s)", type(exc).__name__, exc)
 
     async def _sweep(self) -> list[str]:
         return await coord.sweep_dead(self.engine, self.stale_after_secs)

@@ -71,8 +71,7 @@ async def test_kill_9_mid_call_leaves_a_process_died_record_and_a_playable_recor
         assert killed_at - 2.5 <= record.ended_at <= killed_at + 0.1, killed_at - record.ended_at
         assert record.recording_path is not None
         path = Path(record.recording_path)
-        if not path.is_absolute():
-            path = tmp_path / path
+        assert path.is_absolute() and path.is_relative_to(tmp_path)  # made absolute by the store
     with wave.open(str(path), "rb") as wav:
         assert wav.getnchannels() == 2 and wav.getsampwidth() == 2
         secs = wav.getnframes() / wav.getframerate()

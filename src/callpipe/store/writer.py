@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -78,6 +79,15 @@ async def _encode(records: list[CallRecord], now: float) -> Rows:
     return rows
 
 
+def _stamp(record: CallRecord, instance_id: str) -> None:
+    # The instance that wrote it (the process_died sweep goes by it), and the recording's
+    # absolute path, so that the API and retention find it whatever their working directory.
+    if record.instance is None:
+        record.instance = instance_id
+    if record.recording_path and not os.path.isabs(record.recording_path):
+        record.recording_path = os.path.abspath(record.recording_path)
+
+
 @dataclass
 class WriterStats:
     """What the writer did so far (for tests, logs and metrics)."""
@@ -120,8 +130,7 @@ class RecordWriter:
     def touch(self, record: CallRecord) -> None:
         """Remember ``record`` for the next flush (a dict store: no I/O, no copy)."""
         try:
-            if record.instance is None:
-                record.instance = self._instance_id
+            _stamp(record, self._instance_id)
             if record.call_control_id not in self._finals:
                 self._dirty[record.call_control_id] = record
         except Exception:  # never raise into a call
@@ -130,8 +139,7 @@ class RecordWriter:
     def finish(self, record: CallRecord) -> None:
         """Keep ``record`` until it is written (bounded: the oldest is dropped past the limit)."""
         try:
-            if record.instance is None:
-                record.instance = self._instance_id
+            _stamp(record, self._instance_id)
             ccid = record.call_control_id
             self._dirty.pop(ccid, None)
             self._finals[ccid] = record

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 import tomllib
 import uuid
@@ -22,9 +23,10 @@ import pytest
 from callpipe.server.app import encode_body
 from callpipe.server.idempotency import IdempotencyCache
 from callpipe.server.replay import SeenSet
-from callpipe.server.serve import RedactStreamTokens
-from callpipe.server.settings import SettingsError
+from callpipe.server.serve import RedactStreamTokens, export_bot_environment
+from callpipe.server.settings import ServerSettings, SettingsError
 from callpipe.server.tokens import sign_expiring, verify_token
+from callpipe.services.llm import TelephonyTools
 from callpipe.sim.caller import SimulatedCaller
 from callpipe.sim.texml import place_texml_call
 from callpipe.telnyx.webhooks import generate_webhook_keypair, sign_webhook
@@ -429,3 +431,24 @@ async def test_single_use_holds_across_instances_sharing_a_store(
                 *b.fake_state.requests_to("/v2/texml/Accounts/*/Calls"),
             ]
             assert len(dials) == 1
+
+
+def test_transfer_allowlist_is_checked_at_start_up_and_reaches_bots(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with (
+        pytest.raises(SettingsError, match="TRANSFER_ALLOWED_NUMBERS"),
+        serve(monkeypatch, with_fake=False, transfer_allowed_numbers="+1555*, 0800-FREE"),
+    ):
+        pass
+    # From a .env file (not the environment), the allowlist still reaches TelephonyTools.
+    (tmp_path / ".env").write_text(
+        "PUBLIC_URL=https://x.example\nCALLPIPE_SECRET=s\nTRANSFER_ALLOWED_NUMBERS=+1555*\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRANSFER_ALLOWED_NUMBERS", raising=False)
+    try:
+        export_bot_environment(ServerSettings())
+        assert TelephonyTools(call_control_id=None, client=None).transfer_policy.check("+15551234567")
+    finally:
+        os.environ.pop("TRANSFER_ALLOWED_NUMBERS", None)  # exported straight to os.environ

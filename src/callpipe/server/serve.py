@@ -36,6 +36,7 @@ BOT_ENVIRONMENT = (
     "deepgram_base_url",
     "cartesia_api_key",
     "cartesia_base_url",
+    "transfer_allowed_numbers",  # TelephonyTools reads it at each call
 )
 
 _TOKEN_IN_URL = re.compile(r"(\b(?:token|sig)=)[^&\s\"]+")

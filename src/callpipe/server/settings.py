@@ -128,6 +128,13 @@ class ServerSettings(BaseSettings):
                 )
             if not self.call_webhook_url.startswith(("http://", "https://")):
                 raise SettingsError("CALL_WEBHOOK_URL must be an http:// or https:// URL")
+        if self.transfer_allowed_numbers:
+            from callpipe.services.call_policy import TransferPolicy
+
+            try:
+                TransferPolicy.parse(self.transfer_allowed_numbers)
+            except ValueError as exc:  # a typo fails start-up, not the first transfer
+                raise SettingsError(str(exc)) from None
         if self.dial_mode not in ("texml", "call_control"):
             raise SettingsError(f"DIAL_MODE must be 'texml' or 'call_control', not {self.dial_mode!r}")
 

@@ -308,3 +308,29 @@ def test_more_settings_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     with pytest.raises(AttributeError):
         _ = TelnyxCallData()._private  # only public names read as call data
+
+
+async def test_transport_helpers_say_what_to_do_outside_callpipe_serve() -> None:
+    from types import SimpleNamespace
+
+    from starlette.datastructures import State
+
+    from callpipe.runner import create_telnyx_transport, create_transport
+
+    # A server of your own: nothing parsed the handshake, so the synchronous helper
+    # cannot build a serializer; it says which call reads it instead of a KeyError.
+    args = RunnerArguments(websocket=SimpleNamespace(state=State()))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="await create_transport"):
+        create_telnyx_transport(args)
+    # The handshake already parsed on the socket (here: by hand) is used by both helpers,
+    # and a params dict without a "telnyx" entry is a clear error.
+    handshake = {
+        "stream_id": "s-1",
+        "call_control_id": "v3:c",
+        "outbound_encoding": "PCMU",
+        "sample_rate": 8000,
+    }
+    args.websocket.state.callpipe_telephony = handshake
+    with pytest.raises(ValueError, match="'telnyx'"):
+        await create_transport(args, {"twilio": lambda: None})
+    assert args.call_data.call_id == "v3:c"

@@ -46,3 +46,22 @@ async def test_demo_books_the_appointment_and_hangs_up(tmp_path: Path) -> None:
     with wave.open(str(record)) as wav:
         assert wav.getnchannels() == 2 and wav.getframerate() == 8000
         assert wav.getnframes() / 8000 > 20  # the whole conversation is there
+
+
+@pytest.mark.slow
+async def test_demo_holds_three_calls_at_once_and_answers_every_line(tmp_path: Path) -> None:
+    from callpipe.demo import run_demo_calls
+
+    record, transcript = tmp_path / "calls.wav", tmp_path / "calls.json"
+    results = await run_demo_calls(3, record=str(record), transcript=str(transcript))
+
+    assert [r.failures() for r in results] == [[], [], []]
+    assert len({r.caller_number for r in results}) == 3  # different callers
+    data = json.loads(transcript.read_text())
+    assert [call["caller"]["name"] for call in data["calls"]] == [r.caller_name for r in results]
+    for call in data["calls"]:  # each in the one-call transcript shape
+        assert [t["speaker"] for t in call["turns"]] == ["bot"] + ["caller", "bot"] * call["caller_lines"]
+        assert call["booking_confirmed"] and call["ended_with_hang_up"]
+    total = data["aggregate"]
+    assert total["calls"] == 3 and total["answered_lines"] == total["caller_lines"] == 12
+    assert total["v2v_p50_ms"] <= total["v2v_p95_ms"]

@@ -313,7 +313,8 @@ async def _one_call(
         max_call_secs=120,
     )
     call_started = time.monotonic()
-    outcome = await sim.run(turns, hang_up_after_secs=3.0)
+    # After the goodbye the caller waits for the bot to hang up (it gives up after 6 s).
+    outcome = await sim.run(turns, hang_up_after_secs=6.0)
     hangups = fake_app.state.telnyx.requests_to(f"/v2/calls/{ccid}/actions/hangup", "POST")
     result = DemoResult(caller_name=caller.name, caller_number=caller.number)
     result.call_secs = time.monotonic() - call_started

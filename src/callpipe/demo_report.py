@@ -86,9 +86,11 @@ class DemoResult:
         reasons = []
         if self.greeting_ms is None:
             reasons.append("the bot never greeted the caller")
-        for said in self.nudges:
+        for said in sorted(set(self.nudges)):
             what = "the greeting" if said == 0 else f"caller line {said}"
-            reasons.append(f"no answer to {what} within {2.5:g}s: the caller had to say 'Hello?'")
+            times = self.nudges.count(said)
+            again = f" ({times} times)" if times > 1 else ""
+            reasons.append(f"no answer to {what} within 2.5 s: the caller had to say 'Hello?'{again}")
         for index, ok in enumerate(self.answered):
             if not ok:
                 reasons.append(f"caller line {index + 1} got no reply before the caller's next line")

@@ -50,7 +50,15 @@ async def test_demo_books_the_appointment_and_hangs_up(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 async def test_demo_holds_three_calls_at_once_and_answers_every_line(tmp_path: Path) -> None:
+    import os
+
     from callpipe.demo import run_demo_calls
+
+    cores = os.cpu_count() or 1
+    if os.getloadavg()[0] > 2 * cores:
+        # Three real-time calls with their speech models need the machine's cores; on a box
+        # oversubscribed by other work the timing this test asserts is not defined.
+        pytest.skip(f"load average {os.getloadavg()[0]:.1f} on {cores} cores")
 
     record, transcript = tmp_path / "calls.wav", tmp_path / "calls.json"
     results = await run_demo_calls(3, record=str(record), transcript=str(transcript))

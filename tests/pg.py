@@ -71,7 +71,11 @@ class PostgresServer:
             check=True,
             capture_output=True,
         )
-        log = open(self.root / "postgres.log", "wb")  # noqa: SIM115 - closed with the process
+        return self.resume()
+
+    def resume(self) -> PostgresServer:
+        """Start the server process on the existing data directory and port; wait until it answers."""
+        log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
             self._cmd(
                 str(self.bin / "postgres"),
@@ -100,6 +104,22 @@ class PostgresServer:
                     raise TimeoutError("postgres did not accept connections in time") from None
                 time.sleep(0.1)
 
+    def halt(self) -> None:
+        """Stop the server process (fast shutdown: clients are disconnected), keeping its data."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        # pg_ctl signals the postmaster itself (runuser, our child, would only kill it).
+        stopped = subprocess.run(
+            self._cmd(str(self.bin / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "15"),
+            capture_output=True,
+            check=False,
+        )
+        try:
+            self.process.wait(15 if stopped.returncode == 0 else 1)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
     def url(self, database: str = "postgres") -> str:
         """A ``postgresql://`` URL of ``database`` on this server."""
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
@@ -122,14 +142,8 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
-        """Stop the server (fast shutdown) and delete its directory."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        """Stop the server and delete its directory."""
+        self.halt()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -279,3 +279,17 @@ async def test_housekeeping_sweeps_and_applies_retention_on_its_own(db_url: str)
                     break
                 assert time.monotonic() < deadline, (orphan, ancient)
                 await asyncio.sleep(0.05)
+
+
+async def test_the_migrations_build_exactly_the_schema_the_code_uses(db_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from callpipe.store.schema import metadata
+
+    def diff(conn: sa.Connection) -> list[object]:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return [d for d in compare_metadata(context, metadata) if "alembic_version" not in str(d)]
+
+    async with started_store(db_url, background=False) as store, store.engine.connect() as conn:
+        assert await conn.run_sync(diff) == []

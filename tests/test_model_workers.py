@@ -146,3 +146,50 @@ async def test_readiness_is_503_until_every_registered_model_is_warm(monkeypatch
         release.set()
         server.should_exit = True
         await asyncio.wait_for(serving, 10)
+
+
+async def test_an_overloaded_recognizer_asks_the_caller_to_repeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("faster_whisper", reason="needs callpipe[local]")
+    from callpipe.pipeline import PipelineParams
+    from callpipe.pipeline.frames import (
+        InputAudioRawFrame,
+        TTSSpeakFrame,
+        UserStartedSpeakingFrame,
+        UserStoppedSpeakingFrame,
+    )
+    from callpipe.services.whisper import STT_FALLBACK_LINE, WhisperSTTService
+    from tests.helpers import ServiceHarness, wait_until
+
+    async def overloaded(*_args: object) -> None:
+        raise ModelOverloaded("whisper: 8 jobs already waiting")
+
+    stt = WhisperSTTService(model="unused", speculative=False)
+    monkeypatch.setattr(stt, "run_stt_timed", overloaded)
+    harness = await ServiceHarness(stt, PipelineParams(audio_in_sample_rate=8000)).start()
+    for frame in (
+        UserStartedSpeakingFrame(),
+        InputAudioRawFrame(audio=bytes(3200), sample_rate=8000),
+        UserStoppedSpeakingFrame(),
+    ):
+        await harness.task.queue_frame(frame)
+    await wait_until(lambda: bool(harness.down.seen(TTSSpeakFrame)))
+    assert [f.text for f in harness.down.seen(TTSSpeakFrame)] == [STT_FALLBACK_LINE]
+    await harness.cancel()
+
+
+async def test_a_sentence_that_misses_its_deadline_becomes_the_filler_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("piper", reason="needs callpipe[local]")
+    from callpipe.services.piper import FILLER_LINE, PiperTTSService
+
+    tts = PiperTTSService(sample_rate=8000)
+    await asyncio.to_thread(tts.load)  # the voice and its filler lines, as at start-up
+    filler = [pcm async for pcm in tts.run_tts(FILLER_LINE)]
+    assert len(filler) == 1 and len(filler[0]) > 8000  # said from the cache, no synthesis
+
+    async def too_late(_text: str, *, deadline: float | None = None) -> None:
+        raise ModelDeadline("piper: waited 2.10s for a worker")
+
+    monkeypatch.setattr(tts, "synthesize_timed", too_late)
+    assert [pcm async for pcm in tts.run_tts("Your appointment is on Thursday at three.")] == filler

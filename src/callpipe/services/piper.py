@@ -29,14 +29,14 @@ from callpipe.pipeline.frames import Frame, MetricsData, MetricsFrame, TTSPrefet
 from callpipe.pipeline.processor import FrameDirection
 from callpipe.services import warmup
 from callpipe.services.tts import TTSService
-from callpipe.services.whisper import LocalModelMissing
+from callpipe.services.whisper import STT_FALLBACK_LINE, LocalModelMissing
 from callpipe.services.workers import ModelDeadline, ModelOverloaded, ModelResult, ModelWorkers
 
 logger = logging.getLogger("callpipe.services")
 
 # Said when a sentence cannot be synthesized in time (overload): short, and true.
 FILLER_LINE = "One moment, please."
-FILLER_LINES = (FILLER_LINE,)
+FILLER_LINES = (FILLER_LINE, STT_FALLBACK_LINE)
 # A long sentence is spoken in two pieces, split at its first comma, so its first audio
 # comes after the synthesis of a few words rather than of the whole sentence.
 _SPLIT_OVER_CHARS = 40
@@ -189,6 +189,14 @@ class PiperTTSService(TTSService):
         prefetch, self._prefetch = self._prefetch, None
         if prefetch is not None and prefetch[0] == text:
             return [prefetch[1]]
+        shared = _SharedVoice._voices.get(self.model_path)
+        ready = (
+            shared.fillers.get((text, self.sample_rate)) if shared is not None and not self.settings else None
+        )
+        if ready is not None:  # a filler line: said at once, even when every worker is busy
+            done: asyncio.Future[ModelResult[bytes]] = asyncio.get_running_loop().create_future()
+            done.set_result(ModelResult(ready, 0.0, 0.0))
+            return [done]
         if prefetch is not None:
             prefetch[1].cancel()
         return [

@@ -25,16 +25,19 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import soxr
 
+from callpipe.pipeline.frames import MetricsData, MetricsFrame, TTSSpeakFrame
 from callpipe.services import warmup
 from callpipe.services.stt import SegmentedSTTService
 from callpipe.services.whisper_engine import WHISPER_RATE, WhisperEngine
-from callpipe.services.workers import ModelResult, ModelWorkers
+from callpipe.services.workers import ModelDeadline, ModelOverloaded, ModelResult, ModelWorkers
 
 logger = logging.getLogger("callpipe.services")
 
 Engine = Literal["ctranslate2", "faster-whisper"]
 DEFAULT_WINDOW_SECS = 10.0
 DEFAULT_BEAM_SIZE = 1
+# Said when an utterance cannot be transcribed in time (overload); Piper has it ready.
+STT_FALLBACK_LINE = "Sorry, could you say that again?"
 
 
 class LocalModelMissing(RuntimeError):
@@ -199,8 +202,20 @@ class WhisperSTTService(SegmentedSTTService):
         )
 
     async def run_stt(self, pcm: bytes, sample_rate: int) -> str:
-        """Transcribe one utterance (PCM16 mono at ``sample_rate``)."""
-        return (await self.run_stt_timed(pcm, sample_rate)).value
+        """Transcribe one utterance (PCM16 mono at ``sample_rate``); report the queue wait.
+
+        Under overload (no worker within ``deadline_secs``, or a full queue) the caller
+        hears :data:`STT_FALLBACK_LINE` (pre-synthesized by Piper) instead of silence.
+        """
+        try:
+            result = await self.run_stt_timed(pcm, sample_rate)
+        except (ModelDeadline, ModelOverloaded) as exc:
+            logger.warning("%s: %s; asking the caller to repeat", self.name, exc)
+            await self.push_frame(TTSSpeakFrame(STT_FALLBACK_LINE))
+            return ""
+        data = MetricsData(name="queue_wait", value=result.queue_wait, processor=self.name, model="whisper")
+        await self.push_frame(MetricsFrame(data=[data]))
+        return result.value
 
 
 def whisper_settings_from_env() -> dict[str, Any]:

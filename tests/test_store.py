@@ -293,3 +293,14 @@ async def test_the_migrations_build_exactly_the_schema_the_code_uses(db_url: str
 
     async with started_store(db_url, background=False) as store, store.engine.connect() as conn:
         assert await conn.run_sync(diff) == []
+
+
+async def test_an_unreachable_database_fails_start_clearly_without_the_password() -> None:
+    from callpipe.server.background import free_port
+    from callpipe.store.sql import SqlCallStore
+
+    store = SqlCallStore(f"postgresql://app:hunter2-secret@127.0.0.1:{free_port()}/calls")
+    with pytest.raises(RuntimeError, match="cannot open the call store") as failure:
+        await store.start()
+    assert "hunter2-secret" not in str(failure.value) and "***" in str(failure.value)
+    await store.close()  # nothing to close; must not raise

@@ -315,3 +315,26 @@ async def test_postgresql_search_has_a_trigram_index(postgres_server: object) ->
             await conn.execute(sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'calls'"))
         ).scalars()
         assert "ix_calls_transcript_trgm" in set(names)
+
+
+async def test_a_pid_is_only_trusted_within_the_same_pid_namespace(db_url: str) -> None:
+    from callpipe.store.coord import host_key
+
+    assert host_key().split()[0]  # hostname first, then the namespace (on Linux)
+    async with started_store(db_url, heartbeat_secs=3600) as a, started_store(db_url) as b:
+        a.sink.touch(full_record("elsewhere-call", end_reason="in_progress"))
+        await a.writer.flush()
+        # Same hostname, another PID namespace (a host-network container), a pid that is
+        # not running here: alive as long as it heartbeats.
+        async with b.engine.begin() as conn:
+            await conn.execute(
+                instances.update()
+                .where(instances.c.instance_id == a.instance_id)
+                .values(hostname=f"{host_key().split()[0]} pid:[1]", pid=2**22 + 17)
+            )
+        assert await b.sweep_dead() == []
+        async with b.engine.begin() as conn:  # same namespace: the pid is believed
+            await conn.execute(
+                instances.update().where(instances.c.instance_id == a.instance_id).values(hostname=host_key())
+            )
+        assert await b.sweep_dead() == ["elsewhere-call"]

@@ -39,6 +39,19 @@ def new_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
 
 
+def host_key() -> str:
+    """This host *and* PID namespace: where our pids mean the same processes as theirs.
+
+    Containers with host networking share the hostname but not the pids; an instance
+    in another PID namespace must never be judged dead by its pid.
+    """
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:  # no /proc (macOS): one namespace per host
+        namespace = ""
+    return f"{socket.gethostname()} {namespace}".strip()
+
+
 async def heartbeat(
     engine: AsyncEngine, instance_id: str, internal_url: str | None, started_at: float
 ) -> None:
@@ -54,7 +67,7 @@ async def heartbeat(
             await conn.execute(
                 instances.insert().values(
                     instance_id=instance_id,
-                    hostname=socket.gethostname(),
+                    hostname=host_key(),
                     pid=os.getpid(),
                     internal_url=internal_url,
                     started_at=started_at,
@@ -83,7 +96,7 @@ async def _instances(engine: AsyncEngine, stale_after: float) -> tuple[set[str],
     """The live instances (heartbeat within ``stale_after`` s and, on this host, pid alive),
     and every registered instance's last heartbeat."""
     cutoff = time.time() - stale_after
-    host = socket.gethostname()
+    host = host_key()
     async with engine.connect() as conn:
         rows = (
             await conn.execute(

@@ -273,6 +273,15 @@ def _fake_telnyx(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fake_realtime(args: argparse.Namespace) -> int:
+    from callpipe.sim.fake_realtime import serve_fake_realtime
+
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
+        raise SystemExit("the fake Realtime API listens on loopback only (pass --allow-remote to override)")
+    serve_fake_realtime(args.host, args.port, api_key=args.api_key)
+    return 0
+
+
 # --------------------------------------------------------------------------- serve
 
 
@@ -527,6 +536,14 @@ def _build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--api-key", default="test-key", help="the API key it accepts (default test-key)")
     fake.add_argument("--webhook-url", help="where to send signed call webhooks")
     fake.add_argument("--allow-remote", action="store_true", help=argparse.SUPPRESS)
+
+    realtime = sub.add_parser(
+        "fake-realtime", help="run a fake OpenAI Realtime API (speech-to-speech wire protocol) for tests"
+    )
+    realtime.add_argument("--host", default="127.0.0.1")
+    realtime.add_argument("--port", type=int, default=8766)
+    realtime.add_argument("--api-key", help="the only API key it accepts (default: any)")
+    realtime.add_argument("--allow-remote", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -556,5 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "fake-telnyx":
         configure_logging(logging.DEBUG if args.verbose else logging.INFO)
         return _fake_telnyx(args)
+    if args.command == "fake-realtime":
+        configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+        return _fake_realtime(args)
     parser.print_help(sys.stderr)
     return 2

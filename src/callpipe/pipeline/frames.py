@@ -114,6 +114,43 @@ class TTSAudioRawFrame(OutputAudioRawFrame):
     """Audio produced by a text-to-speech service."""
 
 
+@dataclass(slots=True, kw_only=True)
+class InputEncodedAudioFrame(SystemFrame):
+    """The caller's audio as it came off the wire, undecoded (``FastAPIWebsocketParams.audio_in_passthrough``).
+
+    ``codec`` is the call's encoding name (``PCMU``, ``PCMA``, ``L16``, ``G722``) at
+    ``sample_rate``. A speech-to-speech service that speaks the call's codec sends the
+    bytes on untouched.
+    """
+
+    payload: bytes
+    codec: str
+    sample_rate: int
+
+
+@dataclass(slots=True, kw_only=True)
+class OutputEncodedAudioFrame(DataFrame):
+    """Bot audio already encoded: sent as it is when ``codec``/``sample_rate`` are the call's.
+
+    Otherwise the output transport converts it once. ``item_id`` tags the audio (a model's
+    output item): after a barge-in the output reports how much of it played
+    (:class:`PlaybackCutFrame`).
+    """
+
+    payload: bytes
+    codec: str
+    sample_rate: int
+    item_id: str = ""
+
+
+@dataclass(slots=True, kw_only=True)
+class PlaybackCutFrame(SystemFrame):
+    """Upstream from the output after a barge-in: ``played_ms`` of item ``item_id`` had played."""
+
+    item_id: str
+    played_ms: int
+
+
 # ------------------------------------------------------------------------- text
 
 

@@ -106,6 +106,9 @@ class Usage(msgspec.Struct, kw_only=True):
     llm_prompt_tokens: dict[str, int] = msgspec.field(default_factory=dict)
     llm_completion_tokens: dict[str, int] = msgspec.field(default_factory=dict)
     tts_characters: dict[str, int] = msgspec.field(default_factory=dict)
+    # Speech-to-speech models bill audio tokens (included in the prompt/completion counts).
+    audio_tokens_in: dict[str, int] = msgspec.field(default_factory=dict)
+    audio_tokens_out: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class CallRecord(msgspec.Struct, kw_only=True):

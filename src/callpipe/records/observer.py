@@ -352,6 +352,13 @@ class CallObserver:
         usage.llm_completion_tokens[provider] = usage.llm_completion_tokens.get(provider, 0) + completion
         self.touch()
 
+    def audio_tokens(self, provider: str, audio_in: int, audio_out: int) -> None:
+        """Audio tokens a speech-to-speech model reported for one response (part of its tokens)."""
+        usage = self.record.usage
+        usage.audio_tokens_in[provider] = usage.audio_tokens_in.get(provider, 0) + audio_in
+        usage.audio_tokens_out[provider] = usage.audio_tokens_out.get(provider, 0) + audio_out
+        self.touch()
+
     def tts_characters(self, provider: str, count: int) -> None:
         """Characters sent to a TTS provider."""
         usage = self.record.usage.tts_characters

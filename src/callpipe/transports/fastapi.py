@@ -33,6 +33,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketState
 
 from callpipe import metrics
+from callpipe.audio import Codec, get_codec
 from callpipe.audio.vad import SileroVADAnalyzer, VADEvent
 from callpipe.eager import run_eager
 from callpipe.log import call_id
@@ -46,10 +47,13 @@ from callpipe.pipeline.frames import (
     ErrorFrame,
     Frame,
     InputDTMFFrame,
+    InputEncodedAudioFrame,
     InterruptionFrame,
     MetricsData,
     MetricsFrame,
     OutputAudioRawFrame,
+    OutputEncodedAudioFrame,
+    PlaybackCutFrame,
     StartFrame,
     SystemFrame,
     TTSStoppedFrame,
@@ -100,10 +104,13 @@ class FastAPIWebsocketParams:
     time (a network hiccup's backlog) before the excess is dropped undecoded;
     ``flood_close_after_secs`` of dropped audio, or more than ``max_messages_per_sec``
     messages (after a burst of twice that), close the call with 1008. ``add_wav_header`` is accepted for compatibility; Telnyx takes raw
-    payloads, so it has no effect.
+    payloads, so it has no effect. ``audio_in_passthrough``: push the caller's payloads
+    undecoded as :class:`InputEncodedAudioFrame` (for a speech-to-speech service that
+    speaks the call's codec); they are decoded only for a VAD, if one is set.
     """
 
     audio_in_enabled: bool = True
+    audio_in_passthrough: bool = False
     audio_out_enabled: bool = True
     add_wav_header: bool = False
     serializer: TelnyxFrameSerializer | None = None
@@ -281,6 +288,8 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
                 if verdict is Verdict.DROP:
                     return None
                 return await self._close(CLOSE_POLICY_VIOLATION, self._flood.reason, abort=True)
+            if self._params.audio_in_passthrough:
+                return await self._pass_media(payload)
             try:
                 pcm = serializer.decode_media(payload)
             except ValueError as exc:
@@ -313,6 +322,21 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         elif isinstance(event, protocol.UnknownEvent):
             return await self._bad_message(f"unknown event {event.event!r}", counts=False)
         # connected/start were consumed by parse_telephony_websocket; repeats are ignored.
+        return None
+
+    async def _pass_media(self, payload: bytes) -> str | None:
+        # The wire bytes go on as they are; only a VAD (if any) needs them decoded.
+        codec = self._serializer.in_codec
+        if self._vad is not None:
+            try:
+                self._vad.push_audio(self._serializer.decode_media(payload))
+            except ValueError as exc:
+                return await self._bad_message(f"undecodable audio: {exc}")
+        if self._recorder is not None:
+            self._recorder.caller(payload)
+        await self.push_frame(
+            InputEncodedAudioFrame(payload=payload, codec=codec.name, sample_rate=codec.sample_rate)
+        )
         return None
 
     async def _bad_message(self, reason: str, *, counts: bool = True) -> str | None:
@@ -469,6 +493,9 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
         self._observer: records.CallObserver | None = None
         self._recorder: records.CallRecorder | None = None
         self._first_mark: str | None = None  # the mark after a turn's first chunk (heard latency)
+        # Tagged audio items (byte offset where each starts) for PlaybackCutFrame on barge-in.
+        self._tags: collections.deque[tuple[int, str]] = collections.deque(maxlen=8)
+        self._wire_decoders: dict[tuple[str, int], Codec] = {}
         self.underruns = 0
         self.clears_sent = 0
         self.last_clear_at: float | None = None
@@ -485,6 +512,9 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
         if isinstance(frame, OutputAudioRawFrame):
             if self._params.audio_out_enabled and not self._closing and not self._muted():
                 self._queue_audio(frame)
+        elif isinstance(frame, OutputEncodedAudioFrame):
+            if self._params.audio_out_enabled and not self._closing and not self._muted():
+                self._queue_wire(frame)
         elif isinstance(frame, StartFrame):
             self._context = contextvars.copy_context()
             self._inbox.start()
@@ -535,6 +565,37 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
 
     def _queue_audio(self, frame: OutputAudioRawFrame) -> None:
         self._queue_encoded(self._serializer.encode_audio(frame.audio, frame.sample_rate))
+
+    def _queue_wire(self, frame: OutputEncodedAudioFrame) -> None:
+        if frame.item_id and (not self._tags or self._tags[-1][1] != frame.item_id):
+            self._tags.append((self._enqueued, frame.item_id))
+        codec = self._serializer.out_codec
+        if frame.codec == codec.name and frame.sample_rate == codec.sample_rate:
+            self._queue_encoded(frame.payload)  # the call's own codec: no work at all
+            return
+        key = (frame.codec, frame.sample_rate)
+        decoder = self._wire_decoders.get(key)
+        if decoder is None:
+            decoder = self._wire_decoders[key] = get_codec(frame.codec, frame.sample_rate)
+        pcm = decoder.decode(frame.payload)
+        self._queue_encoded(self._serializer.encode_audio(pcm, decoder.sample_rate))
+
+    def _report_cut(self) -> None:
+        """Before a barge-in drops the queue: tell upstream how much of each tagged item played."""
+        if not self._tags:
+            return
+        unplayed = max(0.0, self._play_end - time.monotonic()) * self._byte_rate
+        played = self._sent - unplayed
+        frames: list[Frame] = []
+        for index, (offset, item_id) in enumerate(self._tags):
+            following = self._tags[index + 1][0] if index + 1 < len(self._tags) else None
+            if following is not None and following <= played:
+                continue  # this item had played in full before the next one started
+            heard = max(0.0, played - offset) / self._byte_rate
+            frames.append(PlaybackCutFrame(item_id=item_id, played_ms=round(heard * 1000)))
+        self._tags.clear()
+        for frame in frames:
+            self._inbox.post(self.push_frame(frame, FrameDirection.UPSTREAM))
 
     def _queue_encoded(self, encoded: bytes) -> None:
         if not encoded or self._closing:
@@ -733,7 +794,9 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
     def _stop_playing(self) -> bool:
         """Drop what is queued and send ``clear``; True if the bot was speaking."""
         if not self._buffer and not self._speaking and not self._held and not self._timed:
+            self._tags.clear()
             return False
+        self._report_cut()
         # Media not yet handed to the socket is dropped rather than sent and cleared;
         # a send already under way finishes first, and ``clear`` goes out after it.
         self._outbox.clear()

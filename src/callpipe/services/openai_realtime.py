@@ -1,0 +1,481 @@
+"""OpenAI Realtime (speech-to-speech) on the phone path: one processor instead of STT + LLM + TTS.
+
+::
+
+    transport = FastAPIWebsocketTransport(websocket, FastAPIWebsocketParams(
+        serializer=serializer, audio_in_passthrough=True))
+    realtime = OpenAIRealtimeService(os.environ["OPENAI_API_KEY"], instructions=PROMPT,
+                                     tools=TelephonyTools.schemas())
+    Pipeline([transport.input(), realtime, transport.output()])
+
+On a PCMU call the audio is never decoded: the caller's μ-law payloads (passed through by
+the input, ``audio_in_passthrough``) go to ``input_audio_buffer.append`` as they are, and the
+model's μ-law goes to the output as :class:`OutputEncodedAudioFrame`, which queues it on the
+call's timeline untouched. PCMA/L16/G.722 calls (or a transport without passthrough)
+convert once at the edge: the input to μ-law here, the output in the transport.
+
+Turn-taking is the model's server VAD by default: ``speech_started`` asks the input for
+the same barge-in as callpipe's own VAD (``clear`` to Telnyx at once), and the output then
+reports how much of the model's audio item the caller heard (:class:`PlaybackCutFrame`),
+which becomes ``conversation.item.truncate`` with that ``audio_end_ms``, so the model's
+memory matches the caller's ears. ``turn_detection="local"`` uses callpipe's VAD (give the
+transport a ``SileroVADAnalyzer``): its stop commits the buffer and asks for a response.
+
+Tools are the LLM path's (``register_function``, :class:`TelephonyTools`); results go back
+as ``function_call_output`` items and the model is asked to go on; ``end_call`` lets the
+goodbye play out, then hangs up. A dropped socket is reconnected and the conversation so
+far (transcripts) re-sent; if the service cannot be reached, ``fallback_audio`` (μ-law
+8 kHz, e.g. "sorry, please call back later") plays and the call ends cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from callpipe.audio import StreamResampler, get_codec, ulaw_encode
+from callpipe.pipeline.frames import (
+    BotInterruptionFrame,
+    CancelFrame,
+    EndFrame,
+    EndTaskFrame,
+    Frame,
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    InputEncodedAudioFrame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    OutputEncodedAudioFrame,
+    PlaybackCutFrame,
+    StartFrame,
+    TranscriptionFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from callpipe.pipeline.processor import FrameDirection
+from callpipe.records import observer as records
+from callpipe.services import realtime_protocol as proto
+from callpipe.services.llm import FunctionSchema, LLMContext, LLMService, ToolCall
+from callpipe.services.realtime_protocol import HistoryEntry, RealtimeConfig, TurnDetection
+
+__all__ = ["DEFAULT_MODEL", "OpenAIRealtimeService"]
+
+logger = logging.getLogger("callpipe.services")
+
+DEFAULT_MODEL = "gpt-realtime"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_RECONNECT_DELAYS = (0.1, 0.3, 1.0, 2.0)
+
+
+class OpenAIRealtimeService(LLMService):
+    """A Realtime API session per call: audio in, audio + transcripts + tool calls out.
+
+    ``base_url`` (or ``OPENAI_BASE_URL``) points it at a compatible server (http(s) or ws(s);
+    ``/realtime`` is appended). ``greeting``: the model is asked to say it when the call
+    starts. ``reconnect_attempts``: connection attempts in a row before giving up.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        model: str = DEFAULT_MODEL,
+        voice: str = "marin",
+        instructions: str = "",
+        tools: list[FunctionSchema] | None = None,
+        base_url: str | None = None,
+        turn_detection: TurnDetection = "server_vad",
+        transcription_model: str | None = "gpt-4o-mini-transcribe",
+        greeting: str | None = None,
+        fallback_audio: bytes | None = None,
+        reconnect_attempts: int = 3,
+        connect_timeout_secs: float = 5.0,
+        ping_interval_secs: float = 10.0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(model=model, name=name)
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY", "")
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        self.url = proto.realtime_url(self.base_url, model)
+        self.config = RealtimeConfig(
+            model=model,
+            voice=voice,
+            instructions=instructions,
+            tools=list(tools or []),
+            turn_detection=turn_detection,
+            transcription_model=transcription_model,
+        )
+        self.greeting = greeting
+        self.fallback_audio = fallback_audio
+        self.reconnect_attempts = reconnect_attempts
+        self.connect_timeout_secs = connect_timeout_secs
+        self.ping_interval_secs = ping_interval_secs
+        self.context = LLMContext()
+        self.history: list[HistoryEntry] = []
+        self.connections = 0
+        self.first_audio_in_at: list[float] = []  # per response: when its first audio arrived
+        self._ws: ClientConnection | None = None
+        self._session: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._ending = False
+        self._response_id = ""
+        self._responding = False
+        self._response_done = asyncio.Event()
+        self._response_done.set()
+        self._dropped: set[str] = set()
+        self._first_audio = True
+        self._item_ms: dict[str, float] = {}
+        self._words = ""
+        self._calls: list[ToolCall] = []
+        self._appended_bytes = 0
+        self._resampler: StreamResampler | None = None
+        self._observer: records.CallObserver | None = None
+        self._provider = records.provider_name(self)
+
+    # ------------------------------------------------------------------ frames
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Audio to the model; barge-in and cuts to the session; end and cancel close it."""
+        if isinstance(frame, InputEncodedAudioFrame):
+            await self._send_audio(frame.payload if frame.codec == "PCMU" else self._to_ulaw(frame))
+            return
+        if isinstance(frame, InputAudioRawFrame):
+            await self._send_audio(self._pcm_to_ulaw(frame.audio, frame.sample_rate))
+            return
+        await super(LLMService, self).process_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            self._observer = records.current()
+            await self.push_frame(frame, direction)
+            self._session = self.create_task(self._run(), "realtime-session")
+            return
+        if isinstance(frame, PlaybackCutFrame):
+            await self._truncate(frame)
+        elif isinstance(frame, InterruptionFrame):
+            await self._cancel_response()
+        elif isinstance(frame, UserStoppedSpeakingFrame) and self.config.turn_detection == "local":
+            await self._send({"type": "input_audio_buffer.commit"})
+            await self._send({"type": "response.create"})
+        elif isinstance(frame, InputDTMFFrame):
+            entry = self._add_history("user", f"(The caller pressed the {frame.button} key.)")
+            await self._send(proto.history_item(entry))
+            await self._send({"type": "response.create"})
+        elif isinstance(frame, EndFrame):
+            await self._finish_reply()
+            self._stopping = True
+            await self.push_frame(frame, direction)
+            await self._close()
+            return
+        elif isinstance(frame, CancelFrame):
+            self._stopping = True
+            await self._close()
+        await self.push_frame(frame, direction)
+
+    # ------------------------------------------------------------------- audio
+
+    async def _send_audio(self, ulaw: bytes) -> None:
+        ws = self._ws
+        if ws is None or not ulaw:
+            return  # not connected (yet, or reconnecting): the model cannot hear this
+        self._appended_bytes += len(ulaw)
+        with contextlib.suppress(websockets.ConnectionClosed):  # the session task reconnects
+            await ws.send(proto.append_audio(ulaw))
+
+    def _to_ulaw(self, frame: InputEncodedAudioFrame) -> bytes:
+        codec = getattr(self, "_in_codec", None)
+        if codec is None or codec.name != frame.codec:
+            codec = self._in_codec = get_codec(frame.codec, frame.sample_rate)
+        return self._pcm_to_ulaw(codec.decode(frame.payload), codec.sample_rate)
+
+    def _pcm_to_ulaw(self, pcm: bytes, rate: int) -> bytes:
+        resampler = self._resampler
+        if resampler is None or resampler.in_rate != rate:
+            resampler = self._resampler = StreamResampler(rate, 8000)
+        return ulaw_encode(resampler.process(pcm))
+
+    # ----------------------------------------------------------------- session
+
+    async def _run(self) -> None:
+        failures = 0
+        last_error = ""
+        while not self._stopping:
+            try:
+                ws = await connect(
+                    self.url,
+                    additional_headers={"Authorization": f"Bearer {self.api_key}"},
+                    open_timeout=self.connect_timeout_secs,
+                    ping_interval=self.ping_interval_secs,
+                    max_size=2**24,
+                )
+            except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+                failures += 1
+                last_error = _describe(exc)
+                if failures >= self.reconnect_attempts:
+                    await self._unavailable(last_error)
+                    return
+                await asyncio.sleep(_RECONNECT_DELAYS[min(failures, len(_RECONNECT_DELAYS)) - 1])
+                continue
+            failures = 0
+            await self._serve(ws)
+            if not self._stopping:
+                logger.warning("realtime connection dropped; reconnecting with the conversation so far")
+                if self._observer is not None:
+                    self._observer.event("service", "realtime_reconnect")
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        restoring = self.connections > 0
+        self.connections += 1
+        interrupted_reply = self._responding
+        try:
+            await ws.send(json.dumps(proto.session_update(self.config)))
+            if restoring:
+                for entry in self.history:
+                    await ws.send(json.dumps(proto.history_item(entry)))
+            self._ws = ws
+            if restoring and interrupted_reply:
+                await self._end_reply()  # what arrived of the lost reply plays; the model says it again
+                await ws.send(json.dumps({"type": "response.create"}))
+            elif not restoring and self.greeting:
+                instructions = f"Greet the caller by saying: {self.greeting}"
+                await ws.send(
+                    json.dumps({"type": "response.create", "response": {"instructions": instructions}})
+                )
+            async for message in ws:
+                event = json.loads(message)
+                if isinstance(event, dict):
+                    await self._on_event(event)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self._ws = None
+
+    async def _unavailable(self, reason: str) -> None:
+        logger.error("the realtime service is unavailable: %s", reason)
+        if self._observer is not None:
+            self._observer.error("realtime_unavailable", reason)
+        if self.fallback_audio:
+            await self.push_frame(
+                OutputEncodedAudioFrame(payload=self.fallback_audio, codec="PCMU", sample_rate=8000)
+            )
+            await self.push_frame(TTSStoppedFrame())
+        await self.push_frame(
+            EndTaskFrame(reason="the realtime service is unavailable"), FrameDirection.UPSTREAM
+        )
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.send(json.dumps(event))
+
+    async def _close(self) -> None:
+        ws = self._ws
+        if ws is not None:
+            await ws.close()
+        await self.cancel_task(self._session)
+        self._session = None
+
+    # ------------------------------------------------------------------ events
+
+    async def _on_event(self, event: dict[str, Any]) -> None:
+        kind = str(event.get("type", ""))
+        if kind in proto.AUDIO_DELTA:
+            await self._on_audio(event)
+        elif kind in proto.TRANSCRIPT_DELTA:
+            if event.get("response_id") not in self._dropped:
+                await self._on_words(str(event.get("delta", "")), final=False)
+        elif kind in proto.TRANSCRIPT_DONE:
+            await self._on_transcript_done(event)
+        elif kind == "input_audio_buffer.speech_started":
+            await self._on_speech_started()
+        elif kind == "input_audio_buffer.speech_stopped":
+            await self._on_speech_stopped(event)
+        elif kind == "conversation.item.input_audio_transcription.completed":
+            await self._on_caller_transcript(str(event.get("transcript", "")))
+        elif kind == "response.created":
+            self._start_reply(str((event.get("response") or {}).get("id", "")))
+            await self.push_frame(LLMFullResponseStartFrame())
+        elif kind == "response.function_call_arguments.done":
+            arguments = str(event.get("arguments") or "{}")
+            self._calls.append(ToolCall(str(event.get("call_id", "")), str(event.get("name", "")), arguments))
+        elif kind == "response.done":
+            await self._on_response_done(event.get("response") or {})
+        elif kind == "error":
+            error = event.get("error") or {}
+            logger.warning("realtime error %s: %s", error.get("code"), error.get("message"))
+            if self._observer is not None:
+                self._observer.error("realtime", f"{error.get('code')}: {error.get('message')}")
+
+    def _start_reply(self, response_id: str) -> None:
+        self._response_id = response_id
+        self._responding = True
+        self._response_done.clear()
+        self._first_audio = True
+        self._calls = []
+        self._words = ""
+
+    async def _on_audio(self, event: dict[str, Any]) -> None:
+        if event.get("response_id") in self._dropped:
+            return  # a reply the caller interrupted: nothing more of it plays
+        payload = base64.b64decode(str(event.get("delta", "")))
+        item_id = str(event.get("item_id", ""))
+        if self._first_audio:
+            self._first_audio = False
+            self.first_audio_in_at.append(time.monotonic())
+            if self._observer is not None:
+                self._observer.llm_first_token()  # the model's first audio: its "first token"
+                self._observer.tts_first_audio()
+        self._item_ms[item_id] = self._item_ms.get(item_id, 0.0) + len(payload) / 8.0
+        await self.push_frame(
+            OutputEncodedAudioFrame(payload=payload, codec="PCMU", sample_rate=8000, item_id=item_id)
+        )
+
+    async def _on_words(self, delta: str, *, final: bool) -> None:
+        # Deltas are pieces of words: whole words go to the output, placed after their audio.
+        self._words += delta
+        parts = self._words.split(" ")
+        self._words = "" if final else parts.pop()
+        for word in parts:
+            if word.strip():
+                await self.push_frame(TTSTextFrame(word.strip()))
+
+    async def _on_transcript_done(self, event: dict[str, Any]) -> None:
+        if event.get("response_id") in self._dropped:
+            return
+        await self._on_words("", final=True)
+        text = str(event.get("transcript", "")).strip()
+        if text:
+            if self._observer is not None:
+                self._observer.bot_text(text)
+            self._add_history("assistant", text, item_id=str(event.get("item_id", "")))
+
+    async def _on_speech_started(self) -> None:
+        if self.config.turn_detection == "local":
+            return
+        if self._observer is not None:
+            self._observer.caller_started()
+        await self.push_frame(UserStartedSpeakingFrame())
+        if self.interruptions_allowed:
+            # The input stops the output and sends clear, then pushes the InterruptionFrame.
+            await self.push_frame(BotInterruptionFrame(), FrameDirection.UPSTREAM)
+
+    async def _on_speech_stopped(self, event: dict[str, Any]) -> None:
+        if self.config.turn_detection == "local":
+            return
+        end_ms = event.get("audio_end_ms")
+        behind = self._appended_bytes / 8000.0 - end_ms / 1000.0 if isinstance(end_ms, int) else 0.0
+        ended_at = time.monotonic() - max(0.0, behind)
+        if self._observer is not None:
+            self._observer.caller_stopped(ended_at)
+        await self.push_frame(UserStoppedSpeakingFrame(speech_ended_at=ended_at))
+
+    async def _on_caller_transcript(self, text: str) -> None:
+        text = text.strip()
+        if not text:
+            return
+        if self._observer is not None:
+            self._observer.transcript(text)
+        self._add_history("user", text)
+        await self.push_frame(TranscriptionFrame(text))
+
+    async def _on_response_done(self, response: dict[str, Any]) -> None:
+        tokens_in, tokens_out, audio_in, audio_out = proto.usage_tokens(response.get("usage"))
+        if (tokens_in or tokens_out) and self._observer is not None:
+            self._observer.llm_tokens(self._provider, tokens_in, tokens_out)
+            self._observer.audio_tokens(self._provider, audio_in, audio_out)
+        calls, self._calls = self._calls, []
+        cancelled = response.get("status") == "cancelled" or response.get("id") in self._dropped
+        if not cancelled:
+            await self._end_reply()
+            await self.push_frame(LLMFullResponseEndFrame())
+        self._responding = False
+        self._response_done.set()
+        if calls and not cancelled:
+            self.create_task(self._run_calls(calls), "realtime-tools")
+
+    async def _end_reply(self) -> None:
+        # The reply's audio is all queued: the output flushes and marks its end.
+        self._responding = False
+        self._response_done.set()
+        await self.push_frame(TTSStoppedFrame())
+
+    async def _run_calls(self, calls: list[ToolCall]) -> None:
+        ran: list[Any] = []
+        for call in calls:
+            result = await self._run_tool(self.context, call, ran)
+            await self._send(proto.function_output(call.id, result))
+            if call.name == "end_call":
+                self._ending = True
+        if not self._ending and all(p.run_llm for p in ran):
+            await self._send({"type": "response.create"})
+
+    # -------------------------------------------------------------- barge-in
+
+    async def _cancel_response(self) -> None:
+        if not self._responding:
+            return
+        self._dropped.add(self._response_id)
+        self._responding = False
+        self._response_done.set()
+        if self.config.turn_detection == "local":
+            await self._send({"type": "response.cancel"})  # server VAD already cancelled it
+
+    async def _truncate(self, frame: PlaybackCutFrame) -> None:
+        total = self._item_ms.get(frame.item_id)
+        if total is None:
+            return
+        audio_end_ms = min(frame.played_ms, math.floor(total))
+        await self._send(
+            {
+                "type": "conversation.item.truncate",
+                "item_id": frame.item_id,
+                "content_index": 0,
+                "audio_end_ms": audio_end_ms,
+            }
+        )
+        # The history keeps what the caller heard (for a reconnect): the words in that share.
+        for entry in self.history:
+            if entry.item_id == frame.item_id and total > 0:
+                words = entry.text.split()
+                entry.text = " ".join(words[: math.ceil(len(words) * audio_end_ms / total)])
+
+    # ------------------------------------------------------------------- misc
+
+    def _add_history(self, role: Any, text: str, *, item_id: str = "") -> HistoryEntry:
+        entry = HistoryEntry(role, text, item_id)
+        self.history.append(entry)
+        self.context.add_message({"role": role, "content": text})
+        return entry
+
+    async def _finish_reply(self) -> None:
+        # end_call: the goodbye may still be streaming in; let it arrive (bounded).
+        if self._responding:
+            try:
+                await asyncio.wait_for(self._response_done.wait(), timeout=5.0)
+            except TimeoutError:
+                logger.warning("the model's last reply did not finish before the end")
+
+    async def cleanup(self) -> None:
+        """Close the session."""
+        self._stopping = True
+        await self._close()
+        await super().cleanup()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, websockets.InvalidStatus):
+        return f"HTTP {exc.response.status_code} from the realtime server"
+    return f"{type(exc).__name__}: {exc}"

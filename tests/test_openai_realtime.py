@@ -1,0 +1,124 @@
+"""OpenAIRealtimeService against the fake Realtime API, over real sockets on 127.0.0.1.
+
+Each test runs three real servers in threads: the fake Realtime API, the bot's app
+(``[transport.input(), OpenAIRealtimeService, transport.output()]``) and, where tools need
+it, the fake Telnyx API; a :class:`PhoneLine` plays Telnyx's side of the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from callpipe.server.background import BackgroundServer
+from callpipe.services.openai_realtime import OpenAIRealtimeService
+from callpipe.sim.fake_realtime import (
+    FakeRealtimeReply,
+    FakeRealtimeState,
+    create_fake_realtime_app,
+    tone_ulaw,
+)
+from callpipe.sim.realtime_bot import PhoneLine, RealtimeBotCall, create_realtime_bot_app
+from callpipe.transports.serializers import TelnyxFrameSerializer
+from tests.helpers import wait_until
+
+KEY = "sk-realtime-test-0123456789"
+
+
+@contextmanager
+def servers(
+    state: FakeRealtimeState, make: Callable[[str], OpenAIRealtimeService], **app_args: Any
+) -> Iterator[tuple[str, list[RealtimeBotCall], FakeRealtimeState]]:
+    """The fake model and the bot; yields the bot's ``/ws`` URL, its calls and the fake's state."""
+    with BackgroundServer(create_fake_realtime_app(state)) as fake:
+        app, calls = create_realtime_bot_app(lambda: make(fake.base_url + "/v1"), **app_args)
+        with BackgroundServer(app) as bot:
+            yield bot.ws_url + "/ws", calls, state
+
+
+def service(base_url: str, **kwargs: Any) -> OpenAIRealtimeService:
+    return OpenAIRealtimeService(KEY, base_url=base_url, instructions="Be brief.", **kwargs)
+
+
+SPEECH = tone_ulaw(0.6, freq=300.0, level=0.5)
+
+
+async def test_a_call_answered_by_the_model_passes_ulaw_through_byte_for_byte(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    greeting = FakeRealtimeReply("Hello caller", audio=tone_ulaw(0.4, freq=500.0))
+    answer = FakeRealtimeReply("Sure thing", audio=tone_ulaw(0.6, freq=600.0))
+    state = FakeRealtimeState(
+        api_key=KEY, greeting=greeting, replies=[answer], transcripts=["what time is it"]
+    )
+
+    # No codec work on the path: every decode/encode of the serializer is counted.
+    used: list[str] = []
+    for name in ("decode_media", "encode_audio"):
+        original = getattr(TelnyxFrameSerializer, name)
+
+        def counting(self: Any, *args: Any, _name: str = name, _original: Any = original) -> Any:
+            used.append(_name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(TelnyxFrameSerializer, name, counting)
+
+    with servers(state, lambda url: service(url, greeting="Hello caller")) as (url, calls, fake):
+        async with PhoneLine(url) as phone:
+            await wait_until(lambda: len(phone.bot_audio()) >= len(greeting.audio or b""), timeout=5)
+            await wait_until(lambda: bool(phone.marks), timeout=5)
+            phone.say(SPEECH)
+            expected = (greeting.audio or b"") + (answer.audio or b"")
+            await wait_until(lambda: len(phone.bot_audio()) >= len(expected), timeout=8)
+            await asyncio.sleep(0.1)
+        conn = fake.last
+        assert conn.headers["authorization"] == f"Bearer {KEY}"
+        assert conn.model == "gpt-realtime"
+        session = conn.events[0]["session"]
+        assert conn.types()[0] == "session.update"
+        assert session["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+        assert session["audio"]["output"]["format"] == {"type": "audio/pcmu"}
+        assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+        # The caller's payloads reached the model unchanged (the fake got a contiguous run of them).
+        sent = bytes(phone.sent)
+        got = bytes(conn.audio)
+        assert len(got) > 8000 and got in sent
+        assert SPEECH in got
+        # The model's audio reached the phone unchanged.
+        assert phone.bot_audio()[: len(expected)] == expected
+        assert used == []
+        assert calls[0].service.history[0].text == "Hello caller"
+        assert any(e.role == "user" and e.text == "what time is it" for e in calls[0].service.history)
+
+
+async def test_barge_in_clears_at_once_and_truncates_at_what_the_caller_heard() -> None:
+    greeting = FakeRealtimeReply("This is a long greeting that goes on", audio=tone_ulaw(3.0, freq=500.0))
+    state = FakeRealtimeState(greeting=greeting, replies=["Yes"], transcripts=["stop"])
+    with servers(state, lambda url: service(url, greeting="hi")) as (url, calls, fake):
+        async with PhoneLine(url) as phone:
+            await wait_until(
+                lambda: bool(phone.media) and time.monotonic() - phone.media[0][0] > 1.0, timeout=5
+            )
+            phone.say(SPEECH)
+            await wait_until(lambda: bool(phone.clears), timeout=3)
+            await wait_until(lambda: bool(fake.last.truncates), timeout=3)
+            conn = fake.last
+            assert conn.speech_started_at
+            assert phone.clears[0] - conn.speech_started_at[0] < 0.1
+            truncate = conn.truncates[0]
+            greeting_item = calls[0].service.history[0].item_id
+            assert truncate["item_id"] == greeting_item and truncate["content_index"] == 0
+            heard = phone.heard_at_clear[0]
+            assert 900 < heard < 2500
+            assert abs(truncate["audio_end_ms"] - heard) <= 40, (truncate, heard)
+            # Nothing more of the greeting plays after the clear.
+            after_clear = [payload for at, payload in phone.media if at > phone.clears[0]]
+            assert not any(greeting.audio and p in greeting.audio for p in after_clear if p != b"\xff" * 160)
+        # The history keeps only what was heard of the greeting.
+        heard_words = calls[0].service.history[0].text.split()
+        assert 0 < len(heard_words) < len(greeting.text.split())

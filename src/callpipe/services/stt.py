@@ -57,7 +57,7 @@ class STTService(FrameProcessor):
         super().__init__(name=name)
         self.language = language
         self.sample_rate = 0
-        self._audio_bytes = 0  # caller audio this service received (its usage)
+        self._usage_audio_bytes = 0  # caller audio this service received (its usage)
 
     async def process_audio(self, frame: InputAudioRawFrame) -> None:
         """Send one frame of caller audio to the provider (must not block)."""
@@ -66,7 +66,7 @@ class STTService(FrameProcessor):
         """Audio goes to :meth:`process_audio`; everything else passes on."""
         await super().process_frame(frame, direction)
         if isinstance(frame, InputAudioRawFrame):
-            self._audio_bytes += len(frame.audio)
+            self._usage_audio_bytes += len(frame.audio)
             await self.process_audio(frame)
             if self.audio_passthrough:
                 await self.push_frame(frame, direction)
@@ -90,14 +90,14 @@ class STTService(FrameProcessor):
 
     def billed_audio_secs(self) -> float:
         """Seconds of audio the provider was sent (a streaming STT gets all of the call)."""
-        return self._audio_bytes / 2 / max(self.sample_rate, 1)
+        return self._usage_audio_bytes / 2 / max(self.sample_rate, 1)
 
     async def cleanup(self) -> None:
         """Report this service's usage to the call's record."""
         observer = records.current()
-        if observer is not None and self._audio_bytes:
+        if observer is not None and self._usage_audio_bytes:
             observer.stt_audio(records.provider_name(self), self.billed_audio_secs())
-            self._audio_bytes = 0
+            self._usage_audio_bytes = 0
         await super().cleanup()
 
 

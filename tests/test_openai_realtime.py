@@ -8,6 +8,7 @@ it, the fake Telnyx API; a :class:`PhoneLine` plays Telnyx's side of the call.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from callpipe.server.background import BackgroundServer
+from callpipe.services.llm import FunctionCallParams, FunctionSchema, TelephonyTools
 from callpipe.services.openai_realtime import OpenAIRealtimeService
 from callpipe.sim.fake_realtime import (
     FakeRealtimeReply,
@@ -24,6 +26,7 @@ from callpipe.sim.fake_realtime import (
     tone_ulaw,
 )
 from callpipe.sim.realtime_bot import PhoneLine, RealtimeBotCall, create_realtime_bot_app
+from callpipe.telnyx.api import TelnyxClient
 from callpipe.transports.serializers import TelnyxFrameSerializer
 from tests.helpers import wait_until
 
@@ -122,3 +125,114 @@ async def test_barge_in_clears_at_once_and_truncates_at_what_the_caller_heard() 
         # The history keeps only what was heard of the greeting.
         heard_words = calls[0].service.history[0].text.split()
         assert 0 < len(heard_words) < len(greeting.text.split())
+
+
+async def test_tools_round_trip_transfer_allowlist_and_end_call_after_the_goodbye(
+    fake_telnyx: tuple[str, Any],
+) -> None:
+    telnyx_url, telnyx = fake_telnyx
+    dialer = TelnyxClient("test-key", base_url=telnyx_url, max_retries=0)
+    ccid = str(
+        (await dialer.dial(to="+15550001111", from_="+15550002222", connection_id="c-1"))["call_control_id"]
+    )
+    await dialer.aclose()
+    goodbye = FakeRealtimeReply("Goodbye now", audio=tone_ulaw(0.8, freq=700.0), tool="end_call")
+    state = FakeRealtimeState(
+        replies=[
+            FakeRealtimeReply("Let me look", tool="lookup_order", arguments={"order": "A17"}),
+            FakeRealtimeReply("Transferring", tool="transfer_call", arguments={"to": "+882345678901"}),
+            FakeRealtimeReply("Transferring", tool="transfer_call", arguments={"to": "+15557654321"}),
+            goodbye,
+        ]
+    )
+    looked_up: list[dict[str, Any]] = []
+
+    async def lookup_order(params: FunctionCallParams) -> Any:
+        looked_up.append(params.arguments)
+        return {"status": "shipped"}
+
+    def make(url: str) -> OpenAIRealtimeService:
+        tools = TelephonyTools(
+            call_control_id=ccid,
+            client=TelnyxClient("test-key", base_url=telnyx_url, max_retries=0),
+            transfer_numbers=["+15557654321"],
+        )
+        schemas = [
+            *TelephonyTools.schemas(),
+            FunctionSchema("lookup_order", "Find an order.", {"order": {"type": "string"}}),
+        ]
+        realtime = service(url, tools=schemas)
+        tools.register(realtime)
+        realtime.register_function("lookup_order", lookup_order)
+        return realtime
+
+    with servers(state, make) as (url, calls, fake):
+        async with PhoneLine(url) as phone:
+            for turn in range(4):
+                await wait_until(lambda: fake.connections and fake.last.session, timeout=5)
+                phone.say(SPEECH)
+                await wait_until(lambda n=turn + 1: fake.responses >= n, timeout=5)
+                if turn < 3:
+                    await wait_until(lambda n=turn + 1: len(outputs_of(fake)) >= n, timeout=5)
+                    await wait_until(
+                        lambda n=turn + 1: fake.last.types().count("response.create") >= n,
+                        timeout=5,
+                    )
+            await asyncio.wait_for(phone.closed.wait(), timeout=8)
+        conn = fake.last
+        session_tools = {t["name"] for t in conn.session["tools"]}
+        assert session_tools == {"end_call", "transfer_call", "send_dtmf", "lookup_order"}
+        assert looked_up == [{"order": "A17"}]
+        results = [json.loads(item["output"]) for item in outputs_of(fake)]
+        assert results[0] == {"status": "shipped"}
+        assert "not allowed" in results[1]["error"]
+        assert results[2] == {"status": "transferring", "to": "+15557654321"}
+        assert results[3] == {"status": "ending"}
+        # Only the allowed number reached Telnyx.
+        assert [t["to"] for t in telnyx.calls[ccid].transfers] == ["+15557654321"]
+        # After end_call the model is not asked again, and the goodbye played out in full first.
+        assert conn.types()[-1] != "response.create"
+        assert goodbye.audio is not None and goodbye.audio in phone.bot_audio()
+        assert calls[0].finished.wait(5)
+
+
+def outputs_of(fake: FakeRealtimeState) -> list[dict[str, Any]]:
+    return [item for item in fake.last.items if item.get("type") == "function_call_output"]
+
+
+async def test_a_dropped_socket_reconnects_with_the_conversation_restored() -> None:
+    answer = FakeRealtimeReply("It is noon", audio=tone_ulaw(1.0, freq=650.0))
+    state = FakeRealtimeState(greeting="Hello caller", replies=[answer], transcripts=["what time is it"])
+    with servers(state, lambda url: service(url, greeting="Hello caller")) as (url, calls, fake):
+        async with PhoneLine(url) as phone:
+            await wait_until(lambda: bool(phone.marks), timeout=5)
+            state.drop_connection(after_deltas=2)
+            phone.say(SPEECH)
+            await wait_until(lambda: len(fake.connections) == 2, timeout=5)
+            await wait_until(
+                lambda: answer.audio is not None and answer.audio in phone.bot_audio(), timeout=8
+            )
+        first, second = fake.connections
+        assert first.closed
+        types = second.types()
+        assert types[0] == "session.update"
+        restored = [(item["role"], item["content"][0]["text"]) for item in second.items]
+        assert restored == [("assistant", "Hello caller"), ("user", "what time is it")]
+        assert types.index("response.create") > types.index("conversation.item.create")
+        assert calls[0].service.connections == 2
+        assert not calls[0].finished.is_set()
+
+
+async def test_service_down_plays_the_fallback_line_and_hangs_up_cleanly() -> None:
+    state = FakeRealtimeState()
+    state.refuse = True
+    fallback = tone_ulaw(0.6, freq=350.0)
+    with servers(state, lambda url: service(url, fallback_audio=fallback, reconnect_attempts=2)) as (
+        url,
+        calls,
+        _,
+    ):
+        async with PhoneLine(url) as phone:
+            await asyncio.wait_for(phone.closed.wait(), timeout=8)
+            assert phone.bot_audio()[: len(fallback)] == fallback
+        assert calls[0].finished.wait(5)

@@ -114,6 +114,11 @@ async def test_autocall_talks_to_the_bot_over_the_phone_path(
         assert call["call_control_id"] == stats["callControlId"]
         assert call["outbound_encoding"] == ("L16" if hd else "PCMU")
         if hd:
+            # Mute sends silence, like a phone: the stream keeps its 20 ms pace.
+            await page.click("#mute")
+            assert await page.get_attribute("#mute", "aria-pressed") == "true"
+            sent = await page.evaluate("() => window.callpipePhone.mediaSent")
+            await wait_js(page, f"window.callpipePhone.mediaSent > {sent + 25}", 5)
             await page.click("#hangup")  # the caller hangs up: stop, then close
         else:
             await page.click('#dialpad button[data-digit="#"]')  # DTMF: the bot ends the call

@@ -236,3 +236,35 @@ async def test_service_down_plays_the_fallback_line_and_hangs_up_cleanly() -> No
             await asyncio.wait_for(phone.closed.wait(), timeout=8)
             assert phone.bot_audio()[: len(fallback)] == fallback
         assert calls[0].finished.wait(5)
+
+
+async def test_transcripts_become_turns_with_latency_and_audio_token_usage() -> None:
+    answer = FakeRealtimeReply("It is noon", audio=tone_ulaw(0.75, freq=650.0))
+    state = FakeRealtimeState(greeting="Hello caller", replies=[answer], transcripts=["what time is it"])
+    with servers(state, lambda url: service(url, greeting="Hello caller"), observe=True) as (url, calls, _):
+        async with PhoneLine(url) as phone:
+            await wait_until(lambda: bool(phone.marks), timeout=5)
+            phone.say(SPEECH)
+            await wait_until(
+                lambda: answer.audio is not None and answer.audio in phone.bot_audio(), timeout=8
+            )
+            observer = calls[0].observer
+            assert observer is not None
+            await wait_until(
+                lambda: len(observer.record.turns) >= 3 and bool(observer.record.turns[2].heard_text),
+                timeout=5,
+            )
+            await wait_until(lambda: observer.record.turns[2].heard_text == "It is noon", timeout=5)
+        greeting, caller, reply = observer.record.turns[:3]
+        assert (greeting.speaker, greeting.text) == ("bot", "Hello caller")
+        assert (caller.speaker, caller.text) == ("caller", "what time is it")
+        assert (reply.speaker, reply.text, reply.heard_text) == ("bot", "It is noon", "It is noon")
+        latency = reply.latency
+        assert latency is not None
+        assert latency.llm_first_token_ms is not None and latency.first_audio_sent_ms is not None
+        assert 0 <= latency.llm_first_token_ms <= latency.first_audio_sent_ms
+        assert latency.heard_ms is not None and latency.heard_ms >= latency.first_audio_sent_ms
+        usage = observer.record.usage
+        provider = "openairealtime:gpt-realtime"
+        assert usage.audio_tokens_out[provider] > 0 and usage.audio_tokens_in[provider] > 0
+        assert usage.llm_prompt_tokens[provider] >= usage.audio_tokens_in[provider]

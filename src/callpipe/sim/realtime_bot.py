@@ -27,6 +27,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from callpipe.pipeline.pipeline import Pipeline
 from callpipe.pipeline.task import PipelineParams, PipelineRunner, PipelineTask
+from callpipe.records.model import CallRecord
+from callpipe.records.observer import CallObserver, current_observer
 from callpipe.runner import TelephonyHandshakeError, parse_telephony_websocket
 from callpipe.services.openai_realtime import OpenAIRealtimeService
 from callpipe.telnyx import protocol
@@ -45,6 +47,7 @@ class RealtimeBotCall:
     service: OpenAIRealtimeService
     transport: FastAPIWebsocketTransport
     finished: threading.Event = field(default_factory=threading.Event)
+    observer: CallObserver | None = None
 
 
 def create_realtime_bot_app(
@@ -53,8 +56,12 @@ def create_realtime_bot_app(
     api_key: str | None = None,
     api_base_url: str | None = None,
     passthrough: bool = True,
+    observe: bool = False,
 ) -> tuple[FastAPI, list[RealtimeBotCall]]:
-    """``/ws`` running ``make_service()`` between the call's input and output."""
+    """``/ws`` running ``make_service()`` between the call's input and output.
+
+    ``observe``: keep a call record (``RealtimeBotCall.observer``) as ``callpipe serve`` does.
+    """
     app = FastAPI()
     calls: list[RealtimeBotCall] = []
 
@@ -78,6 +85,9 @@ def create_realtime_bot_app(
             params=FastAPIWebsocketParams(serializer=serializer, audio_in_passthrough=passthrough),
         )
         call = RealtimeBotCall(make_service(), transport)
+        if observe:
+            call.observer = CallObserver(CallRecord(call_control_id=call_data["call_control_id"]))
+            current_observer.set(call.observer)
         calls.append(call)
         task = PipelineTask(
             Pipeline([transport.input(), call.service, transport.output()]),

@@ -15,8 +15,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from fastapi import FastAPI, WebSocket
 
+from callpipe.runner import RunnerArguments, parse_telephony_websocket
 from callpipe.server.background import BackgroundServer
+from callpipe.services import assistant
 from callpipe.services.llm import FunctionCallParams, FunctionSchema, TelephonyTools
 from callpipe.services.openai_realtime import OpenAIRealtimeService
 from callpipe.sim.fake_realtime import (
@@ -268,3 +271,39 @@ async def test_transcripts_become_turns_with_latency_and_audio_token_usage() -> 
         provider = "openairealtime:gpt-realtime"
         assert usage.audio_tokens_out[provider] > 0 and usage.audio_tokens_in[provider] > 0
         assert usage.llm_prompt_tokens[provider] >= usage.audio_tokens_in[provider]
+
+
+async def test_the_built_in_assistant_in_realtime_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    goodbye = FakeRealtimeReply("Goodbye", audio=tone_ulaw(0.4, freq=700.0), tool="end_call")
+    state = FakeRealtimeState(greeting="Hello", replies=[goodbye])
+    app = FastAPI()
+    finished = asyncio.Event()
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        _, call_data = await parse_telephony_websocket(websocket)
+        try:
+            await assistant.bot(RunnerArguments(websocket=websocket, call_data=call_data))
+        finally:
+            finished.set()
+
+    with BackgroundServer(create_fake_realtime_app(state)) as fake:
+        monkeypatch.setenv("ASSISTANT_MODE", "realtime")
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url + "/v1")
+        monkeypatch.delenv("TELNYX_API_KEY", raising=False)
+        with BackgroundServer(app) as bot:
+            async with PhoneLine(bot.ws_url + "/ws") as phone:
+                await wait_until(lambda: bool(phone.marks), timeout=5)
+                phone.say(SPEECH)
+                await asyncio.wait_for(phone.closed.wait(), timeout=8)
+        conn = state.last
+        prompt = assistant.AssistantConfig().system_prompt()
+        assert conn.session["instructions"] == prompt
+        assert {t["name"] for t in conn.session["tools"]} == {"end_call", "transfer_call", "send_dtmf"}
+        assert conn.types()[:2] == ["session.update", "response.create"]
+        assert goodbye.audio is not None and goodbye.audio in phone.bot_audio()
+    monkeypatch.setenv("ASSISTANT_MODE", "nonsense")
+    with pytest.raises(ValueError, match="ASSISTANT_MODE"):
+        assistant.register_models()

@@ -8,6 +8,9 @@ otherwise (and the choice is logged):
   same prompt and tools, or the scripted receptionist (offline)
 * TTS: Cartesia (``CARTESIA_API_KEY`` + ``CARTESIA_VOICE_ID``) or Piper (offline)
 
+With ``ASSISTANT_MODE=realtime`` one speech-to-speech model (OpenAI Realtime) replaces all
+three, with the same prompt and tools (:mod:`callpipe.services.assistant_realtime`).
+
 The assistant is configured by :class:`AssistantConfig` (Python, or a JSON file named by
 ``CALLPIPE_ASSISTANT_CONFIG``): who it is, what the office knows, which callers it
 recognizes by number, and turn-taking settings.
@@ -146,6 +149,10 @@ def register_models() -> None:
     """Register the warm-up of the embedded models this assistant will use (by the keys set)."""
     import importlib
 
+    from callpipe.services.assistant_realtime import assistant_mode
+
+    if assistant_mode() == "realtime":
+        return  # one remote model: nothing embedded to load but the VAD
     # Importing an embedded service's module registers its warm-up.
     if not os.environ.get("DEEPGRAM_API_KEY"):
         importlib.import_module("callpipe.services.whisper")
@@ -209,6 +216,24 @@ async def run_assistant(
         caller_name = first_name
         config.office.callers.setdefault(caller_number, first_name)
 
+    from callpipe.services.assistant_realtime import assistant_mode, run_realtime_assistant
+
+    if assistant_mode() == "realtime":
+        client = _telnyx_client()
+        try:
+            await run_realtime_assistant(
+                runner_args,
+                config,
+                caller_name,
+                client=client,
+                log_message=_log_message,
+                on_message=on_message,
+                extra_processors=extra_processors,
+            )
+        finally:
+            if client is not None:
+                await client.aclose()
+        return
     transport = create_telnyx_transport(runner_args, vad_params=VADParams(stop_secs=config.vad_stop_secs))
     outbound = runner_args.direction == "outbound"
     stt, llm, tts = (

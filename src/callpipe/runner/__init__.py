@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket, WebSocketState
 from callpipe.audio import SUPPORTED_ENCODINGS
 from callpipe.runner.types import CallData, RunnerArguments, TelnyxCallData, WebSocketRunnerArguments
 from callpipe.telnyx import protocol
+from callpipe.telnyx.stream import Role, State, Stream, StreamProtocolError
 from callpipe.transports.fastapi import fit_close_reason
 
 if TYPE_CHECKING:
@@ -97,10 +98,10 @@ async def parse_telephony_websocket(
         return "telnyx", TelnyxCallData(cached)
     if websocket.client_state == WebSocketState.CONNECTING:
         await websocket.accept()
-    auth_token: str | None = None
+    stream = Stream(Role.APP, max_handshake_messages=max_messages)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    for _ in range(max_messages):
+    while stream.state is not State.STREAMING:
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
@@ -113,59 +114,64 @@ async def parse_telephony_websocket(
             raise TelephonyHandshakeError("the stream closed before its start message")
         data: str | bytes = message.get("text") or message.get("bytes") or b""
         try:
-            event = protocol.parse_event(data, max_length=64 * 1024)
-        except protocol.ProtocolError as exc:
-            try:
-                raw = msgspec.json.decode(data)
-            except (msgspec.DecodeError, UnicodeDecodeError):
-                raw = None
-            provider = _provider_of(raw)
-            if provider is not None:
-                raise await _refuse(
-                    websocket,
-                    f"unsupported provider: this looks like a {provider} stream; callpipe speaks Telnyx",
-                ) from None
-            raise await _refuse(websocket, f"invalid handshake message: {exc}") from None
-        if isinstance(event, protocol.ConnectedEvent):
-            auth_token = event.auth_token
-            continue
-        if isinstance(event, protocol.StartEvent):
-            encoding = event.media_format.encoding.upper()
-            if encoding not in SUPPORTED_ENCODINGS:
-                raise await _refuse(
-                    websocket,
-                    f"unsupported encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})",
-                )
-            call_data = TelnyxCallData(
-                {
-                    "stream_id": event.stream_id,
-                    "call_control_id": event.call_control_id,
-                    "call_id": event.call_control_id,
-                    "call_session_id": event.call_session_id,
-                    "outbound_encoding": encoding,
-                    "sample_rate": event.media_format.sample_rate,
-                    "channels": event.media_format.channels,
-                    "from": event.from_number,
-                    "to": event.to_number,
-                    "custom_parameters": dict(event.custom_parameters),
-                    "client_state": event.client_state,
-                    "tags": list(event.tags),
-                    "user_id": event.user_id,
-                    "auth_token": auth_token,
-                    "query_params": dict(websocket.query_params),
-                }
-            )
-            websocket.state.callpipe_telephony = call_data
-            return "telnyx", TelnyxCallData(call_data)
-        if isinstance(event, protocol.UnknownEvent):
-            provider = _provider_of(event.data)
-            if provider is not None:
-                raise await _refuse(
-                    websocket,
-                    f"unsupported provider: this looks like a {provider} stream; callpipe speaks Telnyx",
-                )
-        # Anything else before start (media, a stray mark) is skipped within the bounds.
-    raise await _refuse(websocket, f"no valid start message within {timeout:g}s / {max_messages} messages")
+            events = stream.receive(data)
+        except StreamProtocolError as exc:
+            if exc.kind == "handshake":
+                break
+            raise await _refuse(websocket, _handshake_refusal(data, exc)) from None
+        for event in events:
+            if isinstance(event, protocol.UnknownEvent) and _provider_of(event.data) is not None:
+                raise await _refuse(websocket, _other_provider(_provider_of(event.data)))
+        if stream.state is State.STOPPED:
+            break
+    if stream.start is None:
+        raise await _refuse(
+            websocket, f"no valid start message within {timeout:g}s / {max_messages} messages"
+        )
+    event = stream.start
+    encoding = event.media_format.encoding.upper()
+    if encoding not in SUPPORTED_ENCODINGS:
+        raise await _refuse(
+            websocket,
+            f"unsupported encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})",
+        )
+    call_data = TelnyxCallData(
+        {
+            "stream_id": event.stream_id,
+            "call_control_id": event.call_control_id,
+            "call_id": event.call_control_id,
+            "call_session_id": event.call_session_id,
+            "outbound_encoding": encoding,
+            "sample_rate": event.media_format.sample_rate,
+            "channels": event.media_format.channels,
+            "from": event.from_number,
+            "to": event.to_number,
+            "custom_parameters": dict(event.custom_parameters),
+            "client_state": event.client_state,
+            "tags": list(event.tags),
+            "user_id": event.user_id,
+            "auth_token": stream.auth_token,
+            "query_params": dict(websocket.query_params),
+        }
+    )
+    websocket.state.callpipe_telephony = call_data
+    return "telnyx", TelnyxCallData(call_data)
+
+
+def _other_provider(provider: str | None) -> str:
+    return f"unsupported provider: this looks like a {provider} stream; callpipe speaks Telnyx"
+
+
+def _handshake_refusal(data: str | bytes, exc: StreamProtocolError) -> str:
+    """Why a handshake message was refused: another provider's shape, else the protocol error."""
+    try:
+        raw = msgspec.json.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raw = None
+    provider = _provider_of(raw)
+    if provider is not None:
+        return _other_provider(provider)
+    return f"invalid handshake message: {exc}"
 
 
 def _call_data_of(runner_args: RunnerArguments) -> TelnyxCallData:

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from callpipe import metrics
 from callpipe.pipeline.frames import (
     BotInterruptionFrame,
     BotStartedSpeakingFrame,
@@ -51,6 +52,7 @@ from callpipe.pipeline.frames import (
 from callpipe.pipeline.processor import FrameDirection, FrameProcessor
 from callpipe.records import observer as records
 from callpipe.services.call_policy import PolicyError, TransferPolicy, check_dtmf
+from callpipe.services.context_window import trim_messages
 
 if TYPE_CHECKING:
     from callpipe.audio.vad import SileroVADAnalyzer
@@ -85,18 +87,42 @@ class FunctionSchema:
 
 
 class LLMContext:
-    """The conversation: OpenAI-style messages plus the tools on offer."""
+    """The conversation: OpenAI-style messages plus the tools on offer.
+
+    Bounded: past ``max_messages`` messages or ``max_chars`` characters the oldest
+    non-system turns are dropped (logged, counted as ``llm_context_trimmed``); ``None``
+    turns a limit off.
+    """
 
     def __init__(
-        self, messages: list[Message] | None = None, tools: list[FunctionSchema] | None = None
+        self,
+        messages: list[Message] | None = None,
+        tools: list[FunctionSchema] | None = None,
+        *,
+        max_messages: int | None = 200,
+        max_chars: int | None = 60_000,
     ) -> None:
         self.messages: list[Message] = list(messages or [])
         self.tools: list[FunctionSchema] = list(tools or [])
+        self.max_messages = max_messages
+        self.max_chars = max_chars
+        self.trimmed = 0
         self._listeners: list[Callable[[Message], None]] = []
 
     def add_message(self, message: Message) -> None:
-        """Append one message (and tell the listeners)."""
+        """Append one message (trimming the oldest turns if over the limits; tell the listeners)."""
         self.messages.append(message)
+        removed = trim_messages(self.messages, max_messages=self.max_messages, max_chars=self.max_chars)
+        if removed:
+            if not self.trimmed:
+                logger.warning(
+                    "the conversation is over its limits (%s messages, %s characters): "
+                    "dropping the oldest turns",
+                    self.max_messages,
+                    self.max_chars,
+                )
+            self.trimmed += removed
+            metrics.REGISTRY.error("llm_context_trimmed")
         for listener in self._listeners:
             try:
                 listener(message)

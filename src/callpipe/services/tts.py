@@ -17,6 +17,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+from callpipe import metrics
 from callpipe.pipeline.frames import (
     EndFrame,
     Frame,
@@ -42,6 +43,10 @@ _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 _CHUNK_SECS = 0.04
 # Speaking rate used to place words in streamed audio (about 165 words per minute).
 CHARS_PER_SEC = 14.0
+# Text waiting to be spoken, at most: about six minutes of speech.
+MAX_PENDING_CHARS = 5000
+# A "sentence" with no end in sight is spoken in pieces of at most this much.
+MAX_SENTENCE_CHARS = 400
 
 
 class _ReplyEnd:
@@ -63,7 +68,11 @@ class TTSService(FrameProcessor):
         self.sample_rate = sample_rate
         self.voice = voice
         self._text = ""
+        # Unbounded by count, bounded by the text in it: markers (reply end, flush) are
+        # never dropped, sentences beyond MAX_PENDING_CHARS are.
         self._queue: asyncio.Queue[str | _ReplyEnd | _Flush] = asyncio.Queue()
+        self._pending_chars = 0
+        self.shed_chars = 0
         self._worker: asyncio.Task[None] | None = None
         self._speaking = False
         self._chunk_bytes = max(2, int(sample_rate * _CHUNK_SECS) * 2)
@@ -91,6 +100,11 @@ class TTSService(FrameProcessor):
             # LLM text (or any plain TextFrame, as in Pipecat) is spoken sentence by sentence.
             self._text += frame.text
             *sentences, self._text = _SENTENCE_END.split(self._text)
+            while len(self._text) > MAX_SENTENCE_CHARS:
+                # Text with no sentence end for this long: speak it in pieces, at a word.
+                cut = self._text.rfind(" ", 0, MAX_SENTENCE_CHARS) + 1 or MAX_SENTENCE_CHARS
+                sentences.append(self._text[:cut])
+                self._text = self._text[cut:]
             for sentence in sentences:
                 if sentence.strip():
                     self._queue_sentence(sentence.strip())
@@ -118,6 +132,19 @@ class TTSService(FrameProcessor):
             await self.push_frame(frame, direction)
 
     def _queue_sentence(self, sentence: str) -> None:
+        if self._pending_chars + len(sentence) > MAX_PENDING_CHARS:
+            # More text waiting than minutes of speech: a runaway reply. Shed it (the
+            # call goes on with what is queued) rather than grow without end.
+            self.shed_chars += len(sentence)
+            metrics.REGISTRY.error("tts_queue_full")
+            if self.shed_chars == len(sentence):
+                logger.warning(
+                    "%s: over %d characters wait to be spoken; dropping more text of this reply",
+                    self.name,
+                    MAX_PENDING_CHARS,
+                )
+            return
+        self._pending_chars += len(sentence)
         self._queue.put_nowait(sentence)
         observer = records.current()
         if observer is not None:
@@ -126,6 +153,7 @@ class TTSService(FrameProcessor):
 
     async def _interrupt(self) -> None:
         self._text = ""
+        self._pending_chars = 0
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if isinstance(item, _Flush):
@@ -149,6 +177,7 @@ class TTSService(FrameProcessor):
                     await self.push_frame(TTSStoppedFrame())
                 await self.push_frame(LLMFullResponseEndFrame())
                 continue
+            self._pending_chars = max(0, self._pending_chars - len(item))
             await self._speak_sentence(item)
 
     async def _speak_sentence(self, sentence: str) -> None:

@@ -103,7 +103,9 @@ class FastAPIWebsocketParams:
     call is closed. ``max_media_ahead_secs``: how far caller audio may run ahead of real
     time (a network hiccup's backlog) before the excess is dropped undecoded;
     ``flood_close_after_secs`` of dropped audio, or more than ``max_messages_per_sec``
-    messages (after a burst of twice that), close the call with 1008. ``add_wav_header`` is accepted for compatibility; Telnyx takes raw
+    messages (after a burst of twice that), close the call with 1008.
+    ``max_output_buffer_secs``: bot audio queued beyond this (a bot that pushes an hour
+    of it) is dropped, logged once and counted. ``add_wav_header`` is accepted for compatibility; Telnyx takes raw
     payloads, so it has no effect. ``audio_in_passthrough``: push the caller's payloads
     undecoded as :class:`InputEncodedAudioFrame` (for a speech-to-speech service that
     speaks the call's codec); they are decoded only for a VAD, if one is set.
@@ -124,6 +126,7 @@ class FastAPIWebsocketParams:
     max_media_ahead_secs: float = 3.0
     flood_close_after_secs: float = 2.0
     max_messages_per_sec: float = 200.0
+    max_output_buffer_secs: float = 120.0
     bot_stopped_grace_secs: float = 0.6
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -496,6 +499,8 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
         # Tagged audio items (byte offset where each starts) for PlaybackCutFrame on barge-in.
         self._tags: collections.deque[tuple[int, str]] = collections.deque(maxlen=8)
         self._wire_decoders: dict[tuple[str, int], Codec] = {}
+        self._max_buffer_bytes = int(self._params.max_output_buffer_secs * self._byte_rate)
+        self.shed_bytes = 0
         self.underruns = 0
         self.clears_sent = 0
         self.last_clear_at: float | None = None
@@ -600,6 +605,9 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
     def _queue_encoded(self, encoded: bytes) -> None:
         if not encoded or self._closing:
             return
+        if len(self._buffer) + len(encoded) > self._max_buffer_bytes:
+            self._shed_audio(len(encoded))
+            return
         self._buffer += encoded
         self._enqueued += len(encoded)
         self._drained.clear()
@@ -611,6 +619,15 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
         if not self._speaking and len(self._buffer) >= self._chunk_bytes:
             # Start at once rather than at the next tick: the first chunk's latency counts.
             self.on_tick(time.monotonic())
+
+    def _shed_audio(self, size: int) -> None:
+        self.shed_bytes += size
+        metrics.REGISTRY.error("output_buffer_full")
+        if self.shed_bytes == size:
+            logger.warning(
+                "more than %.0fs of bot audio queued; dropping what the bot pushes beyond it",
+                self._params.max_output_buffer_secs,
+            )
 
     # -------------------------------------------------------------- the timeline
 

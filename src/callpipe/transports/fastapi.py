@@ -236,18 +236,26 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         receive = websocket.receive
         reason = "the caller's stream closed"
         flood = self._flood
+        burst = 0
         try:
             while True:
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
                     self._note_end("caller_hangup", "caller")
                     break
-                self._last_receive = now = time.monotonic()
+                now = time.monotonic()
                 self.messages_received += 1
-                if self.messages_received % _YIELD_EVERY == 0:
-                    # The server hands over queued messages without suspending: a sender
-                    # that fills the socket would otherwise hold the loop for all of them.
-                    await asyncio.sleep(0)
+                if now - self._last_receive < 0.001:
+                    # Messages back to back: the server hands queued ones over without
+                    # suspending, so a sender that fills the socket would hold the loop for
+                    # all of them. Yield every few (real-time audio never gets here).
+                    burst += 1
+                    if burst >= _YIELD_EVERY:
+                        burst = 0
+                        await asyncio.sleep(0)
+                else:
+                    burst = 0
+                self._last_receive = now
                 if flood.message(now) is Verdict.CLOSE:
                     reason = await self._close(CLOSE_POLICY_VIOLATION, flood.reason, abort=True)
                     break

@@ -118,13 +118,18 @@ class FloodGuard:
 
     def message(self, now: float) -> Verdict:
         """One message of any kind arrived at ``now``: refill the buckets and count it."""
+        # (Plain comparisons rather than min/max calls: this runs for every message.)
         last = self._last
         self._last = now
         if last is not None:
             elapsed = now - last
-            self._credit = min(self.burst_secs, self._credit + elapsed * _REFILL_RATE)
-            self._messages = min(self.message_burst, self._messages + elapsed * self.max_messages_per_sec)
-            self._excess = max(0.0, self._excess - elapsed * _EXCESS_LEAK)
+            credit = self._credit + elapsed * _REFILL_RATE
+            self._credit = credit if credit < self.burst_secs else self.burst_secs
+            messages = self._messages + elapsed * self.max_messages_per_sec
+            self._messages = messages if messages < self.message_burst else self.message_burst
+            if self._excess:
+                excess = self._excess - elapsed * _EXCESS_LEAK
+                self._excess = excess if excess > 0.0 else 0.0
         self._messages -= 1.0
         if self._messages < 0.0:
             self.reason = f"messages arriving faster than {self.max_messages_per_sec:g} per second"

@@ -13,6 +13,10 @@ sends it in real time with a small lead. Non-audio frames that arrive behind que
 (the words of a reply) are held and released when the audio before them has *played*,
 so whatever follows the output (the context aggregator) sees only what the caller heard.
 
+Events from outside the call's tasks (the shared VAD batcher and output clock, timers,
+webhooks) reach the processors through the call's :class:`~callpipe.transports.inbox.CallInbox`
+task, so processor code always runs in a task of its own call.
+
 Bad input never ends a call over one glitch: a malformed message is dropped, counted
 and logged once per call. Only sustained garbage, an oversized message, or silence on
 the socket closes the call, with a logged reason and a WebSocket close code.

@@ -134,10 +134,10 @@ async def test_a_hangup_webhook_at_the_other_instance_ends_the_call_within_500ms
         assert metrics['callpipe_forwarded_events_total{direction="received",result="delivered"}'] == 3
 
 
-async def test_an_operator_hangs_up_through_the_other_instance(
+async def test_amd_and_an_operator_hang_up_reach_the_call_through_the_other_instance(
     tmp_path: Path, pg_url: str, webhook_keys: tuple[Any, str]
 ) -> None:
-    _, public = webhook_keys
+    private, public = webhook_keys
     with several(tmp_path, 2, env=_env(pg_url, public)) as (holder, other):
         await asyncio.gather(holder.wait_ready(), other.wait_ready())
         call = await Call(holder).started()
@@ -145,6 +145,19 @@ async def test_an_operator_hangs_up_through_the_other_instance(
             await _known_to(other, call.ccid)
             headers = {"Authorization": f"Bearer {API_KEY}"}
             async with httpx.AsyncClient(base_url=other.base, timeout=5) as http:
+                # An answering-machine result reaches the holder's call (its record says so).
+                amd = webhook_body("call.machine.detection.ended", call.ccid, result="machine")
+                assert (
+                    await _post_webhook(http, f"{other.base}/webhooks/telnyx", amd, private)
+                ).status_code == 200
+                for _ in range(100):
+                    record = (await http.get(f"/api/calls/{call.ccid}", headers=headers)).json()
+                    if record.get("amd"):
+                        break
+                    await asyncio.sleep(0.05)
+                assert record["amd"] == {"event": "call.machine.detection.ended", "result": "machine"}, record
+                assert "forwarded call.machine.detection.ended" in other.output()
+
                 assert (await http.post(f"/api/calls/{call.ccid}/hangup")).status_code == 401
                 posted = time.monotonic()
                 response = await http.post(f"/api/calls/{call.ccid}/hangup", headers=headers)

@@ -4,6 +4,8 @@ sums them, and SIGTERM drains every worker."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -114,3 +116,47 @@ async def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
         assert await served.wait_exit(15) == 0
         output = served.output()
         assert output.count("draining calls") == 2, output  # each worker drained
+
+
+async def test_a_killed_worker_is_replaced_and_leaves_the_totals(tmp_path: Path) -> None:
+    with callpipe_serve(tmp_path, workers=2) as served:
+        await served.wait_workers(2)
+        held = HeldCalls(served)
+        try:
+            await _open_until_both_workers(held)
+            victim = served.served_by(held.ccids[0])
+            assert victim is not None
+            survivors = sum(1 for ccid in held.ccids if served.served_by(ccid) != victim)
+            os.kill(victim, signal.SIGKILL)
+            victims = [
+                run
+                for ccid, run in zip(held.ccids, held.runs, strict=True)
+                if served.served_by(ccid) == victim
+            ]
+            await asyncio.wait_for(asyncio.gather(*victims), 10)  # their sockets died with it
+            await served.wait_workers(3)  # a replacement started
+            assert f"(pid {victim}) died" in served.output()
+            # The dead worker's calls leave the live gauge; the survivors' calls are untouched.
+            for _ in range(50):
+                metrics = await served.metrics()
+                if metrics["callpipe_active_calls"] == survivors:
+                    break
+                await asyncio.sleep(0.1)
+            assert metrics["callpipe_active_calls"] == survivors, metrics
+            assert sum(1 for run in held.runs if not run.done()) == survivors
+        finally:
+            await held.hang_up_all()
+
+
+async def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
+    # Loads in the supervisor (which checks the bot once) but fails in every worker.
+    (tmp_path / "bot.py").write_text(
+        "import os\n"
+        "if os.environ.get('CALLPIPE_WORKER'):\n"
+        "    raise RuntimeError('no database here')\n"
+        "async def bot(runner_args):\n"
+        "    pass\n"
+    )
+    with callpipe_serve(tmp_path, workers=2) as served:
+        assert await served.wait_exit(60) == 1
+        assert "failed at start-up" in served.output()

@@ -11,7 +11,7 @@ Signals: the workers sit in their own process group, so a terminal's Ctrl-C reac
 only the supervisor. The supervisor forwards the first SIGTERM/SIGINT to every worker
 (each drains its calls exactly like a single ``callpipe serve``), and a second one too
 (each then stops at once). A worker that dies on its own is replaced; one that dies
-during start-up stops the whole server (a broken bot would only die again).
+before it ever served stops the whole server (a broken bot would only die again).
 
 Metrics: the supervisor points ``PROMETHEUS_MULTIPROC_DIR`` at a temporary directory
 before spawning (see :mod:`callpipe.metrics`), and serves ``METRICS_PORT`` itself.
@@ -27,7 +27,7 @@ import signal
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
@@ -51,8 +51,6 @@ logger = logging.getLogger("callpipe.server")
 
 BOT_ENV = "CALLPIPE_BOT"  # the bot spec (file or module[:function]); empty: the built-in assistant
 WORKER_ENV = "CALLPIPE_WORKER"  # set in workers; the worker's index
-# A worker that dies sooner than this after it started is broken, not unlucky.
-STARTUP_FAILURE_SECS = 15.0
 EXTRA_STOP_SECS = 15.0  # beyond SHUTDOWN_GRACE_SECS before the supervisor kills a worker
 
 _state: ServerState | None = None
@@ -81,12 +79,24 @@ def worker_app() -> FastAPI:
 class _WorkerServer(GracefulServer):
     """A worker's graceful server: its state exists once the app factory has run."""
 
+    def __init__(self, config: uvicorn.Config, grace_secs: float, started: Any) -> None:
+        super().__init__(config, None, grace_secs)
+        self.started_event = started
+
     def current_state(self) -> ServerState | None:
         """The state :func:`worker_app` built in this process."""
         return _state
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up, then tell the supervisor this worker serves."""
+        await super().startup(sockets)
+        if self.started:
+            self.started_event.set()
 
-def _worker_main(config: uvicorn.Config, sock: socket.socket, grace_secs: float, level: int) -> None:
+
+def _worker_main(
+    config: uvicorn.Config, sock: socket.socket, grace_secs: float, level: int, started: Any
+) -> None:
     """A worker process's entry point (module level, so ``spawn`` can pickle it)."""
     from callpipe.log import configure_logging
 
@@ -94,7 +104,7 @@ def _worker_main(config: uvicorn.Config, sock: socket.socket, grace_secs: float,
     configure_logging(level)
     config.configure_logging()
     redact_uvicorn_logs()
-    server = _WorkerServer(config, None, grace_secs)
+    server = _WorkerServer(config, grace_secs, started)
     server.run(sockets=[sock])
 
 
@@ -102,7 +112,7 @@ def _worker_main(config: uvicorn.Config, sock: socket.socket, grace_secs: float,
 class _Worker:
     index: int
     process: BaseProcess
-    started_at: float = field(default_factory=time.monotonic)
+    started: Any  # a multiprocessing Event the worker sets once it serves
 
 
 class Supervisor:
@@ -122,14 +132,15 @@ class Supervisor:
 
     def _spawn(self, index: int) -> _Worker:
         os.environ[WORKER_ENV] = str(index)
+        started = self._context.Event()
         process = self._context.Process(
             target=_worker_main,
-            args=(self.config, self.sock, self.grace_secs, self.level),
+            args=(self.config, self.sock, self.grace_secs, self.level, started),
             name=f"callpipe-worker-{index}",
         )
         process.start()
         logger.info("started worker %d (pid %s)", index, process.pid)
-        return _Worker(index, process)
+        return _Worker(index, process, started)
 
     def run(self) -> int:
         """Run until every worker has exited after a signal (or start-up failed)."""
@@ -185,7 +196,9 @@ class Supervisor:
             if self.stopping_since is not None:
                 logger.info("worker %d (pid %s) stopped", worker.index, pid)
                 continue
-            if time.monotonic() - worker.started_at < STARTUP_FAILURE_SECS:
+            if not worker.started.is_set():
+                # It never served: the bot, the settings or the port are broken, and a
+                # replacement would only fail the same way.
                 logger.error(
                     "worker %d (pid %s) failed at start-up (exit %s): stopping", worker.index, pid, code
                 )

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +35,7 @@ from callpipe.transports.serializers import TelnyxFrameSerializer
 from tests.helpers import wait_until
 
 KEY = "sk-realtime-test-0123456789"
+EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "realtime_bot.py")
 
 
 @contextmanager
@@ -246,7 +248,8 @@ async def test_transcripts_become_turns_with_latency_and_audio_token_usage() -> 
     state = FakeRealtimeState(greeting="Hello caller", replies=[answer], transcripts=["what time is it"])
     with servers(state, lambda url: service(url, greeting="Hello caller"), observe=True) as (url, calls, _):
         async with PhoneLine(url) as phone:
-            await wait_until(lambda: bool(phone.marks), timeout=5)
+            await wait_until(lambda: len(phone.marks) >= 2, timeout=5)  # first chunk heard, then all of it
+            await wait_until(lambda: not calls[0].transport.output_processor.bot_speaking, timeout=5)
             phone.say(SPEECH)
             await wait_until(
                 lambda: answer.audio is not None and answer.audio in phone.bot_audio(), timeout=8
@@ -259,7 +262,7 @@ async def test_transcripts_become_turns_with_latency_and_audio_token_usage() -> 
             )
             await wait_until(lambda: observer.record.turns[2].heard_text == "It is noon", timeout=5)
         greeting, caller, reply = observer.record.turns[:3]
-        assert (greeting.speaker, greeting.text) == ("bot", "Hello caller")
+        assert (greeting.speaker, greeting.text, greeting.interrupted) == ("bot", "Hello caller", False)
         assert (caller.speaker, caller.text) == ("caller", "what time is it")
         assert (reply.speaker, reply.text, reply.heard_text) == ("bot", "It is noon", "It is noon")
         latency = reply.latency
@@ -273,20 +276,23 @@ async def test_transcripts_become_turns_with_latency_and_audio_token_usage() -> 
         assert usage.llm_prompt_tokens[provider] >= usage.audio_tokens_in[provider]
 
 
-async def test_the_built_in_assistant_in_realtime_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    goodbye = FakeRealtimeReply("Goodbye", audio=tone_ulaw(0.4, freq=700.0), tool="end_call")
-    state = FakeRealtimeState(greeting="Hello", replies=[goodbye])
+def bot_app(bot: Any) -> FastAPI:
+    """``/ws`` running a bot entry point as ``callpipe serve`` does (handshake, then ``bot(runner_args)``)."""
     app = FastAPI()
-    finished = asyncio.Event()
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
         await websocket.accept()
         _, call_data = await parse_telephony_websocket(websocket)
-        try:
-            await assistant.bot(RunnerArguments(websocket=websocket, call_data=call_data))
-        finally:
-            finished.set()
+        await bot(RunnerArguments(websocket=websocket, call_data=call_data))
+
+    return app
+
+
+async def test_the_built_in_assistant_in_realtime_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    goodbye = FakeRealtimeReply("Goodbye", audio=tone_ulaw(0.4, freq=700.0), tool="end_call")
+    state = FakeRealtimeState(greeting="Hello", replies=[goodbye])
+    app = bot_app(assistant.bot)
 
     with BackgroundServer(create_fake_realtime_app(state)) as fake:
         monkeypatch.setenv("ASSISTANT_MODE", "realtime")
@@ -307,3 +313,23 @@ async def test_the_built_in_assistant_in_realtime_mode(monkeypatch: pytest.Monke
     monkeypatch.setenv("ASSISTANT_MODE", "nonsense")
     with pytest.raises(ValueError, match="ASSISTANT_MODE"):
         assistant.register_models()
+
+
+async def test_the_example_bot_answers_and_runs_its_own_tool(monkeypatch: pytest.MonkeyPatch) -> None:
+    from callpipe.server.serve import load_bot
+
+    example = load_bot(EXAMPLE)
+    reply = FakeRealtimeReply("Let me check", tool="check_appointment", arguments={"name": "Maria Lopez"})
+    state = FakeRealtimeState(greeting="Hello", replies=[reply])
+    with BackgroundServer(create_fake_realtime_app(state)) as fake:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url + "/v1")
+        monkeypatch.delenv("TELNYX_API_KEY", raising=False)
+        with BackgroundServer(bot_app(example)) as bot:
+            async with PhoneLine(bot.ws_url + "/ws") as phone:
+                await wait_until(lambda: bool(phone.marks), timeout=5)
+                phone.say(SPEECH)
+                await wait_until(lambda: bool(outputs_of(state)), timeout=8)
+        [output] = outputs_of(state)
+        assert json.loads(output["output"]) == {"name": "Maria Lopez", "next": "Tuesday at 10 AM"}
+        assert "Bright Smile Dental" in state.last.session["instructions"]

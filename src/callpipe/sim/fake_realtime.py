@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
@@ -276,8 +277,8 @@ class _Session:
         self.conn.audio += chunk
         if self.turn_detection is None or not chunk:
             return
-        samples = memoryview(ulaw_decode(chunk)).cast("h")
-        energy = math.sqrt(sum(s * s for s in samples) / len(samples))
+        samples = np.frombuffer(ulaw_decode(chunk), dtype=np.int16).astype(np.float64)
+        energy = float(np.sqrt(np.mean(samples * samples))) if samples.size else 0.0
         ms = len(chunk) // _BYTES_PER_MS
         if energy >= self.state.energy_threshold:
             self.loud_ms += ms

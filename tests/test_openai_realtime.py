@@ -333,3 +333,46 @@ async def test_the_example_bot_answers_and_runs_its_own_tool(monkeypatch: pytest
         [output] = outputs_of(state)
         assert json.loads(output["output"]) == {"name": "Maria Lopez", "next": "Tuesday at 10 AM"}
         assert "Bright Smile Dental" in state.last.session["instructions"]
+
+
+async def test_a_pcma_call_is_converted_once_at_the_edge() -> None:
+    from callpipe.audio import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+
+    answer = FakeRealtimeReply("Fine", audio=tone_ulaw(0.6, freq=600.0))
+    state = FakeRealtimeState(greeting=None, replies=[answer])
+    speech_alaw = alaw_encode(ulaw_decode(SPEECH))
+    with servers(state, lambda url: service(url)) as (url, _calls, fake):
+        async with PhoneLine(url, encoding="PCMA") as phone:
+            await wait_until(lambda: bool(fake.connections) and bool(fake.last.session), timeout=5)
+            phone.say(speech_alaw)
+            expected = alaw_encode(ulaw_decode(answer.audio or b""))
+            await wait_until(lambda: len(phone.bot_audio()) >= len(expected), timeout=8)
+        # The model heard μ-law (A-law -> PCM -> μ-law, no resampling at 8 kHz) ...
+        assert ulaw_encode(alaw_decode(speech_alaw))[1600:3200] in bytes(fake.last.audio)
+        # ... and the caller got the model's μ-law as A-law.
+        assert phone.bot_audio()[: len(expected)] == expected
+
+
+async def test_local_turn_detection_commits_on_callpipes_vad_and_cancels_on_barge_in(
+    speech_8k: bytes,
+) -> None:
+    from callpipe.audio import ulaw_encode
+
+    long_reply = FakeRealtimeReply("A long answer", audio=tone_ulaw(3.0, freq=600.0))
+    state = FakeRealtimeState(replies=[long_reply], transcripts=["hello"])
+    speech = ulaw_encode(speech_8k)
+    with servers(state, lambda url: service(url, turn_detection="local"), vad=True) as (url, calls, fake):
+        async with PhoneLine(url) as phone:
+            await wait_until(lambda: bool(fake.connections) and bool(fake.last.session), timeout=5)
+            assert fake.last.session["audio"]["input"]["turn_detection"] is None
+            phone.say(speech)
+            await wait_until(lambda: "input_audio_buffer.commit" in fake.last.types(), timeout=8)
+            await wait_until(lambda: len(phone.bot_audio()) > 4000, timeout=8)
+            assert fake.last.types().index("input_audio_buffer.commit") < fake.last.types().index(
+                "response.create"
+            )
+            phone.say(speech)  # talks over the reply: callpipe's VAD interrupts
+            await wait_until(lambda: bool(phone.clears), timeout=8)
+            await wait_until(lambda: bool(fake.last.truncates), timeout=3)
+        assert fake.last.truncates[0]["audio_end_ms"] > 0
+        assert calls[0].service.history[0].text == "hello"

@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import FastAPI, WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 
+from callpipe.audio.vad import SileroVADAnalyzer, VADParams
 from callpipe.pipeline.pipeline import Pipeline
 from callpipe.pipeline.task import PipelineParams, PipelineRunner, PipelineTask
 from callpipe.records.model import CallRecord
@@ -57,9 +58,11 @@ def create_realtime_bot_app(
     api_base_url: str | None = None,
     passthrough: bool = True,
     observe: bool = False,
+    vad: bool = False,
 ) -> tuple[FastAPI, list[RealtimeBotCall]]:
     """``/ws`` running ``make_service()`` between the call's input and output.
 
+    ``vad``: run callpipe's Silero VAD on the input (for ``turn_detection="local"``).
     ``observe``: keep a call record (``RealtimeBotCall.observer``) as ``callpipe serve`` does.
     """
     app = FastAPI()
@@ -82,7 +85,11 @@ def create_realtime_bot_app(
         )
         transport = FastAPIWebsocketTransport(
             websocket=websocket,
-            params=FastAPIWebsocketParams(serializer=serializer, audio_in_passthrough=passthrough),
+            params=FastAPIWebsocketParams(
+                serializer=serializer,
+                audio_in_passthrough=passthrough,
+                vad_analyzer=SileroVADAnalyzer(params=VADParams(stop_secs=0.2)) if vad else None,
+            ),
         )
         call = RealtimeBotCall(make_service(), transport)
         if observe:

@@ -34,6 +34,7 @@ from websockets.asyncio.client import ClientConnection
 from callpipe.audio import StreamResampler, get_codec
 from callpipe.eager import run_eager
 from callpipe.telnyx import protocol
+from callpipe.telnyx import stream as ts
 from callpipe.transports.clock import OutputClock
 
 logger = logging.getLogger("callpipe.sim")
@@ -185,8 +186,8 @@ class SimulatedCaller:
         self._bot_heard_until = 0.0
         self._was_playing = False
         self._gap_started: float | None = None
-        self._seq = 0
-        self._chunk = 0
+        # Telnyx's side of the stream: sequence numbers, chunks, pending marks, states.
+        self._stream = ts.Stream(ts.Role.TELNYX, stream_id=self.stream_id)
         self._ws: ClientConnection | None = None
         self._outbox: collections.deque[str] = collections.deque()
         self._sender: asyncio.Task[None] | None = None
@@ -203,9 +204,10 @@ class SimulatedCaller:
 
     # ------------------------------------------------------------------ helpers
 
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
+    def _send_event(self, event: ts.SendEvent) -> None:
+        """Queue a streaming-time message; nothing once the stream has stopped."""
+        if self._stream.state is ts.State.STREAMING:
+            self._send_nowait(self._stream.send(event))
 
     async def _send(self, text: str) -> None:
         """Send ``text`` after everything queued before it, and wait until it is written."""
@@ -288,20 +290,20 @@ class SimulatedCaller:
                 connected_at=connected_at,
                 sample_rate=self.rate,
             )
-            await self._send(protocol.build_connected(auth_token=self.auth_token))
+            await self._send(self._stream.send(ts.Connected(auth_token=self.auth_token)))
             await self._send(
-                protocol.build_start(
-                    stream_id=self.stream_id,
-                    call_control_id=self.call_control_id,
-                    encoding=self.encoding,
-                    sample_rate=self.rate,
-                    sequence_number=self._next_seq(),
-                    call_session_id=f"sim-session-{self.stream_id[:8]}",
-                    user_id="sim-user",
-                    from_number=self.from_number,
-                    to_number=self.to_number,
-                    client_state=self.client_state,
-                    custom_parameters=self.custom_parameters,
+                self._stream.send(
+                    ts.Start(
+                        call_control_id=self.call_control_id,
+                        encoding=self.encoding,
+                        sample_rate=self.rate,
+                        call_session_id=f"sim-session-{self.stream_id[:8]}",
+                        user_id="sim-user",
+                        from_number=self.from_number,
+                        to_number=self.to_number,
+                        client_state=self.client_state,
+                        custom_parameters=self.custom_parameters,
+                    )
                 )
             )
             self.connected.set()
@@ -324,13 +326,7 @@ class SimulatedCaller:
             finally:
                 if not self._closed.is_set():
                     self.result.closed_by = self.result.closed_by or "caller"
-                    await self._send(
-                        protocol.build_stop(
-                            stream_id=self.stream_id,
-                            call_control_id=self.call_control_id,
-                            sequence_number=self._next_seq(),
-                        )
-                    )
+                    await self._send(self._stream.send(ts.Stop()))
                     with contextlib.suppress(Exception):
                         await ws.close()
                 if self._sender is not None and not self._sender.done():
@@ -371,9 +367,8 @@ class SimulatedCaller:
                 await asyncio.sleep(turn.pause_secs)
             if turn.dtmf:
                 for digit in turn.dtmf:
-                    await self._send(
-                        protocol.build_dtmf(digit, stream_id=self.stream_id, sequence_number=self._next_seq())
-                    )
+                    if self._stream.state is ts.State.STREAMING:
+                        await self._send(self._stream.send(ts.DTMF(digit)))
                 self._spoke_until = time.monotonic()
                 continue
             frames = self._encode_turn(turn)
@@ -438,41 +433,48 @@ class SimulatedCaller:
             async for message in self._ws:
                 result.received_messages += 1
                 try:
-                    event = protocol.parse_event(message)
-                except protocol.ProtocolError as exc:
+                    events = self._stream.receive(message)
+                except ts.StreamProtocolError as exc:
                     result.errors.append(f"bot sent a malformed message: {exc}")
                     continue
-                now = time.monotonic()
-                if isinstance(event, protocol.MediaEvent):
-                    pcm = self._decoder.decode(event.payload)
-                    result.bot_audio_arrivals.append((now, len(pcm) / 2 / self.rate))
-                    self._play.append(("audio", pcm))
-                    self._play_bytes += len(pcm)
-                    self._last_audio_received = now
-                    turn = self._current_turn()
-                    if turn is not None and turn.first_bot_audio_received_at is None and now >= turn.ended_at:
-                        turn.first_bot_audio_received_at = now
-                elif isinstance(event, protocol.MarkEvent):
-                    if self._play_bytes == 0:
-                        self._echo_mark(event.name)
-                    else:
-                        self._play.append(("mark", event.name))
-                elif isinstance(event, protocol.ClearEvent):
-                    result.clears.append(now)
-                    self._emit("clear")
-                    marks = [item[1] for item in self._play if item[0] == "mark"]
-                    self._play.clear()
-                    self._play_bytes = 0
-                    for name in marks:
-                        self._echo_mark(name)
+                if events:
+                    self._on_bot_event(events[0], time.monotonic())
         except websockets.ConnectionClosed:
             pass
         finally:
+            self._stream.close()
             if not self._closed.is_set() and not result.closed_by:
                 result.closed_by = "bot"
             if result.closed_at is None:
                 result.closed_at = time.monotonic()
             self._closed.set()
+
+    def _on_bot_event(self, event: protocol.Event, now: float) -> None:
+        """Play, queue or clear what the bot sent, like a phone behind Telnyx."""
+        result = self.result
+        assert result is not None
+        if isinstance(event, protocol.MediaEvent):
+            pcm = self._decoder.decode(event.payload)
+            result.bot_audio_arrivals.append((now, len(pcm) / 2 / self.rate))
+            self._play.append(("audio", pcm))
+            self._play_bytes += len(pcm)
+            self._last_audio_received = now
+            turn = self._current_turn()
+            if turn is not None and turn.first_bot_audio_received_at is None and now >= turn.ended_at:
+                turn.first_bot_audio_received_at = now
+        elif isinstance(event, protocol.MarkEvent):
+            if self._play_bytes == 0:
+                self._echo_mark(event.name)
+            else:
+                self._play.append(("mark", event.name))
+        elif isinstance(event, protocol.ClearEvent):
+            result.clears.append(now)
+            self._emit("clear")
+            marks = [item[1] for item in self._play if item[0] == "mark"]
+            self._play.clear()
+            self._play_bytes = 0
+            for name in marks:
+                self._echo_mark(name)
 
     def _emit(self, kind: str, **data: Any) -> None:
         if self.on_event is not None:
@@ -489,9 +491,7 @@ class SimulatedCaller:
     def _echo_mark(self, name: str) -> None:
         assert self.result is not None
         self.result.marks_echoed.append(name)
-        self._send_nowait(
-            protocol.build_mark_echo(name, stream_id=self.stream_id, sequence_number=self._next_seq())
-        )
+        self._send_event(ts.MarkEcho(name))
 
     # ------------------------------------------------------------------- clock
 
@@ -509,16 +509,7 @@ class SimulatedCaller:
         for _ in range(min(max(due, 0), 5)):
             speech = self._speech.popleft() if self._speech else None
             payload = speech if speech is not None else self._silence
-            self._chunk += 1
-            self._send_nowait(
-                protocol.build_inbound_media(
-                    payload,
-                    stream_id=self.stream_id,
-                    sequence_number=self._next_seq(),
-                    chunk=self._chunk,
-                    timestamp=self._frames_sent * 20,
-                )
-            )
+            self._send_event(ts.InboundMedia(payload, timestamp=self._frames_sent * 20))
             self._frames_sent += 1
             if self.record:
                 self._caller_track += self._decoder_for_record(payload)

@@ -119,6 +119,14 @@ def _print_event(kind: str, data: dict[str, Any]) -> None:
         print("bot:    (clear: stopped talking, barge-in)", flush=True)
 
 
+def _fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction from 0 to 1")
+    return value
+
+
 async def _call(args: argparse.Namespace) -> int:
     from callpipe.sim.caller import CallerTurn, SimulatedCaller
 
@@ -151,6 +159,8 @@ async def _call(args: argparse.Namespace) -> int:
         "custom_parameters": params,
         "max_call_secs": args.max_secs,
         "on_event": _transcribing_printer(stt),
+        "reorder": args.reorder,
+        "duplicate": args.duplicate,
     }
     if url.startswith(("http://", "https://")):
         from callpipe.sim import texml
@@ -183,6 +193,8 @@ async def _call(args: argparse.Namespace) -> int:
         shown = f"{latency * 1000:.0f} ms" if latency is not None else "no answer"
         print(f"turn {index}: response latency {shown}")
     print(f"bot audio {result.bot_audio_secs:.1f}s, gaps {len(result.gaps)}, clears {len(result.clears)}")
+    if args.reorder or args.duplicate:
+        print(f"media frames sent out of order {result.media_reordered}, twice {result.media_duplicated}")
     print(
         f"call ended by {result.closed_by or 'caller'} ({result.close_code} {result.close_reason})".rstrip()
     )
@@ -484,6 +496,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--wait", type=float, default=1.5, help="seconds of bot silence before the caller speaks"
     )
     call.add_argument("--allow-remote", action="store_true", help="allow a bot that is not on this machine")
+    call.add_argument(
+        "--reorder", type=_fraction, default=0.0, help="share of media frames sent after the next one (0-1)"
+    )
+    call.add_argument(
+        "--duplicate", type=_fraction, default=0.0, help="share of media frames sent twice (0-1)"
+    )
 
     load = sub.add_parser("load", help="many simulated calls at once against a running bot")
     load.add_argument("url", help="the bot's WebSocket URL (ws://…/ws)")

@@ -20,6 +20,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import random
 import time
 import uuid
 import wave
@@ -108,6 +109,8 @@ class CallResult:
     bot_audio_arrivals: list[tuple[float, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     nudges: list[tuple[int, float]] = field(default_factory=list)  # (turns said so far, when)
+    media_reordered: int = 0  # frames sent after their successor (``reorder``)
+    media_duplicated: int = 0  # frames sent twice (``duplicate``)
 
     @property
     def greeting_latency(self) -> float | None:
@@ -153,8 +156,17 @@ class SimulatedCaller:
         max_call_secs: float = 60.0,
         record: bool = True,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        reorder: float = 0.0,
+        duplicate: float = 0.0,
+        seed: int | None = None,
     ) -> None:
         self.url = url
+        # Network misbehaviour to reproduce: this share of media frames is sent after the
+        # next frame (swapped), or sent twice.
+        self.reorder = reorder
+        self.duplicate = duplicate
+        self._rng = random.Random(seed) if reorder > 0 or duplicate > 0 else None
+        self._held_media: str | None = None
         self.codec = get_codec(encoding, sample_rate)
         self.encoding = self.codec.name
         self.rate = self.codec.sample_rate
@@ -326,6 +338,8 @@ class SimulatedCaller:
             finally:
                 if not self._closed.is_set():
                     self.result.closed_by = self.result.closed_by or "caller"
+                    if self._held_media is not None:  # a frame held back to be reordered
+                        self._send_nowait(self._held_media)
                     await self._send(self._stream.send(ts.Stop()))
                     with contextlib.suppress(Exception):
                         await ws.close()
@@ -509,7 +523,10 @@ class SimulatedCaller:
         for _ in range(min(max(due, 0), 5)):
             speech = self._speech.popleft() if self._speech else None
             payload = speech if speech is not None else self._silence
-            self._send_event(ts.InboundMedia(payload, timestamp=self._frames_sent * 20))
+            if self._stream.state is ts.State.STREAMING:
+                self._send_media(
+                    self._stream.send(ts.InboundMedia(payload, timestamp=self._frames_sent * 20))
+                )
             self._frames_sent += 1
             if self.record:
                 self._caller_track += self._decoder_for_record(payload)
@@ -518,6 +535,25 @@ class SimulatedCaller:
         if due > 5:
             self._frames_sent += due - 5  # skip what a long stall made us miss
         return True
+
+    def _send_media(self, text: str) -> None:
+        rng = self._rng
+        if rng is None:
+            self._send_nowait(text)
+            return
+        assert self.result is not None
+        held = self._held_media
+        if held is None and rng.random() < self.reorder:
+            self._held_media = text  # goes out after the next frame
+            self.result.media_reordered += 1
+            return
+        self._send_nowait(text)
+        if rng.random() < self.duplicate:
+            self._send_nowait(text)
+            self.result.media_duplicated += 1
+        if held is not None:
+            self._send_nowait(held)
+            self._held_media = None
 
     def _decoder_for_record(self, payload: bytes) -> bytes:
         # G.722 is stateful, so the caller's own track is decoded with a separate decoder.

@@ -181,7 +181,9 @@ class ServerState:
         from callpipe.services import warmup
 
         if not self.models_warm or not warmup.models_warm():
-            await asyncio.to_thread(warmup.wait_warm, timeout)
+            # Runs what is still pending (an app whose lifespan never ran, e.g. mounted in
+            # another app) and waits for what the start-up task is warming.
+            await asyncio.wait_for(asyncio.to_thread(warmup.warm_up_models), timeout)
             self.models_warm = warmup.models_warm()
 
     async def drain(self, grace_secs: float) -> None:

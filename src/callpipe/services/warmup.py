@@ -11,7 +11,7 @@ loop keeps answering ``/livez`` meanwhile.
 
 Readiness: :func:`models_warm` is true once every registered warm-up has run;
 :class:`~callpipe.server.app.ServerState` mirrors it as ``models_warm`` and
-``/ws`` waits for it (bounded) before it starts a bot, so no call ever meets a cold model.
+``/ws`` waits for it (running what is still pending) before it starts a bot.
 A warm-up that fails is logged and counted as done (the call path then reports the real
 error, e.g. a missing ``callpipe[local]``), so one broken optional model cannot keep a
 server unready forever.
@@ -29,6 +29,7 @@ logger = logging.getLogger("callpipe.services")
 _lock = threading.Lock()
 _warmers: dict[str, Callable[[], None]] = {}
 _done: set[str] = set()
+_running: set[str] = set()
 _changed = threading.Condition(_lock)
 
 
@@ -51,13 +52,20 @@ def models_warm() -> bool:
 
 
 def warm_up_models() -> dict[str, float]:
-    """Run every pending warm-up in this thread (blocking); seconds each took."""
+    """Run every pending warm-up in this thread (blocking); seconds each took.
+
+    Warm-ups another thread is running are not run twice: this call waits for them, so
+    when it returns every registered model is warm (or its warm-up failed, logged).
+    """
     timings: dict[str, float] = {}
     while True:
         with _lock:
-            todo = [(key, fn) for key, fn in _warmers.items() if key not in _done]
-        if not todo:
-            return timings
+            todo = [(key, fn) for key, fn in _warmers.items() if key not in _done and key not in _running]
+            _running.update(key for key, _ in todo)
+            if not todo:
+                while any(key not in _done for key in _warmers):
+                    _changed.wait()
+                return timings
         for key, fn in todo:
             started = time.monotonic()
             try:
@@ -67,19 +75,9 @@ def warm_up_models() -> dict[str, float]:
             timings[key] = time.monotonic() - started
             with _lock:
                 _done.add(key)
+                _running.discard(key)
                 _changed.notify_all()
             logger.info("model %s warm in %.2fs", key, timings[key])
-
-
-def wait_warm(timeout: float) -> bool:
-    """Block until every registered model is warm (or ``timeout``); whether it is."""
-    deadline = time.monotonic() + timeout
-    with _lock:
-        while any(key not in _done for key in _warmers):
-            left = deadline - time.monotonic()
-            if left <= 0 or not _changed.wait(left):
-                break
-        return all(key in _done for key in _warmers)
 
 
 def _warm_vad() -> None:

@@ -940,3 +940,30 @@ async def test_a_stream_url_cannot_be_replayed_with_another_body_or_direction(
                 assert result.close_code == 1008 and "do not match" in result.close_reason, query
             else:
                 assert result.close_code != 1008 and result.greeting_latency is not None, query
+
+
+async def test_start_asks_telnyx_for_answering_machine_detection(monkeypatch: pytest.MonkeyPatch) -> None:
+    with serve(monkeypatch, simulate=False, dial_mode="call_control", telnyx_connection_id="conn-9") as h:
+        assert h.fake_state is not None
+        async with h.http() as http:
+            auth = {"Authorization": f"Bearer {API_KEY}"}
+            for amd in ("premium", "detect_beep", "detect"):
+                response = await http.post("/start", json={"phone_number": CALLEE, "amd": amd}, headers=auth)
+                assert response.status_code == 200, response.text
+            off = await http.post("/start", json={"phone_number": CALLEE, "amd": False}, headers=auth)
+            assert off.status_code == 200, off.text
+            bad = await http.post("/start", json={"phone_number": CALLEE, "amd": "maybe"}, headers=auth)
+            assert bad.status_code == 422 and bad.json()["error"]["code"] == "bad_amd"
+        sent = [
+            r.json.get("answering_machine_detection") for r in h.fake_state.requests_to("/v2/calls", "POST")
+        ]
+        assert sent == ["premium", "detect_beep", "detect", None]
+    # TeXML dial-out has no such field: refused clearly instead of silently ignored.
+    with serve(monkeypatch, simulate=False) as h:
+        async with h.http() as http:
+            response = await http.post(
+                "/start",
+                json={"phone_number": CALLEE, "amd": "premium"},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            )
+        assert response.status_code == 422 and "DIAL_MODE=call_control" in response.json()["error"]["detail"]

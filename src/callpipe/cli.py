@@ -425,7 +425,7 @@ async def _dial(args: argparse.Namespace) -> int:
     async with httpx.AsyncClient(timeout=30) as http:
         response = await http.post(
             args.server.rstrip("/") + "/start",
-            json={"phone_number": args.phone_number, "body": body},
+            json={"phone_number": args.phone_number, "body": body, "amd": args.amd or False},
             headers={"Authorization": f"Bearer {key}"},
         )
     print(json.dumps(response.json(), indent=2))
@@ -540,6 +540,10 @@ def _build_parser() -> argparse.ArgumentParser:
     dial.add_argument("phone_number", help="E.164 number, e.g. +15551234567")
     dial.add_argument("--body", help="JSON passed to the bot as runner_args.body")
     dial.add_argument("--server", default="http://127.0.0.1:8000", help="the callpipe server")
+    dial.add_argument(
+        "--amd",
+        help="answering machine detection: premium, detect, detect_beep, detect_words or greeting_end",
+    )
     dial.add_argument("--api-key", help="CALLPIPE_API_KEY of the server (default: from the environment)")
 
     from callpipe.store.cli import add_calls_parser

@@ -326,6 +326,11 @@ def create_app(
                 return _error(422, "bad_body", "body must be a JSON object")
         if not isinstance(body, dict):
             return _error(422, "bad_body", "body must be a JSON object")
+        amd = _amd_of(payload.get("amd"))
+        if amd is not None and amd not in AMD_MODES:
+            return _error(422, "bad_amd", f"amd must be one of {', '.join(AMD_MODES)} or false")
+        if amd is not None and settings.dial_mode != "call_control":
+            return _error(422, "bad_amd", "amd needs DIAL_MODE=call_control (Telnyx's dial request)")
 
         idempotency_key = request.headers.get("idempotency-key")
 
@@ -346,7 +351,7 @@ def create_app(
                     "this Idempotency-Key was used before, on another instance: no second call was placed",
                 )
             try:
-                return 200, await _dial(state, number, body)
+                return 200, await _dial(state, number, body, amd=amd)
             except TelnyxError as exc:
                 logger.error("dial-out to %s failed: %s", mask_number(number), exc)
                 return 502, _error_body("telnyx_error", str(exc))
@@ -485,7 +490,20 @@ def _equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-async def _dial(state: ServerState, number: str, body: dict[str, Any]) -> dict[str, Any]:
+# Telnyx's ``answering_machine_detection`` values (its AMD guide); ``false`` means off.
+AMD_MODES = ("premium", "detect", "detect_beep", "detect_words", "greeting_end")
+
+
+def _amd_of(value: Any) -> str | None:
+    """``/start``'s ``amd``: ``None`` when off (absent, ``false``, ``"false"``), else the string given."""
+    if value is None or value is False or value in ("", "false"):
+        return None
+    return value if isinstance(value, str) else repr(value)
+
+
+async def _dial(
+    state: ServerState, number: str, body: dict[str, Any], *, amd: str | None = None
+) -> dict[str, Any]:
     settings = state.settings
     assert state.telnyx is not None
     encoded = encode_body(body)
@@ -518,6 +536,7 @@ async def _dial(state: ServerState, number: str, body: dict[str, Any]) -> dict[s
             stream_track="inbound_track",
             stream_bidirectional_mode="rtp",
             stream_bidirectional_codec=settings.stream_codec,
+            answering_machine_detection=amd,
         )
         call_control_id = str(data.get("call_control_id", ""))
     logger.info("dialled %s: %s", mask_number(number), call_control_id)

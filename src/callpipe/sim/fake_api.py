@@ -115,6 +115,8 @@ UNEXPECTED = {"code": "10007", "title": "Unexpected error", "detail": "An unexpe
 DEFAULT_IDEMPOTENCY_WINDOW = 600.0
 
 _DTMF_RE = re.compile(r"^[0-9A-Da-d*#wW]+$")
+# The dial request's ``answering_machine_detection`` values in Telnyx's API reference.
+_AMD_VALUES = ("premium", "detect", "detect_beep", "detect_words", "greeting_end", "disabled")
 
 
 def _missing(param: str) -> dict[str, Any]:
@@ -442,6 +444,16 @@ class FakeTelnyxState:
         for param in ("connection_id", "to", "from"):
             if not body.get(param):
                 return 422, {"errors": [_missing(param)]}
+        amd = body.get("answering_machine_detection", "disabled")
+        if amd not in _AMD_VALUES:
+            return 422, {
+                "errors": [
+                    _invalid(
+                        "answering_machine_detection",
+                        f"answering_machine_detection must be one of {', '.join(_AMD_VALUES)}",
+                    )
+                ]
+            }
         call = FakeCall(
             call_control_id=_new_call_control_id(),
             call_leg_id=str(uuid.uuid4()),

@@ -619,3 +619,30 @@ async def test_misbehaving_calls_do_not_disturb_a_concurrent_call(speech_8k: byt
     assert result.closed_by == "caller"
     # Seven raw calls got a pipeline (the refused one did not), plus the good call.
     assert len(calls) == 8
+
+
+async def test_both_tracks_the_bot_hears_only_the_caller(speech_8k: bytes) -> None:
+    # stream_track=both_tracks: Telnyx also streams what the call plays ("outbound").
+    async with _started_call(_config()) as (raw, call):
+        pcm = speech_8k + bytes(2 * 4800)
+        outbound = []
+        for frame in raw.frames(pcm):
+            raw._chunk += 1
+            outbound.append(
+                protocol.build_inbound_media(
+                    frame,
+                    stream_id=raw.stream_id,
+                    sequence_number=raw._next_seq(),
+                    chunk=raw._chunk,
+                    timestamp=raw._chunk * 20,
+                    track="outbound",
+                )
+            )
+        await raw.send(*outbound)
+        await asyncio.sleep(0.5)
+        assert call.responder.turns == 0 and raw.media_received == []
+        await raw.say(speech_8k)  # the caller's own track
+        await raw.wait_for_reply()
+        await _wait_for(lambda: call.responder.turns == 1, 2, "one answered turn")
+        assert call.transport.input().messages_received == raw.sent
+        assert call.transport.input()._guard.total == 0

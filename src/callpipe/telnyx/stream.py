@@ -33,6 +33,7 @@ from typing import Any, TypeAlias
 from callpipe.telnyx import protocol
 
 __all__ = [
+    "CALLER_TRACK",
     "DTMF",
     "Clear",
     "Connected",
@@ -50,6 +51,10 @@ __all__ = [
     "StreamCounters",
     "StreamProtocolError",
 ]
+
+
+# The caller's audio; with ``stream_track=both_tracks`` Telnyx also sends ``outbound``.
+CALLER_TRACK = "inbound"
 
 
 class StreamProtocolError(protocol.ProtocolError):
@@ -198,7 +203,7 @@ class Stream:
         role: Role,
         *,
         stream_id: str = "",
-        tracks: Iterable[str] = ("inbound",),
+        tracks: Iterable[str] = (CALLER_TRACK,),
         max_handshake_messages: int = 3,
         max_message_bytes: int | None = 64 * 1024,
     ) -> None:

@@ -70,6 +70,7 @@ from callpipe.pipeline.frames import (
 from callpipe.pipeline.processor import FrameDirection, FrameProcessor
 from callpipe.records import observer as records
 from callpipe.telnyx import protocol
+from callpipe.telnyx.stream import CALLER_TRACK
 from callpipe.transports.base_transport import BaseTransport
 from callpipe.transports.clock import OutputClock
 from callpipe.transports.guards import FloodGuard, InputGuard, Verdict
@@ -294,6 +295,8 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         if type(event) is protocol.MediaEvent:
             if self._stopped or not self._params.audio_in_enabled:
                 return None
+            if event.media.track != CALLER_TRACK:
+                return None  # stream_track=both_tracks: the bot hears only the caller
             payload = event.media.payload
             if len(payload) > self._media_byte_rate:
                 return await self._close(CLOSE_TOO_BIG, f"media payload of {len(payload)} bytes is over 1 s")

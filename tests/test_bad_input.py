@@ -646,3 +646,22 @@ async def test_both_tracks_the_bot_hears_only_the_caller(speech_8k: bytes) -> No
         await _wait_for(lambda: call.responder.turns == 1, 2, "one answered turn")
         assert call.transport.input().messages_received == raw.sent
         assert call.transport.input()._guard.total == 0
+
+
+async def test_reorder_window_takes_shuffled_duplicated_and_lost_frames(speech_8k: bytes) -> None:
+    async with _started_call(_config(media_reorder_frames=3)) as (raw, call):
+        texts = [raw.media(frame) for frame in raw.frames(speech_8k + bytes(2 * 4800))]
+        # Neighbours swapped every 7th frame, every 5th sent twice, one frame lost.
+        for i in range(1, len(texts) - 1, 7):
+            texts[i], texts[i + 1] = texts[i + 1], texts[i]
+        sent = [t for i, t in enumerate(texts) if i != 40 for t in ([t, t] if i % 5 == 0 else [t])]
+        await raw.send(*sent)
+        await raw.wait_for_reply()
+        await _wait_for(lambda: call.responder.turns == 1, 2, "one answered turn")
+        reorder = call.transport.input().reorder
+        assert reorder is not None
+        counters = reorder.counters
+        assert counters.reordered >= len(range(1, len(texts) - 1, 7))
+        assert counters.duplicates == len(range(0, len(texts), 5)) - (40 % 5 == 0)
+        assert counters.gaps == 1 and counters.missing == 1 and counters.late == 0
+        assert call.transport.input()._guard.total == 0

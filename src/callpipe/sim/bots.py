@@ -126,6 +126,7 @@ class CannedBotConfig:
     api_base_url: str | None = None
     audio_out_lead_secs: float = 0.08
     receive_timeout_secs: float | None = 10.0
+    media_reorder_frames: int = 0
     allow_interruptions: bool = True
     interruption_min_secs: float = 0.0
     interruption_min_words: int = 0
@@ -207,6 +208,7 @@ def create_canned_bot_app(config: CannedBotConfig) -> tuple[FastAPI, list[Canned
                 vad_analyzer=SileroVADAnalyzer(params=config.vad_params),
                 audio_out_lead_secs=config.audio_out_lead_secs,
                 receive_timeout_secs=config.receive_timeout_secs,
+                media_reorder_frames=config.media_reorder_frames,
             ),
         )
         responder = CannedReplyProcessor(

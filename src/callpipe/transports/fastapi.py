@@ -70,6 +70,7 @@ from callpipe.pipeline.frames import (
 from callpipe.pipeline.processor import FrameDirection, FrameProcessor
 from callpipe.records import observer as records
 from callpipe.telnyx import protocol
+from callpipe.telnyx.reorder import Gap, ReorderBuffer, order_key
 from callpipe.telnyx.stream import CALLER_TRACK
 from callpipe.transports.base_transport import BaseTransport
 from callpipe.transports.clock import OutputClock
@@ -109,7 +110,9 @@ class FastAPIWebsocketParams:
     time (a network hiccup's backlog) before the excess is dropped undecoded;
     ``flood_close_after_secs`` of dropped audio, or more than ``max_messages_per_sec``
     messages (after a burst of twice that), close the call with 1008.
-    ``max_output_buffer_secs``: bot audio queued beyond this (a bot that pushes an hour
+    ``media_reorder_frames``: put caller media back in ``chunk`` order within this many
+    20 ms frames (3 = 60 ms), dropping duplicates and filling lost frames with silence
+    (0, the default, passes frames on as they come). ``max_output_buffer_secs``: bot audio queued beyond this (a bot that pushes an hour
     of it) is dropped, logged once and counted. ``add_wav_header`` is accepted for compatibility; Telnyx takes raw
     payloads, so it has no effect. ``audio_in_passthrough``: push the caller's payloads
     undecoded as :class:`InputEncodedAudioFrame` (for a speech-to-speech service that
@@ -132,6 +135,7 @@ class FastAPIWebsocketParams:
     flood_close_after_secs: float = 2.0
     max_messages_per_sec: float = 200.0
     max_output_buffer_secs: float = 120.0
+    media_reorder_frames: int = 0
     bot_stopped_grace_secs: float = 0.6
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -162,6 +166,9 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
             message_burst=2 * self._params.max_messages_per_sec,
         )
         self._media_byte_rate = float(self._serializer.max_payload_bytes)  # payload bytes per second
+        window = self._params.media_reorder_frames
+        self.reorder: ReorderBuffer[bytes] | None = ReorderBuffer(window, first_key=1) if window else None
+        self._silence_payload = b""  # one encoded 20 ms of silence, made at the first gap
         self._stopped = False
         self._context: contextvars.Context | None = None
         self._interrupt_handle: asyncio.TimerHandle | None = None
@@ -306,20 +313,49 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
                 if verdict is Verdict.DROP:
                     return None
                 return await self._close(CLOSE_POLICY_VIOLATION, self._flood.reason, abort=True)
-            if self._params.audio_in_passthrough:
-                return await self._pass_media(payload)
-            try:
-                pcm = serializer.decode_media(payload)
-            except ValueError as exc:
-                return await self._bad_message(f"undecodable audio: {exc}")
-            if pcm:
-                recorder = self._recorder
-                if recorder is not None:
-                    recorder.caller(payload)
-                if self._vad is not None:
-                    self._vad.push_audio(pcm)
-                await self.push_frame(serializer.input_frame(pcm))
-            return None
+            reorder = self.reorder
+            if (
+                reorder is not None
+                and (key := order_key(event)) is not None
+                and not reorder.push(key, payload)
+            ):
+                return await self._media_ready(reorder.ready())
+            return await self._media(payload)
+        return await self._control_event(event)
+
+    async def _media_ready(self, items: list[bytes | Gap]) -> str | None:
+        # Out-of-order arrival: what the reorder window now releases, lost frames as silence.
+        for item in items:
+            if isinstance(item, Gap):
+                if not self._silence_payload:
+                    codec = self._serializer.in_codec
+                    self._silence_payload = codec.new_instance().encode(bytes(2 * codec.sample_rate // 50))
+                for _ in range(item.frames):
+                    if (reason := await self._media(self._silence_payload)) is not None:
+                        return reason
+            elif (reason := await self._media(item)) is not None:
+                return reason
+        return None
+
+    async def _media(self, payload: bytes) -> str | None:
+        """One frame of caller audio, in order: decoded (or passed on), recorded, to the VAD and on."""
+        serializer = self._serializer
+        if self._params.audio_in_passthrough:
+            return await self._pass_media(payload)
+        try:
+            pcm = serializer.decode_media(payload)
+        except ValueError as exc:
+            return await self._bad_message(f"undecodable audio: {exc}")
+        if pcm:
+            recorder = self._recorder
+            if recorder is not None:
+                recorder.caller(payload)
+            if self._vad is not None:
+                self._vad.push_audio(pcm)
+            await self.push_frame(serializer.input_frame(pcm))
+        return None
+
+    async def _control_event(self, event: protocol.Event) -> str | None:
         if isinstance(event, protocol.DTMFEvent):
             if self._observer is not None:
                 self._observer.dtmf(event.digit)

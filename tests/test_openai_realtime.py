@@ -376,3 +376,35 @@ async def test_local_turn_detection_commits_on_callpipes_vad_and_cancels_on_barg
             await wait_until(lambda: bool(fake.last.truncates), timeout=3)
         assert fake.last.truncates[0]["audio_end_ms"] > 0
         assert calls[0].service.history[0].text == "hello"
+
+
+def test_fake_realtime_command_listens_on_loopback_only() -> None:
+    from callpipe.cli import main
+
+    with pytest.raises(SystemExit, match="loopback only"):
+        main(["fake-realtime", "--host", "0.0.0.0", "--port", "1"])
+
+
+def test_realtime_urls_and_session_shape() -> None:
+    from callpipe.services import realtime_protocol as proto
+
+    assert proto.realtime_url("https://api.openai.com/v1", "gpt-realtime") == (
+        "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+    )
+    assert proto.realtime_url("http://127.0.0.1:9/v1/", "m 1") == "ws://127.0.0.1:9/v1/realtime?model=m%201"
+    with pytest.raises(ValueError, match="http"):
+        proto.realtime_url("ftp://x/v1", "m")
+    config = proto.RealtimeConfig(model="m", voice="v", instructions="i", turn_detection="semantic_vad")
+    session = proto.session_update(config)["session"]
+    assert session["type"] == "realtime"
+    assert session["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
+    assert session["audio"]["input"]["transcription"] == {"model": "gpt-4o-mini-transcribe"}
+    assert proto.usage_tokens(
+        {"input_tokens": 5, "output_tokens": 7, "input_token_details": {"audio_tokens": 3}}
+    ) == (
+        5,
+        7,
+        3,
+        0,
+    )
+    assert proto.usage_tokens(None) == (0, 0, 0, 0)

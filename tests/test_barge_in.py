@@ -16,6 +16,7 @@ from starlette.websockets import WebSocketState
 
 from callpipe.pipeline import Pipeline, PipelineParams, PipelineTask
 from callpipe.pipeline.frames import (
+    BotInterruptionFrame,
     Frame,
     InterruptionFrame,
     StartFrame,
@@ -147,3 +148,31 @@ async def test_a_pending_media_send_is_never_overtaken_by_clear_nor_clear_by_med
     finally:
         await task.cancel("test over")
         await asyncio.wait_for(run, 5)
+
+
+async def _goodbye_then_hang_up(*, caller_talks_over_it: bool) -> tuple[list[str], list[Frame]]:
+    """The bot's last reply, then the end of the call; what went on the wire and past the output."""
+    ws, transport, task, run, (_slow, after) = await _running(slow_secs=0.0)
+    try:
+        await _speak(task, 1.5)
+        await task.stop_when_done()
+        await wait_until(lambda: ws.events().count("media") >= 10)
+        if caller_talks_over_it:
+            await transport.input()._user_started()  # the VAD hears the caller
+            await transport.input().process_frame(BotInterruptionFrame(), FrameDirection.UPSTREAM)
+        await asyncio.wait_for(run, 5)
+        return ws.events(), after.seen(InterruptionFrame)
+    finally:
+        if not run.done():
+            await task.cancel("test over")
+            await asyncio.wait_for(run, 5)
+
+
+async def test_the_goodbye_before_a_hang_up_is_not_interrupted() -> None:
+    # The bot said goodbye and ended the call: the EndFrame follows the goodbye's audio.
+    # The caller talking over it (a VAD start, or enough words) must not cut it off: the
+    # call hangs up once it has played, so an interruption would only lose the goodbye.
+    undisturbed, _ = await _goodbye_then_hang_up(caller_talks_over_it=False)
+    talked_over, interruptions = await _goodbye_then_hang_up(caller_talks_over_it=True)
+    assert "clear" not in talked_over and not interruptions
+    assert talked_over.count("media") == undisturbed.count("media") > 50

@@ -413,3 +413,17 @@ async def test_min_words_interrupts_the_bot_only_after_enough_words() -> None:
     await pipeline.queue_frame(InterimTranscriptionFrame("one two three four"))
     assert len(head.seen(BotInterruptionFrame)) == 1
     await pipeline.cleanup()
+
+
+async def test_after_the_end_frame_the_callers_last_words_get_no_reply() -> None:
+    # The bot said goodbye and asked to hang up (end_call): the EndFrame is on its way to
+    # the output, which plays the goodbye first. Words the caller adds meanwhile are kept
+    # in the context (and the record) but start no new LLM round over the goodbye.
+    context, _aggregator, recorder, pipeline = user_aggregator()
+    await pipeline.queue_frame(EndFrame())
+    await pipeline.queue_frame(started())
+    await pipeline.queue_frame(TranscriptionFrame("that's all, goodbye"))
+    await pipeline.queue_frame(stopped())
+    assert context.messages[-1] == {"role": "user", "content": "that's all, goodbye"}
+    assert recorder.seen(LLMContextFrame) == []
+    await pipeline.cleanup()

@@ -210,6 +210,9 @@ class LLMUserAggregator(FrameProcessor):
         self._interrupt_requested = False
         self._waiting_since: float | None = None
         self._timeout: asyncio.TimerHandle | None = None
+        # Set once an EndFrame has passed: the call is ending (the bot said goodbye and
+        # hangs up when it has played), so what the caller still says gets no new reply.
+        self._ending = False
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Aggregate transcripts; commit the turn at its end."""
@@ -260,6 +263,7 @@ class LLMUserAggregator(FrameProcessor):
             await self.push_frame(LLMContextFrame(context=self.context))
             return
         elif isinstance(frame, EndFrame | CancelFrame):
+            self._ending = True
             self._cancel_timeout()
         await self.push_frame(frame, direction)
 
@@ -304,6 +308,9 @@ class LLMUserAggregator(FrameProcessor):
         if not text:
             return
         self.context.add_message({"role": "user", "content": text})
+        if self._ending:
+            logger.info("the call is ending: the caller's last turn gets no reply")
+            return
         await self.push_frame(LLMContextFrame(context=self.context))
 
 

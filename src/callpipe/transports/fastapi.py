@@ -170,6 +170,9 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         self.reorder: ReorderBuffer[bytes] | None = ReorderBuffer(window, first_key=1) if window else None
         self._silence_payload = b""  # one encoded 20 ms of silence, made at the first gap
         self._stopped = False
+        # Set once an EndFrame has passed: the bot is saying its last words (a goodbye
+        # before end_call) and the call hangs up after them, so nothing interrupts them.
+        self._ending = False
         self._context: contextvars.Context | None = None
         self._interrupt_handle: asyncio.TimerHandle | None = None
         self.messages_received = 0
@@ -196,8 +199,11 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
             self._stop_reading()
             await self.push_frame(frame, direction)
         elif isinstance(frame, BotInterruptionFrame):
-            await self._interrupt()
+            if not self._ending:
+                await self._interrupt()
         else:
+            if isinstance(frame, EndFrame):
+                self._ending = True
             await self.push_frame(frame, direction)
 
     async def _start(self, frame: StartFrame) -> None:
@@ -472,7 +478,7 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         if self._observer is not None:
             self._observer.caller_started()
         await self.push_frame(UserStartedSpeakingFrame())
-        if not self.interruptions_allowed:
+        if not self.interruptions_allowed or self._ending:
             return
         if self._interruption_min_words > 0 and self._transport.output_processor.bot_speaking:
             # While the bot talks, the words decide: the user aggregator asks for the
@@ -488,7 +494,7 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
             await self._interrupt()
 
     def _interrupt_if_still_speaking(self) -> None:
-        if self._user_speaking and not self._stopped:
+        if self._user_speaking and not self._stopped and not self._ending:
             self._spawn_in_call(self._interrupt())
 
     async def _user_stopped(self, speech_ended_at: float) -> None:

@@ -110,6 +110,10 @@ async def _flood(url: str, delay: float) -> list[dict[str, object]]:
 
 
 @pytest.mark.slow
+# One rerun, bound unchanged: on the 2-core box a late-exiting process of an earlier test
+# (a browser, a server) has once pushed one run's gap p99 to 52 ms in a full suite, while
+# the same test alone passes every time (22-27 ms). A real regression fails both runs.
+@pytest.mark.flaky(reruns=1)
 @pytest.mark.parametrize("how", ["serve_app", "uvicorn.run"])
 async def test_two_floods_do_not_disturb_three_healthy_calls(
     speech_8k: bytes, tmp_path: Path, how: str

@@ -1,0 +1,59 @@
+"""A fake Telnyx REST API (FastAPI) that answers with Telnyx's wire shapes.
+
+Tests point :class:`callpipe.telnyx.api.TelnyxClient` at it (served by a real uvicorn via
+:class:`callpipe.server.background.BackgroundServer`) and then inspect
+``app.state.telnyx`` (:class:`FakeTelnyxState`): every request is recorded, calls are kept
+in a registry, and faults (429/5xx/slow/garbage) can be injected per path.
+
+Implemented, all under ``/v2``:
+
+* ``POST /calls`` (Call Control dial)
+* ``POST /texml/Accounts/{account_sid}/Calls`` (TeXML outbound call)
+* ``POST /calls/{call_control_id}/actions/{hangup,transfer,send_dtmf}``
+
+Listeners registered with :meth:`FakeTelnyxState.add_listener` receive a
+:class:`FakeCallEvent` for every state change made by the REST handlers.
+
+Optionally (``create_fake_telnyx_app(simulate_calls=True)``), a :class:`FakeTelnyxSimulator`
+listens and makes calls behave like Telnyx's: the dialled party answers, a
+:class:`~callpipe.sim.caller.SimulatedCaller` connects to the call's ``stream_url`` (or the
+``<Stream>`` of the TeXML fetched from a TeXML call's ``Url``) and plays the callee, and
+signed webhooks are POSTed as the call progresses:
+
+* Call Control calls (``POST /v2/calls``): JSON events ``call.initiated``,
+  ``call.answered``, ``streaming.started`` (``streaming.failed``), ``streaming.stopped``,
+  ``call.hangup`` to the dial's ``webhook_url`` or the simulator's, in Telnyx's envelope.
+* TeXML calls: form-encoded status callbacks to ``StatusCallback`` (for the events in
+  ``StatusCallbackEvent``) and stream callbacks to the ``<Stream statusCallback>``.
+
+A hang-up through the API makes the simulated callee's stream ``stop`` and close, the bot
+closing its socket ends the call, and every call is bounded by ``max_call_secs``.
+:func:`serve_fake_telnyx` runs it all standalone (``callpipe fake-telnyx``).
+
+Where Telnyx's public docs are silent, the behaviour chosen is marked "Assumption:".
+"""
+
+from callpipe.sim.fake_api.app import create_fake_telnyx_app, serve_fake_telnyx
+from callpipe.sim.fake_api.session import (
+    DEFAULT_MAX_CALL_SECS,
+    CalleeScript,
+    FakeCallSession,
+    WebhookDelivery,
+)
+from callpipe.sim.fake_api.simulator import FakeTelnyxSimulator
+from callpipe.sim.fake_api.state import FakeCall, FakeCallEvent, FakeTelnyxState, Fault, RecordedRequest
+
+__all__ = [
+    "DEFAULT_MAX_CALL_SECS",
+    "CalleeScript",
+    "FakeCall",
+    "FakeCallEvent",
+    "FakeCallSession",
+    "FakeTelnyxSimulator",
+    "FakeTelnyxState",
+    "Fault",
+    "RecordedRequest",
+    "WebhookDelivery",
+    "create_fake_telnyx_app",
+    "serve_fake_telnyx",
+]

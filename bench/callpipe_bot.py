@@ -81,12 +81,16 @@ class RecordsOn:
         self._started: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "websocket":
-            await self.app(scope, receive, send)
-            return
         from callpipe.records.model import CallRecord
         from callpipe.records.observer import CallObserver, current_observer
 
+        if scope["type"] == "lifespan" and self._started is None:
+            # Open the store (imports, migrations) at start-up, as `callpipe serve` does,
+            # not under the first calls.
+            self._started = asyncio.ensure_future(self.store.start())
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
         if self._started is None:
             self._started = asyncio.ensure_future(self.store.start())
         await asyncio.shield(self._started)

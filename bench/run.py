@@ -264,7 +264,10 @@ def main() -> int:
     parser.add_argument(
         "--records",
         action="store_true",
-        help="callpipe only: max concurrent calls with call records + recordings off, then on",
+        help="callpipe only: max concurrent calls with call records + recordings off and on",
+    )
+    parser.add_argument(
+        "--tries", type=int, default=2, help="with --records: runs per level, best one counts (default 2)"
     )
     args = parser.parse_args()
     if args.records:
@@ -314,8 +317,52 @@ def main() -> int:
     return 0
 
 
+class CapacitySearch:
+    """Doubling then bisecting for the largest N that passes, fed one level at a time.
+
+    The same steps as :func:`max_calls`, as a state machine, so that two configurations
+    can be searched in lock-step (each level run for one, then the other, under the same
+    machine conditions).
+    """
+
+    def __init__(self, start: int, limit: int) -> None:
+        self.limit = limit
+        self.best = 0
+        self.low = 0
+        self.high: int | None = None
+        self.level: int | None = start
+        self.bisections = 0
+        self.capped = False
+
+    def feed(self, passed: bool, overloaded: bool = False) -> None:
+        """The result of the level just run; sets :attr:`level` to the next one (``None``: done)."""
+        assert self.level is not None
+        n = self.level
+        if overloaded:
+            self.capped = True
+            self.high = n if self.high is None else min(self.high, n)
+        elif passed:
+            self.best = self.low = n
+        else:
+            self.high = n if self.high is None else min(self.high, n)
+        if self.high is None and not overloaded:
+            self.level = n * 2 if n * 2 <= self.limit else None
+            return
+        if self.high is None or self.bisections >= 3 or self.high - self.low <= max(2, self.low // 10):
+            self.level = None
+            return
+        self.bisections += 1
+        self.level = (self.low + self.high) // 2
+
+
 def compare_records(args: argparse.Namespace) -> int:
-    """Capacity (calls on time per process) with records and recordings off vs on."""
+    """Capacity (calls on time per process) with records and recordings off vs on.
+
+    Both servers run at once, pinned to the same core (an idle server costs nothing), and
+    the two searches advance in lock-step: every load level is run for "off" and then for
+    "on", so both see the same machine. A level passes if any of ``--tries`` runs passes
+    (a stray stall from another process fails one run; a real limit fails them all).
+    """
     import tempfile
 
     turn, _ = read_wav(ROOT / "src" / "callpipe" / "sim" / "data" / "caller_8k.wav")
@@ -323,19 +370,41 @@ def compare_records(args: argparse.Namespace) -> int:
     server_cpu = 0 if two_cpus else None
     if two_cpus:
         os.sched_setaffinity(0, {1})
-    found: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="callpipe-bench-records-") as directory:
+    labels = ("off", "on")
+    searches = {label: CapacitySearch(10, args.max_limit) for label in labels}
+    with (
+        tempfile.TemporaryDirectory(prefix="callpipe-bench-records-") as directory,
+        contextlib.ExitStack() as stack,
+    ):
+        servers = {}
         for label, extra in (("off", ()), ("on", ("--records", directory))):
             fw = Framework("callpipe", sys.executable, BENCH / "callpipe_bot.py", extra)
-            log(f"== callpipe, records and recordings {label}")
-            with bot_server(fw, server_cpu) as (url, pid):
-                best, capped = max_calls(url, pid, turn, args.duration, 10, args.max_limit)
-            found[label] = best
-            log(f"  -> {best}{' (load generator limit)' if capped else ''}")
+            servers[label] = stack.enter_context(bot_server(fw, server_cpu))
+        while any(s.level is not None for s in searches.values()):
+            for label in labels:
+                search = searches[label]
+                if search.level is None:
+                    continue
+                url, pid = servers[label]
+                passed = overloaded = False
+                for attempt in range(args.tries):
+                    report = load(url, pid, search.level, args.duration, turn)
+                    log(f"    records {label:3s} try {attempt + 1}: {describe(report)}")
+                    overloaded = report.generator_overloaded
+                    passed = passes(report)
+                    if passed or overloaded:
+                        break
+                search.feed(passed, overloaded)
         recordings = list(Path(directory).glob("recordings/*/*.wav"))
         log(f"  ({len(recordings)} recordings written)")
+    found = {label: searches[label].best for label in labels}
+    capped = [label for label in labels if searches[label].capped]
     change = (found["on"] - found["off"]) / max(1, found["off"]) * 100
-    print(f"max concurrent calls on time: records off {found['off']}, on {found['on']} ({change:+.0f}%)")
+    note = f" (load-generator limit: {', '.join(capped)})" if capped else ""
+    print(
+        f"max concurrent calls on time: records off {found['off']}, on {found['on']} ({change:+.0f}%){note}"
+    )
+    print(f"each level: best of {args.tries} runs of {args.duration:.0f} s, off and on alternately")
     print(f"machine: {machine()}; {datetime.date.today().isoformat()}")
     return 0
 

@@ -4,7 +4,7 @@ Why not the official ``telnyx`` SDK: it is a ~3.4 MB auto-generated package cove
 whole Telnyx API, with its own retry logic that generates a fresh request per attempt and
 does not keep a stable ``command_id`` across retries. Call Control de-duplicates commands by
 ``command_id``, so a retried ``dial`` or ``hangup`` must carry the *same* id or a lost
-response can turn into a second call. We need five endpoints with uniform retries,
+response can turn into a second call. We need a dozen endpoints with uniform retries,
 idempotency and typed errors, which is a small amount of code on top of ``httpx``.
 
 Retry policy (see :class:`TelnyxClient`): transport errors, ``429`` and ``5xx`` are retried
@@ -33,6 +33,7 @@ from urllib.parse import quote
 import httpx
 
 from callpipe import __version__
+from callpipe.telnyx.call_actions import CallActions, ClientState
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -277,7 +278,7 @@ _NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # --------------------------------------------------------------------------- client
 
 
-class TelnyxClient:
+class TelnyxClient(CallActions):
     """Async Telnyx REST client with retries, stable command ids and typed errors.
 
     ``max_retries`` is the number of *re*-tries, so a request is attempted at most
@@ -488,6 +489,25 @@ class TelnyxClient:
             }
         )
         return await self._request_data("POST", self._action_path(call_control_id, "send_dtmf"), body)
+
+    async def _action(
+        self,
+        call_control_id: str,
+        action: str,
+        fields: dict[str, Any],
+        *,
+        client_state: ClientState = None,
+        command_id: str | None = None,
+    ) -> dict[str, Any]:
+        """One Call Control action (see :class:`~callpipe.telnyx.call_actions.CallActions`)."""
+        body = _drop_none(
+            {
+                **fields,
+                "client_state": encode_client_state(client_state),
+                "command_id": command_id or str(uuid.uuid4()),
+            }
+        )
+        return await self._request_data("POST", self._action_path(call_control_id, action), body)
 
     # ------------------------------------------------------------------ transport
 

@@ -10,6 +10,8 @@ Implemented, all under ``/v2``:
 * ``POST /calls`` (Call Control dial)
 * ``POST /texml/Accounts/{account_sid}/Calls`` (TeXML outbound call)
 * ``POST /calls/{call_control_id}/actions/{hangup,transfer,send_dtmf}``
+* ``.../actions/{speak,playback_start,playback_stop,bridge,streaming_stop,record_start,
+  record_stop,suppression_start,suppression_stop}`` (``actions.py``)
 
 Listeners registered with :meth:`FakeTelnyxState.add_listener` receive a
 :class:`FakeCallEvent` for every state change made by the REST handlers.

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from callpipe.sim.fake_api.actions import add_action_routes
 from callpipe.sim.fake_api.session import DEFAULT_MAX_CALL_SECS, CalleeScript
 from callpipe.sim.fake_api.simulator import FakeTelnyxSimulator
 from callpipe.sim.fake_api.state import (
@@ -149,6 +150,8 @@ def create_fake_telnyx_app(
         return await handle(
             request, lambda body, ev: st._send_dtmf(call_control_id, body, ev), ("send_dtmf", call_control_id)
         )
+
+    add_action_routes(app, st, handle)  # speak, bridge, streaming_stop, record_*, suppression_*...
 
     # Everything else: recorded, faultable, and answered with Telnyx's 404 shape.
     @app.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])

@@ -158,6 +158,11 @@ class FakeCall:
     client_state: str | None = None
     transfers: list[dict[str, Any]] = field(default_factory=list)
     dtmf: list[dict[str, Any]] = field(default_factory=list)
+    # Call Control actions (speak, bridge, record_start, ...): see fake_api/actions.py.
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    bridged_with: str | None = None
+    recording: dict[str, Any] | None = None
+    suppression: str | None = None
 
     @property
     def is_alive(self) -> bool:

@@ -1,4 +1,10 @@
-"""The console's HTML pages: small templates shipped in ``static/``, filled with escaped values."""
+"""The console's HTML pages: small templates shipped in ``static/``, filled with escaped values.
+
+Two kinds of marks, and nothing more (five pages need no template engine):
+``{{>name}}`` is replaced, when the template is first read, by ``partials/name.html`` (the
+head and the navigation bar the signed-in pages share); ``{{key}}`` by the HTML-escaped
+value given for ``key`` on each render.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from fastapi.responses import HTMLResponse
 __all__ = ["render_page", "static_dir"]
 
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+_PARTIAL = re.compile(r"\{\{>(\w+)\}\}")
 
 # The pages load only their own scripts and styles, and connect only to this origin.
 CONTENT_SECURITY_POLICY = (
@@ -26,9 +33,13 @@ def static_dir() -> str:
     return str(resources.files("callpipe.console") / "static")
 
 
+def _read(folder: str, name: str) -> str:
+    return (resources.files("callpipe.console") / folder / f"{name}.html").read_text("utf-8")
+
+
 @functools.cache
 def _template(name: str) -> str:
-    return (resources.files("callpipe.console") / "static" / f"{name}.html").read_text("utf-8")
+    return _PARTIAL.sub(lambda match: _read("partials", match.group(1)).rstrip("\n"), _read("static", name))
 
 
 def render_page(name: str, values: dict[str, str], *, status: int = 200) -> HTMLResponse:

@@ -129,6 +129,7 @@ class CallRecord(msgspec.Struct, kw_only=True):
     end_reason: str = IN_PROGRESS
     hangup_by: str | None = None  # "caller", "bot", "server", "telnyx", ...
     amd: dict[str, Any] | None = None
+    transfer: dict[str, Any] | None = None  # a warm transfer: outcome, both legs (services/warm_transfer.py)
     body: dict[str, Any] | None = None
     query_params: dict[str, str] | None = None
     turns: list[Turn] = msgspec.field(default_factory=list)

@@ -252,6 +252,14 @@ class CallObserver:
         elif kind == "transfer":
             self.event("control", "transfer", {"to": to})
             self.note_end("transferred", "operator")
+        elif kind == "transfer_leg":
+            keep = ("call_control_id", "digit", "result", "hangup_cause", "hangup_source")
+            self.event("transfer_leg", event_type, {k: payload[k] for k in keep if k in payload})
+
+    def transfer(self, result: dict[str, Any]) -> None:
+        """A warm transfer ended (bridged, declined, ...): its outcome and both legs."""
+        self.record.transfer = dict(result)
+        self.event("transfer", str(result.get("outcome", "")), dict(result))
 
     def dtmf(self, digit: str) -> None:
         """The caller pressed a key."""

@@ -74,6 +74,7 @@ from callpipe.server.urls import decode_body as decode_body
 from callpipe.server.urls import encode_body as encode_body
 from callpipe.server.urls import stream_url as stream_url
 from callpipe.server.urls import texml_document as texml_document
+from callpipe.services.warm_transfer import transfer_of
 from callpipe.store.base import CallStore
 from callpipe.telnyx.api import TelnyxClient, TelnyxError
 from callpipe.transports.fastapi import fit_close_reason
@@ -592,6 +593,12 @@ async def _run_bot(state: ServerState, runner_args: RunnerArguments, ccid: str) 
 
 async def _handle_webhook(state: ServerState, event_type: str, ccid: str, payload: dict[str, Any]) -> None:
     """Deliver a Telnyx event to the call: here, or at the instance that holds it."""
+    caller = transfer_of(payload.get("client_state"))
+    if caller is not None and caller != ccid:
+        # An agent leg of a warm transfer: its events belong to the caller's call.
+        leg = control.ControlEvent(kind="transfer_leg", event_type=event_type, payload=payload)
+        await control.dispatch(state, caller, leg)
+        return
     event = control.ControlEvent(kind="webhook", event_type=event_type, payload=payload)
     result = await control.dispatch(state, ccid, event)
     if result == "not_found" and event_type == "call.hangup":

@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse, Response
 
 from callpipe import metrics
 from callpipe.pipeline.frames import AnsweringMachineDetectionFrame
+from callpipe.services import warm_transfer
 from callpipe.telnyx.api import TelnyxError
 from callpipe.transports.fastapi import transport_for_call
 
@@ -70,7 +71,8 @@ class ControlEvent(msgspec.Struct, frozen=True, omit_defaults=True):
     """What travels between instances: a Telnyx webhook or an operator's action.
 
     ``kind``: ``"webhook"`` (``event_type`` and ``payload`` as Telnyx sent them),
-    ``"hangup"`` (an operator ends the call) or ``"transfer"`` (to ``to``).
+    ``"hangup"`` (an operator ends the call), ``"transfer"`` (to ``to``) or
+    ``"transfer_leg"`` (a webhook of a warm transfer's agent leg, for the caller's call).
     """
 
     kind: str
@@ -137,6 +139,8 @@ async def deliver_locally(state: ServerState, ccid: str, event: ControlEvent) ->
             result = str(event.payload.get("result", ""))
             frame = AnsweringMachineDetectionFrame(result=result, event_type=event.event_type)
             await transport.push_call_event(frame)
+    elif event.kind == "transfer_leg":
+        warm_transfer.deliver(ccid, event.event_type, event.payload)
     elif event.kind == "hangup":
         logger.info("call %s hung up by an operator", ccid)
         await _end(state, ccid, "hung up by an operator")

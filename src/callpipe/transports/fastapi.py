@@ -74,6 +74,7 @@ from callpipe.telnyx.reorder import Gap, ReorderBuffer, order_key
 from callpipe.telnyx.stream import CALLER_TRACK
 from callpipe.transports.base_transport import BaseTransport
 from callpipe.transports.clock import OutputClock
+from callpipe.transports.digits import DigitCollector
 from callpipe.transports.guards import FloodGuard, InputGuard, Verdict
 from callpipe.transports.inbox import CallInbox
 from callpipe.transports.serializers import TelnyxFrameSerializer
@@ -290,6 +291,7 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
             reason = f"receive failed: {exc}"
             self._note_end("caller_hangup", "network")
         finally:
+            self._transport.digits.end()
             if not self._stopped:
                 self._stopped = True
                 logger.info("input ended: %s", reason)
@@ -365,7 +367,8 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
         if isinstance(event, protocol.DTMFEvent):
             if self._observer is not None:
                 self._observer.dtmf(event.digit)
-            await self.push_frame(InputDTMFFrame(button=event.digit))
+            if not self._transport.digits.feed(event.digit):  # a collect_digits takes it
+                await self.push_frame(InputDTMFFrame(button=event.digit))
         elif isinstance(event, protocol.MarkEvent):
             self._transport.output_processor.on_mark(event.name)
         elif isinstance(event, protocol.StopEvent):
@@ -970,6 +973,7 @@ class FastAPIWebsocketTransport(BaseTransport):
         for event in ("on_client_connected", "on_client_disconnected", "on_session_timeout"):
             self.register_event_handler(event)
         self.inbox = CallInbox(self.name)
+        self.digits = DigitCollector()  # collect_digits (transports/digits.py)
         self._input = FastAPIWebsocketInputTransport(self)
         self._output = FastAPIWebsocketOutputTransport(self)
         if self.serializer.call_control_id:

@@ -12,6 +12,8 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from callpipe.sim.caller import SimulatedCaller
+from callpipe.sim.fake_api.actions import ACTIONS
+from callpipe.sim.fake_api.agent import AgentCallees, FakeAgent, _AgentLeg
 from callpipe.sim.fake_api.session import (
     DEFAULT_MAX_CALL_SECS,
     CalleeScript,
@@ -30,7 +32,7 @@ from callpipe.telnyx.webhooks import (
 logger = logging.getLogger("callpipe.sim")
 
 
-class FakeTelnyxSimulator(SimulatorWebhooks):
+class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
     """Makes the fake's calls behave like real ones; attach with :meth:`attach` (a listener).
 
     For each dialled call (Call Control with ``stream_url``, or TeXML with a ``Url`` whose
@@ -85,6 +87,9 @@ class FakeTelnyxSimulator(SimulatorWebhooks):
         self.stream_end_hangup_secs = stream_end_hangup_secs
         self.webhook_timeout_secs = webhook_timeout_secs
         self.sessions: dict[str, FakeCallSession] = {}
+        #: Simulated transfer agents by number (``agent.py``).
+        self.agents: dict[str, FakeAgent] = {}
+        self._legs: dict[str, _AgentLeg] = {}
         self.webhooks: list[WebhookDelivery] = []
         self._state: FakeTelnyxState | None = None
         self._http = http_client
@@ -130,6 +135,8 @@ class FakeTelnyxSimulator(SimulatorWebhooks):
                     # Hung up while still ringing: the caller cancelled the call.
                     call.hangup_cause = "originator_cancel"
                 await self._request_end(found)
+        elif event.kind in ACTIONS or event.kind == "bridge":
+            self.on_action(event)
         # Assumption: transfer and send_dtmf are only recorded; the simulated callee
         # neither moves nor hears the tones.
 
@@ -216,6 +223,7 @@ class FakeTelnyxSimulator(SimulatorWebhooks):
             # Assumption: a flow that returns with the call still up (cannot happen in the
             # flows below) is ended by the network.
             self._end(session, "unknown", "unspecified")
+            self._end_bridged_peer(session)
             self._call_ended_webhooks(session)
             await self._flush(session)
         except Exception as exc:
@@ -239,6 +247,10 @@ class FakeTelnyxSimulator(SimulatorWebhooks):
 
     async def _call_control_flow(self, session: FakeCallSession) -> None:
         call = session.call
+        agent = self.agent_for(call)
+        if agent is not None:
+            await self._agent_flow(session, agent)
+            return
         self._call_control_event(session, "call.initiated", direction="outgoing", state="bridging")
         if not await self._ring(session):
             return
@@ -266,6 +278,8 @@ class FakeTelnyxSimulator(SimulatorWebhooks):
             return
         # The bot closed its stream (or it never connected): the call is still up and the
         # callee hears silence. Give the bot time to hang up through the API first.
+        if await self._stays_up(session):  # bridged, or the stream was stopped by the API
+            return
         if not await self._wait_ended(session, self.stream_end_hangup_secs):
             self._end(session, "callee")
 
@@ -291,7 +305,7 @@ class FakeTelnyxSimulator(SimulatorWebhooks):
                 from_number=call.from_,
                 to_number=call.to_number,
                 # Assumption: Twilio-style direction for calls placed through the API.
-                direction="outbound-api",
+                direction=str(call.params.get("Direction") or "outbound-api"),
                 call_status="in-progress",
                 connection_id=call.connection_id,
                 http=self._client(),
@@ -316,7 +330,8 @@ class FakeTelnyxSimulator(SimulatorWebhooks):
             custom_parameters=texml.custom_parameters,
             client_state=None,
         )
-        if call.is_alive:
+        # A bridged (transferred) call is no longer the document's: it ends with its parties.
+        if call.is_alive and not await self._stays_up(session):
             self._end(session, "callee" if closed_by == "caller" else "caller")
 
     async def _stream(
@@ -352,7 +367,10 @@ class FakeTelnyxSimulator(SimulatorWebhooks):
             self._stream_failed(session, "unsupported_codec")
             return ""
         session.caller = caller
-        turns = list(self.callee_script(call)) if self.callee_script is not None else []
+        if "sim_turns" in call.params:  # an inbound caller's own script (place_inbound_call)
+            turns = list(call.params["sim_turns"])
+        else:
+            turns = list(self.callee_script(call)) if self.callee_script is not None else []
         run = asyncio.ensure_future(caller.run(turns, hang_up_after_secs=self.callee_silence_secs))
         session._run_task = run
         # streaming.started once the WebSocket is up (SimulatedCaller sets .result then).

@@ -231,9 +231,13 @@ async def test_a_warm_transfer_bridges_the_agent_and_keeps_the_caller_up(world: 
     assert ("call.answered", agent_ccid) in legs and ("call.dtmf.received", agent_ccid) in legs
     steps = [e.name for e in record.events if e.type == "transfer"]
     assert steps == ["agent_dialled", "agent_answered", "bridged", "bridged"]  # the steps, then the outcome
+
     # Telnyx sent call.bridged for both legs.
-    bridged = [w.call_control_id for w in world.sim.webhooks if w.event_type == "call.bridged"]
-    assert sorted(bridged) == sorted([caller.call_control_id, agent_ccid])
+    def bridged() -> list[str]:
+        return sorted(w.call_control_id for w in world.sim.webhooks if w.event_type == "call.bridged")
+
+    await _wait(lambda: len(bridged()) == 2)
+    assert bridged() == sorted([caller.call_control_id, agent_ccid])
 
     # ... until the agent hangs up: then both legs end.
     await _wait(lambda: not caller.is_alive)

@@ -9,7 +9,7 @@ the fake's Call Control API, and the agent's webhooks come back, signed, to the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from callpipe.server.app import create_app
 from callpipe.server.background import BackgroundServer, free_port
 from callpipe.server.settings import ServerSettings
 from callpipe.services.call_policy import TransferPolicy
+from callpipe.services.llm import FunctionCallParams, TelephonyTools
 from callpipe.services.warm_transfer import WarmTransferConfig, WarmTransferResult, warm_transfer
 from callpipe.sim.bots import CannedReplyProcessor
 from callpipe.sim.caller import CallerTurn
@@ -116,6 +117,14 @@ def _bot(world_mode: dict[str, Any], results: list[Any], fake_url: str, webhook_
 
         async def act() -> None:
             await asyncio.sleep(0.4)  # after the greeting
+            if world_mode["kind"] == "cold":
+                async with TelnyxClient(API_KEY, base_url=fake_url, max_retries=0) as client:
+                    tools = TelephonyTools(
+                        call_control_id=ccid, client=client, transfer_policy=TransferPolicy.parse("+1555020*")
+                    )
+                    args = FunctionCallParams("transfer_call", "call-1", {"to": AGENT}, None, None)  # type: ignore[arg-type]
+                    results.append(await tools.transfer_call(args))
+                return
             if world_mode["kind"] == "digits":
                 result = await collect_digits(transport, max_digits=6, terminator="#", timeout=2.0)
                 results.append(result)
@@ -156,7 +165,7 @@ def _bot(world_mode: dict[str, Any], results: list[Any], fake_url: str, webhook_
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     port = free_port()
     webhook_url = f"http://127.0.0.1:{port}/webhooks/telnyx"
     sim = FakeTelnyxSimulator(webhook_url=webhook_url, callee_silence_secs=30.0, max_call_secs=30.0)
@@ -165,6 +174,10 @@ def world(tmp_path: Path) -> Iterator[World]:
     mode: dict[str, Any] = {"kind": "transfer"}
     results: list[Any] = []
     with BackgroundServer(fake_app) as fake:
+        # The bot's serializer hangs calls up through the (fake) API when its pipeline ends,
+        # as in production: a transferred caller must survive that.
+        monkeypatch.setenv("TELNYX_API_KEY", API_KEY)
+        monkeypatch.setenv("TELNYX_API_BASE_URL", fake.base_url + "/v2")
         settings = ServerSettings(  # type: ignore[call-arg]
             _env_file=None,
             public_url=f"http://127.0.0.1:{port}",
@@ -181,12 +194,6 @@ def world(tmp_path: Path) -> Iterator[World]:
         app.state.callpipe.record_sink = sink
         with BackgroundServer(app, port=port) as server:
             yield World(fake, fake_app.state.telnyx, sim, server, sink, mode, results)
-
-
-@pytest.fixture
-async def _env(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
-    monkeypatch.setenv("TELNYX_API_KEY", API_KEY)
-    yield
 
 
 async def _wait(condition: Any, timeout: float = 15.0) -> None:
@@ -313,3 +320,24 @@ async def test_collect_digits_and_call_actions_through_a_call(world: World) -> N
         f"/v2/calls/{session.call.call_control_id}/actions/suppression_start"
     )
     assert suppression and suppression[0].json["direction"] == "inbound"
+
+
+@pytest.mark.slow
+async def test_a_cold_transfer_of_a_texml_call_stays_up_until_the_agent_hangs_up(world: World) -> None:
+    """pipecat-ai/docs#986: a trailing <Pause> ended transferred calls. callpipe's TeXML has
+    none, the transfer keeps the call up when the bot's pipeline ends, and the caller stays
+    with the agent until the agent hangs up."""
+    world.mode["kind"] = "cold"
+    world.sim.agents[AGENT] = FakeAgent(hang_up_after_bridge_secs=1.5)
+    session = await world.call()
+    caller = session.call
+    record = await world.record(caller.call_control_id)
+    assert session.texml is not None and session.texml.verbs_after_stream == ()  # no <Pause> after the stream
+    assert world.results[0] == {"status": "transferring", "to": AGENT}
+    assert record.end_reason == "transferred"
+    assert caller.is_alive and caller.bridged_with is not None  # the bot left, the caller did not
+    await _wait(lambda: not caller.is_alive)
+    agent_call = world.state.calls[caller.bridged_with]
+    assert agent_call.ended_at is not None and caller.ended_at is not None
+    assert caller.ended_at >= agent_call.ended_at and caller.ended_at - record.ended_at > 1.0
+    assert not world.state.requests_to(f"/v2/calls/{caller.call_control_id}/actions/hangup")

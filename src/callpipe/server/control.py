@@ -153,6 +153,7 @@ async def deliver_locally(state: ServerState, ccid: str, event: ControlEvent) ->
             raise TelnyxError("transfers need TELNYX_API_KEY")
         logger.info("call %s transferred by an operator", ccid)
         await state.telnyx.transfer(ccid, to=event.to)
+        warm_transfer.keep_call_up(ccid)  # the bot leaving must not hang the transferred caller up
     return True
 
 

@@ -53,6 +53,7 @@ from callpipe.pipeline.processor import FrameDirection, FrameProcessor
 from callpipe.records import observer as records
 from callpipe.services.call_policy import PolicyError, TransferPolicy, check_dtmf
 from callpipe.services.context_window import trim_messages
+from callpipe.services.warm_transfer import keep_call_up
 
 if TYPE_CHECKING:
     from callpipe.audio.vad import SileroVADAnalyzer
@@ -621,6 +622,12 @@ class TelephonyTools:
             logger.warning("refused a transfer the model asked for: not an allowed number")
             return {"error": str(exc)}
         await self.client.transfer(self.call_control_id, to=to)
+        # The caller is now the transferee's: the bot leaving (Telnyx stops the stream)
+        # must neither hang the call up nor read as the caller hanging up.
+        keep_call_up(self.call_control_id)
+        observer = records.current()
+        if observer is not None:
+            observer.note_end("transferred", "bot")
         return {"status": "transferring", "to": to}
 
     async def send_dtmf(self, params: FunctionCallParams) -> Any:

@@ -146,6 +146,9 @@ class AgentCallees:
         if isinstance(amd, str) and amd != "disabled":
             result = "machine" if agent.machine else "human"
             self._call_control_event(session, "call.machine.detection.ended", result=result)
+        transfer_of = call.params.get("sim_transfer_of")
+        if isinstance(transfer_of, str):
+            self._complete_transfer(session, transfer_of)
         if agent.press:
             await self._wait_event_or_end(session, leg.spoken)
             if call.is_alive and not await self._wait_ended(session, agent.press_after_secs):
@@ -168,6 +171,52 @@ class AgentCallees:
             for task in (waiter, ended):
                 task.cancel()
 
+    # ------------------------------------------------------------------ transfers
+
+    async def on_transfer(self, event: FakeCallEvent) -> None:
+        """``actions/transfer`` to a simulated agent: dial leg B; once it answers, bridge A to it.
+
+        Assumption: as Telnyx documents for Call Control transfers, the original leg (A)
+        stays up and is connected to B; its media stream stops (the bot hears ``stop``),
+        and A ends when B hangs up. A transfer to any other number is only recorded.
+        """
+        to = str(event.params.get("to", ""))
+        state = self._state
+        if to not in self.agents or state is None:
+            return
+        a_leg = event.call
+        b_leg = FakeCall(
+            call_control_id="v3:" + secrets.token_urlsafe(40),
+            call_leg_id=str(uuid.uuid4()),
+            call_session_id=a_leg.call_session_id,
+            kind="call_control",
+            to=to,
+            from_=str(event.params.get("from") or a_leg.to_number),
+            connection_id=a_leg.connection_id,
+            params={"to": to, "sim_transfer_of": a_leg.call_control_id},
+            created_at=time.time(),
+        )
+        with state._lock:
+            state.calls[b_leg.call_control_id] = b_leg
+        await self.on_event(FakeCallEvent("dial", b_leg, {}))
+
+    def _complete_transfer(self, b_session: FakeCallSession, a_id: str) -> None:
+        a_session = self.sessions.get(a_id)
+        state = self._state
+        if a_session is None or state is None or not a_session.call.is_alive:
+            return
+        with state._lock:
+            a_session.call.bridged_with = b_session.call.call_control_id
+            b_session.call.bridged_with = a_id
+        self._bridged(b_session, a_id)
+        self._stop_stream(a_session)
+
+    def _stop_stream(self, session: FakeCallSession) -> None:
+        # Telnyx stops the stream (the bot's socket gets "stop"); the call stays up.
+        session.call.params["sim_stream_stopped"] = True
+        if session.caller is not None:
+            asyncio.get_running_loop().create_task(session.caller.hang_up())
+
     # ------------------------------------------------------------------ actions
 
     def on_action(self, event: FakeCallEvent) -> None:
@@ -186,10 +235,7 @@ class AgentCallees:
         elif kind == "bridge":
             self._bridged(session, str(params.get("call_control_id", "")))
         elif kind == "streaming_stop":
-            # Telnyx stops the stream (the bot's socket gets "stop"); the call stays up.
-            session.call.params["sim_stream_stopped"] = True
-            if session.caller is not None:
-                asyncio.get_running_loop().create_task(session.caller.hang_up())
+            self._stop_stream(session)
         elif kind == "record_stop":
             self._recording_saved(session)
         elif kind in ("playback_start", "playback_stop"):

@@ -137,8 +137,9 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
                 await self._request_end(found)
         elif event.kind in ACTIONS or event.kind == "bridge":
             self.on_action(event)
-        # Assumption: transfer and send_dtmf are only recorded; the simulated callee
-        # neither moves nor hears the tones.
+        elif event.kind == "transfer":
+            await self.on_transfer(event)  # to a simulated agent (agent.py); else only recorded
+        # Assumption: send_dtmf is only recorded; the simulated callee does not hear the tones.
 
     def notify_ended(self, call: FakeCall) -> None:
         """The call was ended outside the API (``FakeTelnyxState.end_call``): stop its callee.

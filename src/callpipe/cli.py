@@ -281,7 +281,15 @@ def _fake_telnyx(args: argparse.Namespace) -> int:
 
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
         raise SystemExit("the fake Telnyx API listens on loopback only (pass --allow-remote to override)")
-    serve_fake_telnyx(args.host, args.port, api_key=args.api_key, webhook_url=args.webhook_url)
+    from callpipe.sim.fake_api.callees import Callees, piper_voice
+
+    try:
+        callees = Callees.parse(args.callee or [], default=args.default_callee, voice=piper_voice())
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    serve_fake_telnyx(
+        args.host, args.port, api_key=args.api_key, webhook_url=args.webhook_url, callees=callees
+    )
     return 0
 
 
@@ -557,6 +565,18 @@ def _build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--port", type=int, default=8765)
     fake.add_argument("--api-key", default="test-key", help="the API key it accepts (default test-key)")
     fake.add_argument("--webhook-url", help="where to send signed call webhooks")
+    fake.add_argument(
+        "--callee",
+        action="append",
+        metavar="NUMBER=KIND",
+        help="what answers a dialled number: human, voicemail, screening, busy or no-answer (repeatable)",
+    )
+    fake.add_argument(
+        "--default-callee",
+        default="human",
+        choices=("human", "voicemail", "screening", "busy", "no-answer"),
+        help="what answers every other number (default human)",
+    )
     fake.add_argument("--allow-remote", action="store_true", help=argparse.SUPPRESS)
 
     realtime = sub.add_parser(

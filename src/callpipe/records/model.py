@@ -35,6 +35,8 @@ END_REASONS = (
     "error",
     "shutdown",
     "process_died",
+    "busy",  # dialled, never answered: the callee was busy (Telnyx hangup_cause user_busy)
+    "no_answer",  # dialled, never answered: it rang out (timeout / no_answer)
     IN_PROGRESS,
 )
 

@@ -240,7 +240,12 @@ class CallObserver:
         elif event_type == "call.answered" and self.record.answered_at is None:
             self.record.answered_at = time.time()
         elif event_type.startswith("call.machine."):
-            self.record.amd = {"event": event_type, "result": payload.get("result")}
+            # Merged: a voicemail policy adds its decision and times to the same dict.
+            self.record.amd = {
+                **(self.record.amd or {}),
+                "event": event_type,
+                "result": payload.get("result"),
+            }
 
     def control_event(self, kind: str, event_type: str, payload: Mapping[str, Any], *, to: str = "") -> None:
         """A webhook or an operator's action reached this call (possibly forwarded)."""

@@ -55,7 +55,7 @@ from callpipe.server.endpoints import error as _error
 from callpipe.server.endpoints import error_body as _error_body
 from callpipe.server.health import health_router, start_metrics_listener
 from callpipe.server.idempotency import IdempotencyCache
-from callpipe.server.records import close_record, open_record
+from callpipe.server.records import close_record, open_record, record_unanswered
 from callpipe.server.replay import ReplayGuard
 from callpipe.server.settings import ServerSettings
 from callpipe.server.telnyx_auth import TelnyxRequestAuth
@@ -528,7 +528,10 @@ async def _dial(
         call_control_id = str(data.get("call_sid") or data.get("call_control_id") or "")
     else:
         # Bound to no call (its id comes back from this dial): UNBOUND_TOKEN_TTL_SECS, one use.
-        url = stream_url(settings, direction="outbound", call_sid=None, extra={}, body=encoded)
+        # The AMD mode rides on the stream URL (``call_data["query_params"]["amd"]``) so the
+        # bot knows to wait for the result; the results come back as webhooks to us.
+        extra = {"amd": amd} if amd else {}
+        url = stream_url(settings, direction="outbound", call_sid=None, extra=extra, body=encoded)
         data = await state.telnyx.dial(
             to=number,
             from_=settings.telnyx_phone_number or "",
@@ -538,6 +541,7 @@ async def _dial(
             stream_bidirectional_mode="rtp",
             stream_bidirectional_codec=settings.stream_codec,
             answering_machine_detection=amd,
+            webhook_url=f"{http_base(settings)}/webhooks/telnyx" if amd else None,
         )
         call_control_id = str(data.get("call_control_id", ""))
     logger.info("dialled %s: %s", mask_number(number), call_control_id)
@@ -601,5 +605,5 @@ async def _handle_webhook(state: ServerState, event_type: str, ccid: str, payloa
         return
     event = control.ControlEvent(kind="webhook", event_type=event_type, payload=payload)
     result = await control.dispatch(state, ccid, event)
-    if result == "not_found" and event_type == "call.hangup":
+    if result == "not_found" and event_type == "call.hangup" and not record_unanswered(state, ccid, payload):
         logger.info("call.hangup for %s: no live call here or elsewhere", ccid)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from callpipe.log import mask_number
-from callpipe.records.model import CallRecord
+from callpipe.records.model import CallEvent, CallRecord
 from callpipe.records.observer import CallObserver, current_observer
 from callpipe.records.sink import NullSink, RecordSink
 from callpipe.runner import RunnerArguments
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from callpipe.server.app import ServerState
     from callpipe.server.settings import ServerSettings
 
-__all__ = ["close_record", "open_record", "recording_dir"]
+__all__ = ["close_record", "open_record", "record_unanswered", "recording_dir"]
 
 logger = logging.getLogger("callpipe.server")
 
@@ -99,6 +99,58 @@ async def close_record(observer: CallObserver, outcome: str, error: BaseExceptio
         await observer.finish(reason, by)
     except Exception:
         logger.exception("could not finish the call's record")
+
+
+# Telnyx hangup causes of a dial that was never answered -> the record's end_reason.
+# Assumption: "no_answer" as well as "timeout" may name a dial that rang out.
+UNANSWERED_CAUSES = {
+    "user_busy": "busy",
+    "timeout": "no_answer",
+    "no_answer": "no_answer",
+}
+
+
+def _wall(value: Any, default: float) -> float:
+    import datetime as dt
+
+    if isinstance(value, str) and value:
+        try:
+            return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    return default
+
+
+def record_unanswered(state: ServerState, ccid: str, payload: dict[str, Any]) -> bool:
+    """A ``call.hangup`` for an outbound dial that never answered (no stream, so no bot): record it.
+
+    Returns whether a record was written (``end_reason`` ``busy`` or ``no_answer``).
+    """
+    reason = UNANSWERED_CAUSES.get(str(payload.get("hangup_cause", "")))
+    if (
+        reason is None
+        or not ccid
+        or str(payload.get("direction", "outgoing")) not in ("outgoing", "outbound")
+    ):
+        return False
+    now = time.time()
+    ended = _wall(payload.get("end_time"), now)
+    record = CallRecord(
+        call_control_id=ccid,
+        direction="outbound",
+        from_=_text(payload.get("from")),
+        to=_text(payload.get("to")),
+        call_session_id=_text(payload.get("call_session_id")),
+        instance=state.store.instance_id if state.store is not None else None,
+        started_at=_wall(payload.get("start_time"), ended),
+        ended_at=ended,
+        end_reason=reason,
+        hangup_by=_text(payload.get("hangup_source")) or "callee",
+        events=[CallEvent(type="webhook", at=now, name="call.hangup", data=dict(payload))],
+    )
+    _sink_of(state).finish(record)
+    logger.info("dial-out %s never answered: %s", ccid, reason)
+    return True
 
 
 def _text(value: Any) -> str | None:

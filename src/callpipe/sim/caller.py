@@ -52,6 +52,8 @@ class CallerTurn:
     speaking (a polite caller). ``barge_in_after``: instead, start speaking this many
     seconds after the bot's audio starts being heard (an interruption). ``dtmf`` sends
     key presses instead of audio. ``pause_secs`` of silence come first.
+    ``require_answer``: if the bot still has not answered the previous turn after the
+    nudges, the caller hangs up instead of saying this turn (a call screener).
     """
 
     audio: bytes = b""
@@ -65,6 +67,7 @@ class CallerTurn:
     nudge_audio: bytes = b""
     nudge_text: str = "Hello?"
     max_nudges: int = 2
+    require_answer: bool = False
 
 
 @dataclass(kw_only=True)
@@ -377,6 +380,8 @@ class SimulatedCaller:
                 await self._wait_until(lambda now, after=after: self._bot_heard_since() >= after)
             elif turn.wait_for_bot:
                 await self._wait_for_answer(turn)
+                if turn.require_answer and not self._answered():
+                    return  # nobody answered: hang up
             if turn.pause_secs:
                 await asyncio.sleep(turn.pause_secs)
             if turn.dtmf:
@@ -391,10 +396,12 @@ class SimulatedCaller:
             self._speaking_turn = timing
             assert self.result is not None
             self.result.turns.append(timing)
-            self._emit("caller_turn", text=turn.text, secs=len(frames) * FRAME_SECS)
+            # ``frame``: where the turn starts in the recorded tracks (in 20 ms frames).
+            self._emit("caller_turn", text=turn.text, secs=len(frames) * FRAME_SECS, frame=self._frames_sent)
             self._speech.extend(frames)
             await self._wait_until(lambda now: not self._speech)
             timing.ended_at = self._spoke_until = time.monotonic()
+            self._emit("caller_turn_ended", text=turn.text)
         # Wait for the bot's last answer to finish, then hang up.
         await self._wait_until(lambda now: self._bot_quiet_for(now) >= hang_up_after_secs)
 

@@ -2,7 +2,7 @@
 "use strict";
 
 const END_REASONS = ["caller_hangup", "bot_ended", "transferred", "max_duration", "idle_timeout",
-  "error", "shutdown", "process_died", "in_progress"];
+  "error", "shutdown", "process_died", "busy", "no_answer", "in_progress"];
 
 function renderLive(calls) {
   const body = document.getElementById("live-calls");

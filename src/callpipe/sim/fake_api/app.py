@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from callpipe.sim.fake_api.actions import add_action_routes
+from callpipe.sim.fake_api.callees import Callees
 from callpipe.sim.fake_api.session import DEFAULT_MAX_CALL_SECS, CalleeScript
 from callpipe.sim.fake_api.simulator import FakeTelnyxSimulator
 from callpipe.sim.fake_api.state import (
@@ -41,6 +42,7 @@ def create_fake_telnyx_app(
     callee_script: CalleeScript | None = None,
     max_call_secs: float = DEFAULT_MAX_CALL_SECS,
     simulator: FakeTelnyxSimulator | None = None,
+    callees: Callees | None = None,
 ) -> FastAPI:
     """Build the fake Telnyx API; its :class:`FakeTelnyxState` is ``app.state.telnyx``.
 
@@ -48,8 +50,8 @@ def create_fake_telnyx_app(
     taken from it, not from the arguments).
 
     ``simulate_calls=True`` attaches a :class:`FakeTelnyxSimulator` built from
-    ``webhook_url``, ``webhook_private_key`` (default: a fresh key pair), ``callee_script``
-    and ``max_call_secs``; pass ``simulator`` instead to configure it fully. It is then
+    ``webhook_url``, ``webhook_private_key`` (default: a fresh key pair), ``callee_script``,
+    ``max_call_secs`` and ``callees`` (who answers which number); pass ``simulator`` instead to configure it fully. It is then
     ``app.state.simulator`` (and ``state.simulator``), its public key
     ``state.webhook_public_key``, and its calls are cleaned up when the app shuts down.
     """
@@ -61,6 +63,7 @@ def create_fake_telnyx_app(
             webhook_private_key=webhook_private_key,
             callee_script=callee_script,
             max_call_secs=max_call_secs,
+            callees=callees,
         )
     if sim is not None:
         sim.attach(st)
@@ -173,6 +176,7 @@ def serve_fake_telnyx(
     webhook_private_key: str | bytes | Ed25519PrivateKey | None = None,
     callee_script: CalleeScript | None = None,
     max_call_secs: float = DEFAULT_MAX_CALL_SECS,
+    callees: Callees | None = None,
     log_level: str = "info",
     announce: Callable[[str], None] = print,
 ) -> None:
@@ -188,6 +192,7 @@ def serve_fake_telnyx(
         webhook_private_key=webhook_private_key,
         callee_script=callee_script,
         max_call_secs=max_call_secs,
+        callees=callees,
     )
     state: FakeTelnyxState = app.state.telnyx
     # Bind first so the announced port is the real one (also for port=0).
@@ -204,6 +209,9 @@ def serve_fake_telnyx(
     announce(f"webhook public key (base64): {state.webhook_public_key}")
     target = webhook_url or "none by default (only to a dial's own webhook_url)"
     announce(f"webhooks: {target}")
+    if callees is not None and (callees.by_number or callees.default != "human"):
+        shown = ", ".join(f"{n}={k}" for n, k in callees.by_number.items())
+        announce(f"callees: {shown or '-'} (others: {callees.default})")
     config = uvicorn.Config(app, log_level=log_level, lifespan="on")
     try:
         # uvicorn shuts down gracefully on Ctrl-C (lifespan included), then re-raises it.

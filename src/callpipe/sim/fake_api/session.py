@@ -9,10 +9,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from callpipe.sim.caller import CallerTurn, CallResult, SimulatedCaller
 from callpipe.sim.fake_api.state import FakeCall
 from callpipe.sim.texml import TeXMLInstructions
+
+if TYPE_CHECKING:
+    from callpipe.sim.fake_api.callees import CalleePlan
 
 # --------------------------------------------------------------------------- simulator
 
@@ -80,6 +84,7 @@ class FakeCallSession:
     stream_started: bool = False
     stream_stopped: bool = False
     errors: list[str] = field(default_factory=list)
+    callee: CalleePlan | None = None  # who answers (``Callees``), and its AMD timeline
     finished: threading.Event = field(default_factory=threading.Event)
     _ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _run_task: asyncio.Future[CallResult] | None = field(default=None, repr=False)

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from callpipe.sim.caller import SimulatedCaller
 from callpipe.sim.fake_api.actions import ACTIONS
 from callpipe.sim.fake_api.agent import AgentCallees, FakeAgent, _AgentLeg
+from callpipe.sim.fake_api.callees import Callees
 from callpipe.sim.fake_api.session import (
     DEFAULT_MAX_CALL_SECS,
     CalleeScript,
@@ -71,6 +72,7 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
         stream_end_hangup_secs: float = 1.0,
         webhook_timeout_secs: float = 5.0,
         http_client: httpx.AsyncClient | None = None,
+        callees: Callees | None = None,
     ) -> None:
         if max_call_secs <= 0:
             raise ValueError("max_call_secs must be positive")
@@ -86,6 +88,8 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
         self.max_call_secs = max_call_secs
         self.stream_end_hangup_secs = stream_end_hangup_secs
         self.webhook_timeout_secs = webhook_timeout_secs
+        # Who answers each dialled number (callees.py): a person by default.
+        self.callees = callees if callees is not None else Callees()
         self.sessions: dict[str, FakeCallSession] = {}
         #: Simulated transfer agents by number (``agent.py``).
         self.agents: dict[str, FakeAgent] = {}
@@ -124,6 +128,7 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
         call = event.call
         if event.kind in ("dial", "texml_call"):
             session = FakeCallSession(call)
+            session.callee = self.callees.plan(call, human_silence_secs=self.callee_silence_secs)
             self.sessions[call.call_control_id] = session
             task = asyncio.create_task(self._run(session), name=f"fake-call:{call.call_control_id[:16]}")
             self._tasks.add(task)
@@ -237,6 +242,13 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
 
     async def _ring(self, session: FakeCallSession) -> bool:
         """Ring for ``answer_after_secs``, then answer; ``False`` if the call ended first."""
+        plan = session.callee
+        if plan is not None and not plan.answers:
+            # Busy or no answer: it rings, then the network ends the call with the cause.
+            ring, cause = plan.never_answered(session.call)
+            if not await self._wait_ended(session, ring):
+                self._end(session, "callee", cause)
+            return False
         if self.answer_after_secs > 0 and await self._wait_ended(session, self.answer_after_secs):
             return False
         call = session.call
@@ -368,11 +380,20 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
             self._stream_failed(session, "unsupported_codec")
             return ""
         session.caller = caller
+        hang_up_after = self.callee_silence_secs
+        plan = session.callee
         if "sim_turns" in call.params:  # an inbound caller's own script (place_inbound_call)
             turns = list(call.params["sim_turns"])
         else:
             turns = list(self.callee_script(call)) if self.callee_script is not None else []
-        run = asyncio.ensure_future(caller.run(turns, hang_up_after_secs=self.callee_silence_secs))
+            if plan is not None:
+                await plan.prepare(call, turns)
+                turns, hang_up_after, caller.on_event = (
+                    plan.turns,
+                    plan.hang_up_after_secs,
+                    plan.on_caller_event,
+                )
+        run = asyncio.ensure_future(caller.run(turns, hang_up_after_secs=hang_up_after))
         session._run_task = run
         # streaming.started once the WebSocket is up (SimulatedCaller sets .result then).
         while caller.result is None and not run.done():  # noqa: ASYNC110 - no connect hook in SimulatedCaller
@@ -380,7 +401,13 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
         if caller.result is not None:
             session.stream_started = True
             self._stream_event(session, started=True)
+            if plan is not None and call.kind == "call_control":
+                plan.started(
+                    caller, lambda event, result: self._call_control_event(session, event, result=result)
+                )
         await asyncio.wait({run})  # wait without cancelling the callee if we are cancelled
+        if plan is not None:
+            plan.stopped()
         try:
             result = run.result()
         except Exception as exc:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from callpipe.telnyx import protocol
+from callpipe.telnyx.stream import Media, Role, Stream
 
 FRAME = bytes(range(160))  # 20 ms of 8 kHz G.711
 MEDIA_TEXT = protocol.build_inbound_media(
@@ -42,12 +43,23 @@ def _stdlib_build() -> str:
 
 def run(iterations: int = 50_000) -> list[tuple[str, float]]:
     """Return ``(name, microseconds per message)`` rows."""
+    # The transport's path: our side of the stream machine, already streaming.
+    stream = Stream.streaming(Role.APP, stream_id="32DE0DEA-53CB-4B21-89A4-9E1819C043BC")
+    media = Media(FRAME)
     return [
         (
             "protocol.parse_event(media, 160 B)",
             _time_per_call(lambda: protocol.parse_event(MEDIA_TEXT), iterations),
         ),
         ("protocol.build_media(160 B)", _time_per_call(lambda: protocol.build_media(FRAME), iterations)),
+        (
+            "Stream.receive_event(media, 160 B) (the transport's receive)",
+            _time_per_call(lambda: stream.receive_event(MEDIA_TEXT), iterations),
+        ),
+        (
+            "Stream.send(Media(160 B)) (the transport's send)",
+            _time_per_call(lambda: stream.send(media), iterations),
+        ),
         ("reference: json.loads + b64decode", _time_per_call(_stdlib_parse, iterations)),
         ("reference: json.dumps + b64encode", _time_per_call(_stdlib_build, iterations)),
     ]

@@ -20,7 +20,7 @@ from callpipe.audio import SUPPORTED_ENCODINGS
 from callpipe.runner.types import CallData, RunnerArguments, TelnyxCallData, WebSocketRunnerArguments
 from callpipe.telnyx import protocol
 from callpipe.telnyx.stream import Role, State, Stream, StreamProtocolError
-from callpipe.transports.fastapi import fit_close_reason
+from callpipe.transports.params import fit_close_reason
 
 if TYPE_CHECKING:
     from callpipe.transports.fastapi import FastAPIWebsocketTransport
@@ -155,6 +155,8 @@ async def parse_telephony_websocket(
         }
     )
     websocket.state.callpipe_telephony = call_data
+    # The transport goes on with this machine: the stream's lifecycle is kept in one place.
+    websocket.state.callpipe_stream = stream
     return "telnyx", TelnyxCallData(call_data)
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "MarkEvent",
     "MediaEvent",
     "MediaFormat",
+    "MessageTooLarge",
     "ProtocolError",
     "StartEvent",
     "StopEvent",
@@ -58,6 +59,10 @@ class ProtocolError(ValueError):
     The message says what was wrong and where (for example
     ``invalid base64 at $.media.payload``).
     """
+
+
+class MessageTooLarge(ProtocolError):
+    """A message over the size limit, refused before any parsing work."""
 
 
 # --------------------------------------------------------------------------- wire types
@@ -334,7 +339,7 @@ def parse_event(text: str | bytes, *, max_length: int | None = None) -> Event:
         if isinstance(text, str) and size * 4 > max_length and not text.isascii():
             size = len(text.encode())
         if size > max_length:
-            raise ProtocolError(f"message of {size} bytes exceeds the limit of {max_length}")
+            raise MessageTooLarge(f"message of {size} bytes exceeds the limit of {max_length}")
     try:
         return _decoder.decode(text)
     except msgspec.ValidationError as exc:

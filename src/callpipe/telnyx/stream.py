@@ -63,7 +63,7 @@ class StreamProtocolError(protocol.ProtocolError):
     ``kind`` says which rule: ``malformed`` (not a valid message), ``handshake`` (no
     ``start`` within the bounds), ``state`` (not allowed in this state), ``role`` (the
     other side's message), ``stream_id`` (a message of another stream) or ``mark`` (an
-    echo of a mark never sent).
+    echo of a mark never sent) or ``size`` (a message over ``max_message_bytes``).
     """
 
     def __init__(self, message: str, *, kind: str) -> None:
@@ -181,7 +181,15 @@ SendEvent: TypeAlias = (
 )
 
 _APP_SENDS = (Media, Mark, Clear)
+# Enum members and classes as module globals: looked up on every media message.
+_MediaEvent = protocol.MediaEvent
 _TELNYX_SENDS = (Connected, Start, InboundMedia, DTMF, MarkEcho, Error, Stop)
+
+
+_APP = Role.APP
+_CLOSED = State.CLOSED
+_STOPPED = State.STOPPED
+_STREAMING = State.STREAMING
 
 
 @dataclass(slots=True)
@@ -225,6 +233,22 @@ class Stream:
         self._timestamp = -20
         self._call_control_id = ""  # Telnyx side: from the start sent, repeated in stop
 
+    @classmethod
+    def streaming(
+        cls,
+        role: Role,
+        *,
+        stream_id: str,
+        start: protocol.StartEvent | None = None,
+        tracks: Iterable[str] = (CALLER_TRACK,),
+        max_message_bytes: int | None = 64 * 1024,
+    ) -> Stream:
+        """A stream whose handshake was read elsewhere (it starts in ``STREAMING``)."""
+        stream = cls(role, stream_id=stream_id, tracks=tracks, max_message_bytes=max_message_bytes)
+        stream.state = State.STREAMING
+        stream.start = start
+        return stream
+
     # ------------------------------------------------------------------ state
 
     @property
@@ -243,19 +267,38 @@ class Stream:
 
     def receive(self, text: str | bytes) -> list[protocol.Event]:
         """Feed one WebSocket message; return the events it carries (often one, maybe none)."""
-        if self.state is State.CLOSED:
+        event = self.receive_event(text)
+        return [] if event is None else [event]
+
+    def receive_event(self, text: str | bytes) -> protocol.Event | None:
+        """Like :meth:`receive`, for the hot path: a message carries at most one event.
+
+        ``None`` when the message carries nothing for the caller (a filtered track, an
+        unexpected mark echo, a repeat, anything after ``stop``). No list is allocated.
+        """
+        state = self.state
+        if state is _CLOSED:
             raise self._fail("the stream is closed", "state")
         try:
             event = protocol.parse_event(text, max_length=self.max_message_bytes)
-        except StreamProtocolError:
-            raise
+        except protocol.MessageTooLarge as exc:
+            raise self._fail(str(exc), "size") from None
         except protocol.ProtocolError as exc:
             raise self._fail(str(exc), "malformed") from None
-        if self.state is State.STOPPED:
-            self.counters.ignored += 1
-            return []
-        if self.role is Role.APP:
+        if self.role is _APP:
+            if state is _STREAMING and type(event) is _MediaEvent:
+                # Every 20 ms of every call comes here: the common case first.
+                sid = event.stream_id
+                if sid and sid != self.stream_id and self.stream_id:
+                    raise self._fail(f"message of stream {sid!r} on stream {self.stream_id!r}", "stream_id")
+                return self._media(event)
+            if state is _STOPPED:
+                self.counters.ignored += 1
+                return None
             return self._app_receive(event)
+        if state is _STOPPED:
+            self.counters.ignored += 1
+            return None
         return self._telnyx_receive(event)
 
     def _check_stream_id(self, event: protocol.Event) -> None:
@@ -263,7 +306,7 @@ class Stream:
         if sid and self.stream_id and sid != self.stream_id:
             raise self._fail(f"message of stream {sid!r} on stream {self.stream_id!r}", "stream_id")
 
-    def _app_receive(self, event: protocol.Event) -> list[protocol.Event]:
+    def _app_receive(self, event: protocol.Event) -> protocol.Event | None:
         if self.state is not State.STREAMING:
             return self._handshake(event)
         self._check_stream_id(event)
@@ -272,64 +315,70 @@ class Stream:
         if isinstance(event, protocol.MarkEvent):
             if not self._take_mark(event.name):
                 self.counters.unexpected_marks += 1
-                return []
-            return [event]
+                return None
+            return event
         if isinstance(event, protocol.StopEvent):
             self.state = State.STOPPED
-            return [event]
+            return event
         if isinstance(event, (protocol.ConnectedEvent, protocol.StartEvent)):
             self.counters.ignored += 1
-            return []
+            return None
         if isinstance(event, protocol.ClearEvent):
             raise self._fail("'clear' is sent by the application, not by Telnyx", "role")
-        return [event]  # dtmf, error, unknown
+        return event  # dtmf, error, unknown
 
-    def _handshake(self, event: protocol.Event) -> list[protocol.Event]:
+    def _handshake(self, event: protocol.Event) -> protocol.Event | None:
         self._handshake_messages += 1
         if isinstance(event, protocol.StartEvent):
             self._check_stream_id(event)
             self.stream_id = event.stream_id
             self.start = event
             self.state = State.STREAMING
-            return [event]
+            return event
         if isinstance(event, protocol.ConnectedEvent) and self.state is State.AWAITING_CONNECTED:
             self.auth_token = event.auth_token
             self.state = State.AWAITING_START
-            result: list[protocol.Event] = [event]
+            result: protocol.Event | None = event
         elif isinstance(event, (protocol.UnknownEvent, protocol.ErrorEvent, protocol.StopEvent)):
             # The caller decides: another provider's handshake, an early error or stop.
-            result = [event]
+            result = event
             if isinstance(event, protocol.StopEvent):
                 self.state = State.STOPPED
         else:
             # Media or a stray mark before start: skipped, within the bounds.
             self.counters.handshake_skipped += 1
-            result = []
+            result = None
         if self._handshake_messages >= self.max_handshake_messages and self.state is not State.STOPPED:
             raise self._fail(f"no start message within {self.max_handshake_messages} messages", "handshake")
         return result
 
-    def _media(self, event: protocol.MediaEvent) -> list[protocol.Event]:
-        seq, chunk = event.sequence_number, event.chunk
-        if (seq is not None and seq <= self._last_media_seq) or (
-            chunk is not None and chunk <= self._last_chunk
-        ):
+    def _media(self, event: protocol.MediaEvent) -> protocol.Event | None:
+        media = event.media
+        seq, chunk = event.sequence_number, media.chunk
+        late = False
+        if seq is not None:
+            if seq <= self._last_media_seq:
+                late = True
+            else:
+                self._last_media_seq = seq
+        if chunk is not None:
+            if chunk <= self._last_chunk:
+                late = True
+            else:
+                self._last_chunk = chunk
+        if late:
             self.counters.media_out_of_order += 1
-        if seq is not None and seq > self._last_media_seq:
-            self._last_media_seq = seq
-        if chunk is not None and chunk > self._last_chunk:
-            self._last_chunk = chunk
-        if event.track not in self.tracks:
+        if media.track not in self.tracks:
             self.counters.media_filtered += 1
-            return []
-        return [event]
+            return None
+        return event
 
-    def _telnyx_receive(self, event: protocol.Event) -> list[protocol.Event]:
+    def _telnyx_receive(self, event: protocol.Event) -> protocol.Event | None:
         if isinstance(event, protocol.MarkEvent):
             self._pending[event.name] = self._pending.get(event.name, 0) + 1
-            return [event]
+            return event
         if isinstance(event, (protocol.MediaEvent, protocol.ClearEvent, protocol.UnknownEvent)):
-            return [event]
+            return event
         name = type(event).__name__.removesuffix("Event").lower()
         raise self._fail(f"{name!r} is sent by Telnyx, not by the application", "role")
 
@@ -347,6 +396,8 @@ class Stream:
 
     def send(self, event: SendEvent) -> str:
         """Turn ``event`` into the text to write on the socket, checking it is allowed now."""
+        if type(event) is Media and self.state is _STREAMING and self.role is _APP:
+            return protocol.build_media(event.payload)  # every 20 ms chunk of bot audio
         if self.state in (State.CLOSED, State.STOPPED):
             raise self._fail(f"cannot send {type(event).__name__} on a {self.state.value} stream", "state")
         if self.role is Role.APP:

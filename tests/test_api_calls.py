@@ -33,9 +33,10 @@ def _settings(**values: Any) -> ServerSettings:
 
 
 @pytest.fixture()
-def server(db_url: str) -> Iterator[tuple[BackgroundServer, str]]:
+def server(db_url: str, tmp_path: Path) -> Iterator[tuple[BackgroundServer, str]]:
     """A callpipe server whose store is on ``db_url`` (the test writes through its own store)."""
-    app = create_app(_noop_bot, _settings(callpipe_api_key=KEY), store=SqlCallStore(db_url))
+    settings = _settings(callpipe_api_key=KEY, recording_dir=str(tmp_path / "recordings"))
+    app = create_app(_noop_bot, settings, store=SqlCallStore(db_url))
     with BackgroundServer(app) as srv:
         yield srv, db_url
 
@@ -90,7 +91,8 @@ def test_default_store_is_sqlite_in_data_dir(tmp_path: Path, monkeypatch: pytest
 
 async def test_list_show_and_recording(server: tuple[BackgroundServer, str], tmp_path: Path) -> None:
     srv, url = server
-    wav = tmp_path / "rec.wav"
+    (tmp_path / "recordings").mkdir()
+    wav = tmp_path / "recordings" / "rec.wav"  # served only from under the server's RECORDING_DIR
     _stereo_wav(wav)
     t0 = time.time() - 3600
     async with started_store(url) as writer:
@@ -156,7 +158,8 @@ async def test_list_show_and_recording(server: tuple[BackgroundServer, str], tmp
         assert r.status_code == 206 and r.content == wav.read_bytes()[:44]
         r = await http.get("/api/calls/no-rec/recording")
         assert r.status_code == 404 and r.json()["error"]["code"] == "no_recording"
-        r = await http.get("/api/calls/gone-rec/recording")
-        assert r.status_code == 404 and r.json()["error"]["code"] == "recording_missing"
+        r = await http.get("/api/calls/gone-rec/recording")  # written by another (now stopped) instance
+        assert r.status_code == 404 and r.json()["error"]["code"] == "recording_unreachable"
+        assert r.json()["error"]["instance"] == full["instance"]
         r = await http.get("/api/calls/unknown/recording")
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"

@@ -120,3 +120,58 @@ async def test_the_internal_listener_takes_only_signed_fresh_events() -> None:
             assert await post(sign_forward(SECRET, too_big), too_big) == 413
     finally:
         await plane.stop()
+
+
+async def test_the_internal_recording_route_takes_only_signed_requests_for_one_call(
+    tmp_path: object,
+) -> None:
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from callpipe.records.model import CallRecord
+    from callpipe.server.control import FORWARD_HEADER, ControlPlane
+
+    mine = Path(str(tmp_path))
+    (mine / "c.wav").write_bytes(b"RIFF" + bytes(100))
+    records = {
+        "v3:mine": CallRecord(call_control_id="v3:mine", recording_path=str(mine / "c.wav")),
+        "v3:else": CallRecord(call_control_id="v3:else", recording_path=str(mine / "gone.wav")),
+    }
+
+    class Records:
+        instance_id = "here-1"
+
+        async def get_call(self, ccid: str) -> CallRecord | None:
+            return records.get(ccid)
+
+    state = _state(recording_dir=str(mine))
+    plane = ControlPlane(state, SECRET)
+    state.store = Records()  # type: ignore[assignment]
+    state.control = plane
+    await plane.start()
+    try:
+        async with httpx.AsyncClient(base_url=plane.url, timeout=5) as http:
+
+            async def get(ccid: str, message: bytes | None, **headers: str) -> httpx.Response:
+                if message is not None:
+                    headers[FORWARD_HEADER] = sign_forward(SECRET, message)
+                return await http.get(f"/internal/calls/{ccid}/recording", headers=headers)
+
+            assert (await get("v3:mine", None)).status_code == 401
+            assert (await get("v3:mine", b"GET recording v3:else")).status_code == 401  # another call's
+            stale = sign_forward(SECRET, b"GET recording v3:mine", now=time.time() - 120)
+            assert (
+                await http.get("/internal/calls/v3:mine/recording", headers={FORWARD_HEADER: stale})
+            ).status_code == 401
+            ok = await get("v3:mine", b"GET recording v3:mine", range="bytes=0-3")
+            assert (
+                ok.status_code == 206
+                and ok.content == b"RIFF"
+                and ok.headers["x-callpipe-recording-instance"] == "here-1"
+            )
+            assert (await get("v3:else", b"GET recording v3:else")).status_code == 404
+            assert (await get("v3:nobody", b"GET recording v3:nobody")).status_code == 404
+    finally:
+        await plane.stop()

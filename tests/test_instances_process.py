@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import httpx
 import pytest
 
 from callpipe.server.background import BackgroundServer
+from callpipe.server.recordings import SERVED_BY_HEADER as SERVED_BY
 from callpipe.sim.caller import CallResult, SimulatedCaller
 from callpipe.sim.fake_api import create_fake_telnyx_app
 from callpipe.telnyx.webhooks import generate_webhook_keypair, sign_webhook
@@ -53,13 +55,15 @@ def pg_url(postgres_server: Any) -> str:
 class Call:
     """A simulated call held open (a short greeting, then the bot waits for the caller) on one server."""
 
-    def __init__(self, served: Served) -> None:
+    def __init__(self, served: Served, greeting_secs: float = 0.2, hang_up_after_secs: float = 60) -> None:
         self.ccid = f"v3:i-{uuid.uuid4().hex[:12]}"
         self.caller = SimulatedCaller(
-            served.stream_url(self.ccid, greeting_secs=0.2), call_control_id=self.ccid, max_call_secs=40
+            served.stream_url(self.ccid, greeting_secs=greeting_secs),
+            call_control_id=self.ccid,
+            max_call_secs=40,
         )
         self.run: asyncio.Future[CallResult] = asyncio.ensure_future(
-            self.caller.run([], hang_up_after_secs=60)
+            self.caller.run([], hang_up_after_secs=hang_up_after_secs)
         )
         self.served = served
 
@@ -223,7 +227,13 @@ async def test_an_operator_transfer_is_sent_to_telnyx_by_the_instance_holding_th
 ) -> None:
     base_url, fake = fake_telnyx_api
     _, public = webhook_keys
-    env = _env(pg_url, public, TELNYX_API_KEY=TELNYX_KEY, TELNYX_API_BASE_URL=base_url)
+    env = _env(
+        pg_url,
+        public,
+        TELNYX_API_KEY=TELNYX_KEY,
+        TELNYX_API_BASE_URL=base_url,
+        TRANSFER_ALLOWED_NUMBERS="+1555765*",  # operator transfers obey the allowlist too
+    )
     with several(tmp_path, 2, env=env) as (holder, other):
         await asyncio.gather(holder.wait_ready(), other.wait_ready())
         call = await Call(holder).started()
@@ -245,6 +255,71 @@ async def test_an_operator_transfer_is_sent_to_telnyx_by_the_instance_holding_th
         assert response.status_code == 502 and response.json()["error"]["code"] == "telnyx_error", (
             response.text
         )
+
+
+async def _finished(served: Served, ccid: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The call's final record as ``served`` reads it from the shared store."""
+    deadline = time.monotonic() + timeout
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    while time.monotonic() < deadline:
+        response = await served.get(f"/api/calls/{ccid}", headers=headers)
+        if response.status_code == 200 and response.json()["end_reason"] != "in_progress":
+            data: dict[str, Any] = response.json()
+            return data
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{ccid} was not finished in the shared store")
+
+
+async def test_a_recording_is_served_by_any_instance(
+    tmp_path: Path, pg_url: str, webhook_keys: tuple[Any, str]
+) -> None:
+    """Holder and other keep recordings on their own disks; shared mounts the holder's directory."""
+    _, public = webhook_keys
+    disks = {name: tmp_path / f"recordings-{name}" for name in ("holder", "other")}
+    with ExitStack() as stack:
+        holder, other, shared = (
+            stack.enter_context(
+                callpipe_serve(tmp_path, name=name, env=_env(pg_url, public, RECORDING_DIR=str(disk)))
+            )
+            for name, disk in (*disks.items(), ("shared", disks["holder"]))
+        )
+        await asyncio.gather(holder.wait_ready(), other.wait_ready(), shared.wait_ready())
+        # The caller hangs up once the one-second greeting has played.
+        call = await Call(holder, greeting_secs=1.0, hang_up_after_secs=0.3).started()
+        assert (await call.ended(timeout=20)).bot_audio_secs >= 0.9
+        record = await _finished(other, call.ccid)
+        [wav] = disks["holder"].glob("**/*.wav")
+        content = wav.read_bytes()
+        assert content[:4] == b"RIFF" and len(content) > 8000
+        assert not list(disks["other"].glob("**/*.wav"))
+        url, auth = record["recording_url"], {"Authorization": f"Bearer {API_KEY}"}
+
+        # Not on its disk: streamed from the holder, whole and by range.
+        whole = await other.get(url, headers=auth)
+        assert whole.status_code == 200, whole.text
+        assert whole.content == content and whole.headers["content-type"] == "audio/wav"
+        assert whole.headers[SERVED_BY] == record["instance"]
+        part = await other.get(url, headers={**auth, "Range": "bytes=100-1099"})
+        assert part.status_code == 206 and part.content == content[100:1100]
+        assert part.headers["content-range"] == f"bytes 100-1099/{len(content)}"
+        assert (await other.get(url)).status_code == 401
+        # On a shared RECORDING_DIR any instance reads it from the disk itself.
+        local = await shared.get(url, headers={**auth, "Range": "bytes=0-43"})
+        assert local.status_code == 206 and local.content == content[:44]
+        assert local.headers[SERVED_BY] not in ("", record["instance"])
+
+        # Its instance gone: a disk that still sees the file serves it, else a clear answer
+        # that says where the file is.
+        holder.terminate()
+        assert await holder.wait_exit(20) == 0
+        assert (await shared.get(url, headers=auth)).content == content
+        assert (await other.get(url, headers=auth)).content == content  # (one box: it sees the file)
+        wav.unlink()
+        gone = await other.get(url, headers=auth)
+        assert gone.status_code == 404, gone.text
+        error = gone.json()["error"]
+        assert error["code"] == "recording_unreachable" and error["instance"] == record["instance"]
+        assert record["instance"] in error["detail"] and "RECORDING_DIR" in error["detail"]
 
 
 # --------------------------------------------------------------------------- workers

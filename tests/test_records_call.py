@@ -2,8 +2,9 @@
 
 The built-in assistant runs unchanged on real sockets against the wire-protocol fakes of
 Deepgram, OpenAI and Cartesia; a :class:`SimulatedCaller` speaks, barges in, presses a
-key; the bot ends the call with ``end_call``. The record (through a :class:`MemorySink`)
-and the stereo WAV on disk are then checked against what happened.
+key; the bot ends the call with ``end_call``. The record (through a :class:`MemorySink`, or
+read back over ``/api/calls`` from the SQLite or a real PostgreSQL store) and the stereo
+WAV (on disk, or downloaded through the API) are then checked against what happened.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ API_KEY = "cp-api-key-records-1"
 
 @dataclass
 class Served:
-    """The server, and where its records go: a MemorySink, or the store (SQLite) read over the API."""
+    """The server, and where its records go: a MemorySink, or the store (SQLite or PostgreSQL) read over the API."""
 
     server: BackgroundServer
     sink: MemorySink | None
@@ -123,7 +124,7 @@ def _record_from_json(data: dict[str, Any]) -> CallRecord:
     return msgspec.convert(data, CallRecord)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def served(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[Served]:
@@ -165,6 +166,10 @@ def served(
             recording_dir=str(recordings),
             data_dir=str(tmp_path / "data"),
             callpipe_api_key=API_KEY,
+            # The store's own database: a SQLite file in data_dir, or one on the real PostgreSQL server.
+            database_url=request.getfixturevalue("postgres_server").new_database()
+            if request.param == "postgresql"
+            else None,
         )
         app = create_app(bot, settings)
         sink = MemorySink() if request.param == "memory" else None

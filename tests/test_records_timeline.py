@@ -85,6 +85,40 @@ def test_a_final_transcript_before_the_vad_stop_counts_for_the_next_turn() -> No
     assert (latency.stt_final_ms, latency.vad_stop_ms, latency.llm_first_token_ms) == (100.0, 300.0, 400.0)
 
 
+def test_model_worker_queue_waits_join_the_turn_they_delayed() -> None:
+    tl, record, _ = _timeline()
+    tl.tts_queue_wait(0.02, T0 + 0.1)  # the greeting's first sentence waited for Piper
+    tl.bot_text("Hello.", T0 + 0.1)
+    tl.tts_first_audio(T0 + 0.2)
+    tl.tts_queue_wait(0.5, T0 + 0.3)  # a later sentence: not on the path to first audio
+    tl.audio_sent(T0 + 0.21)
+    tl.reply_ended(T0 + 0.3)
+    tl.bot_stopped(T0 + 1.0)
+    greeting = record.turns[0]
+    assert greeting.latency is not None
+    assert (greeting.latency.stt_queue_wait_ms, greeting.latency.tts_queue_wait_ms) == (None, 20.0)
+    assert greeting.latency.queue_wait_ms == 20.0
+
+    tl.caller_started(T0 + 2.0)
+    tl.stt_queue_wait(0.9, T0 + 2.4)  # a speculative transcription, dropped and run again:
+    tl.stt_queue_wait(0.1, T0 + 2.45)  # the last wait counts, not the sum
+    tl.caller_stopped(T0 + 2.3, T0 + 2.5)
+    tl.transcript("book me in", T0 + 2.6)
+    tl.llm_first_token(T0 + 2.7)
+    tl.tts_queue_wait(0.25, T0 + 2.8)
+    tl.bot_text("Done.", T0 + 2.8)
+    tl.tts_first_audio(T0 + 3.1)
+    tl.stt_queue_wait(2.0, T0 + 3.2)  # the next utterance's, after this reply started
+    reply = record.turns[-1].latency
+    assert reply is not None
+    assert (reply.stt_queue_wait_ms, reply.tts_queue_wait_ms, reply.queue_wait_ms) == (100.0, 250.0, 350.0)
+    # Without shared model workers (cloud providers) there is no queue wait at all.
+    assert record.turns[1].speaker == "caller"
+    plain = _timeline()
+    plain[0].bot_text("Hi.", T0)
+    assert plain[1].turns[0].latency is not None and plain[1].turns[0].latency.queue_wait_ms is None
+
+
 def test_barge_in_cuts_the_turn_and_keeps_what_was_heard() -> None:
     tl, record, _ = _timeline()
     tl.bot_text("One two three four five.", T0 + 0.1)

@@ -785,6 +785,44 @@ async def test_operator_hangs_up_a_live_call_through_the_api(monkeypatch: pytest
                 await asyncio.wait({run}, timeout=5)
 
 
+async def test_operator_transfers_obey_the_transfer_allowlist(monkeypatch: pytest.MonkeyPatch) -> None:
+    with serve(
+        monkeypatch, greeting_secs=8.0, end_after_greeting=False, transfer_allowed_numbers="+1555010*"
+    ) as h:
+        assert h.fake_state is not None
+        caller = SimulatedCaller(
+            f"{h.ws}?token={issue_token(SECRET, call_id='v3:xfer')}",
+            call_control_id="v3:xfer",
+            max_call_secs=15,
+        )
+        run = asyncio.ensure_future(caller.run([], hang_up_after_secs=30))
+        try:
+            await wait_for(lambda: h.state.calls, what="the call to start")
+            async with h.http() as http:
+                for refused in ("+19005550100", "sip:desk@pbx.example.com", "+1 555 0200 000"):
+                    response = await http.post(
+                        "/api/calls/v3:xfer/transfer", headers=h.auth, json={"to": refused}
+                    )
+                    assert response.status_code == 403, (refused, response.text)
+                    error = response.json()["error"]
+                    assert (
+                        error["code"] == "transfer_not_allowed"
+                        and "TRANSFER_ALLOWED_NUMBERS" in error["detail"]
+                    )
+                assert h.fake_state.requests_to("/v2/calls/v3:xfer/actions/transfer", "POST") == []
+                assert h.state.calls, "a refused transfer leaves the call alone"
+                allowed = await http.post(
+                    "/api/calls/v3:xfer/transfer", headers=h.auth, json={"to": "+1 555 0100 123"}
+                )
+            # It reached Telnyx, normalised (this fake never placed the call, so it refuses it).
+            [sent] = h.fake_state.requests_to("/v2/calls/v3:xfer/actions/transfer", "POST")
+            assert sent.json["to"] == "+15550100123"
+            assert allowed.status_code == 502 and allowed.json()["error"]["code"] == "telnyx_error"
+        finally:
+            await caller.hang_up()
+            await asyncio.wait({run}, timeout=5)
+
+
 # --------------------------------------------------------------------------- TeXML documents
 
 

@@ -15,12 +15,11 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from callpipe.console import views
 from callpipe.records.model import END_REASONS, IN_PROGRESS, CallRecord
@@ -172,10 +171,12 @@ def _add_call_actions(router: APIRouter, state: ServerState, guard: Guard) -> No
             record = await store.get_call(call_control_id)
         except Exception as exc:
             return _unavailable(exc)
-        path = Path(record.recording_path) if record and record.recording_path else None
-        if path is None or not await asyncio.to_thread(path.is_file):
-            return _error(404, "no_recording", "no recording of this call on this server")
-        return FileResponse(path, media_type="audio/wav", filename=f"{_file_name(call_control_id)}.wav")
+        if record is None:
+            return _error(404, "not_found", "no call with this id")
+        # From this disk, or streamed from the instance that holds the file.
+        from callpipe.server.recordings import recording_response
+
+        return await recording_response(state, request, record, f"{_file_name(call_control_id)}.wav")
 
     @router.get("/console/api/calls/{call_control_id:path}/live")
     async def call_live(request: Request, call_control_id: str) -> Response:

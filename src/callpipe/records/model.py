@@ -52,8 +52,11 @@ class Latency(msgspec.Struct, kw_only=True):
     """One bot turn's latency breakdown, each stage in ms from the caller's end of speech.
 
     ``None`` where a stage did not apply (a greeting has no caller speech before it; a
-    realtime model has no separate STT/LLM/TTS stages). ``queue_wait_ms`` is time spent
-    waiting for a shared model worker, when there is one.
+    realtime model has no separate STT/LLM/TTS stages). ``queue_wait_ms`` is the time
+    this turn's path to its first audio spent waiting for shared model workers (embedded
+    Whisper and Piper): ``stt_queue_wait_ms`` (the caller's transcript) plus
+    ``tts_queue_wait_ms`` (the first sentence's audio); ``None`` with no such worker. It is
+    part of the stages above, not a stage of its own: it says how much of them was queueing.
     """
 
     vad_stop_ms: float | None = None
@@ -63,6 +66,8 @@ class Latency(msgspec.Struct, kw_only=True):
     first_audio_sent_ms: float | None = None
     heard_ms: float | None = None
     queue_wait_ms: float | None = None
+    stt_queue_wait_ms: float | None = None
+    tts_queue_wait_ms: float | None = None
 
 
 class ToolCall(msgspec.Struct, kw_only=True):

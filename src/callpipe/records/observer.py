@@ -290,6 +290,14 @@ class CallObserver:
         """The LLM's first token of a reply."""
         self.timeline.llm_first_token(time.monotonic())
 
+    def queue_wait(self, stage: str, secs: float) -> None:
+        """A shared model worker made ``stage`` (``"stt"`` or ``"tts"``) wait ``secs``."""
+        if stage == "stt":
+            self.timeline.stt_queue_wait(secs, time.monotonic())
+        elif stage == "tts":
+            self.timeline.tts_queue_wait(secs, time.monotonic())
+        self.touch()
+
     def bot_text(self, text: str) -> None:
         """The TTS was given ``text`` to speak."""
         self.timeline.bot_text(text, time.monotonic())

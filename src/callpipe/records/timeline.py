@@ -43,6 +43,8 @@ class _Cycle:
     tts_first_audio: float | None = None
     first_audio_sent: float | None = None
     heard: float | None = None
+    stt_wait: float | None = None  # seconds the transcript waited for a shared model worker
+    tts_wait: float | None = None  # seconds the first audio waited for one
     turn: Turn | None = None
     reported: bool = False
 
@@ -50,6 +52,10 @@ class _Cycle:
         def ms(at: float | None) -> float | None:
             return None if at is None else round((at - self.anchor) * 1000.0, 1)
 
+        def wait_ms(secs: float | None) -> float | None:
+            return None if secs is None else round(secs * 1000.0, 1)
+
+        waits = [w for w in (self.stt_wait, self.tts_wait) if w is not None]
         return Latency(
             vad_stop_ms=ms(self.vad_stop),
             stt_final_ms=ms(self.stt_final),
@@ -57,6 +63,9 @@ class _Cycle:
             tts_first_audio_ms=ms(self.tts_first_audio),
             first_audio_sent_ms=ms(self.first_audio_sent),
             heard_ms=ms(self.heard),
+            queue_wait_ms=wait_ms(sum(waits)) if waits else None,
+            stt_queue_wait_ms=wait_ms(self.stt_wait),
+            tts_queue_wait_ms=wait_ms(self.tts_wait),
         )
 
 
@@ -96,6 +105,7 @@ class Timeline:
         self._speech_started: float | None = None
         self._speech_ended: float | None = None
         self._final_before_stop: float | None = None
+        self._stt_wait_before_stop: float | None = None
 
     # ----------------------------------------------------------------- caller
 
@@ -103,6 +113,7 @@ class Timeline:
         """The VAD heard the caller start speaking."""
         self._speech_started = at
         self._final_before_stop = None
+        self._stt_wait_before_stop = None
 
     def caller_stopped(self, speech_ended_at: float, at: float) -> None:
         """The VAD reported the end of speech at ``at``; the speech itself ended earlier."""
@@ -111,7 +122,9 @@ class Timeline:
         cycle = _Cycle(anchor=speech_ended_at, vad_stop=at)
         # A streaming STT often finalises before the VAD's stop window ends.
         cycle.stt_final = self._final_before_stop
+        cycle.stt_wait = self._stt_wait_before_stop
         self._final_before_stop = None
+        self._stt_wait_before_stop = None
         self._cycle = cycle
         last = self.record.turns[-1] if self.record.turns else None
         if last is not None and last.speaker == "caller" and last.ended_at is None:
@@ -144,6 +157,27 @@ class Timeline:
                 ended_at=None if ended is None else self._wall(ended),
             )
         )
+
+    def stt_queue_wait(self, secs: float, at: float) -> None:
+        """The caller's speech waited ``secs`` for a shared STT model worker.
+
+        The last wait before the reply starts counts (a speculative transcription that
+        was dropped and run again is one wait, not two); one reported in the VAD's stop
+        window belongs to the cycle that the stop opens.
+        """
+        cycle = self._cycle
+        if cycle is not None and not cycle.greeting and cycle.llm_first_token is None:
+            cycle.stt_wait = secs
+            self._refresh(cycle)
+        else:
+            self._stt_wait_before_stop = secs
+
+    def tts_queue_wait(self, secs: float, at: float) -> None:
+        """A sentence waited ``secs`` for a shared TTS model worker (counts until first audio)."""
+        cycle = self._cycle
+        if cycle is not None and cycle.tts_first_audio is None:
+            cycle.tts_wait = secs
+            self._refresh(cycle)
 
     # -------------------------------------------------------------------- bot
 

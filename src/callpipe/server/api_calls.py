@@ -6,18 +6,17 @@ when no key is configured (the records hold personal data; they are never open).
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
 from callpipe.records.model import END_REASONS, CallRecord
+from callpipe.server.recordings import recording_response
 from callpipe.store.base import CallFilter, CallStore
 from callpipe.store.queries import MAX_LIMIT, CursorError, parse_iso8601
 
@@ -139,26 +138,11 @@ async def get_call(request: Request, call_control_id: str) -> Response:
 
 @router.get("/{call_control_id}/recording")
 async def get_recording(request: Request, call_control_id: str) -> Response:
-    """The call's stereo WAV (caller left, bot right); Range requests work."""
+    """The call's stereo WAV (caller left, bot right), from any instance; Range requests work."""
     try:
         record = await _record(request, call_control_id)
     except _ApiError as exc:
         return exc.response
     except (SQLAlchemyError, OSError) as exc:
         return _unavailable(exc)
-    path = record.recording_path
-    if not path:
-        return JSONResponse(
-            {"error": {"code": "no_recording", "detail": "this call has no recording"}}, status_code=404
-        )
-    if not await asyncio.to_thread(os.path.isfile, path):
-        return JSONResponse(
-            {
-                "error": {
-                    "code": "recording_missing",
-                    "detail": "the recording file is not on this server's disk (deleted, or kept by another host)",
-                }
-            },
-            status_code=404,
-        )
-    return FileResponse(path, media_type="audio/wav", filename=f"{call_control_id}.wav")
+    return await recording_response(request.app.state.callpipe, request, record, f"{call_control_id}.wav")

@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse, Response
 from callpipe import metrics
 from callpipe.pipeline.frames import AnsweringMachineDetectionFrame
 from callpipe.services import warm_transfer
+from callpipe.services.call_policy import PolicyError, TransferPolicy
 from callpipe.telnyx.api import TelnyxError
 from callpipe.transports.fastapi import transport_for_call
 
@@ -421,6 +422,10 @@ def internal_app(state: ServerState, secret: str) -> FastAPI:
         metrics.REGISTRY.forwarded.labels(direction="received", result=result).inc()
         return JSONResponse({"delivered": delivered}, status_code=200 if delivered else 404)
 
+    # Imported here: the recordings module signs with this module's functions.
+    from callpipe.server.recordings import add_internal_route
+
+    add_internal_route(app, state, secret)
     return app
 
 
@@ -466,10 +471,34 @@ def control_router(state: ServerState) -> APIRouter:
         except (msgspec.DecodeError, AttributeError):
             to = None
         if not isinstance(to, str) or not to:
-            return _error(422, "bad_destination", 'the body must be {"to": "+E164 number or SIP URI"}')
+            return _error(422, "bad_destination", 'the body must be {"to": "+E164 number"}')
+        try:
+            to = _allowed_destination(state, to)
+        except PolicyError as exc:
+            logger.warning("operator transfer of %s refused: not on TRANSFER_ALLOWED_NUMBERS", ccid)
+            return _error(403, "transfer_not_allowed", str(exc))
         return await act(request, ccid, ControlEvent(kind="transfer", to=to))
 
     return router
+
+
+def _allowed_destination(state: ServerState, to: str) -> str:
+    """``to`` normalised if ``TRANSFER_ALLOWED_NUMBERS`` allows it, else :class:`PolicyError`.
+
+    The same allowlist the bot's ``transfer_call`` tool obeys: an API key that leaks must
+    not be a way to bridge calls to premium-rate numbers either. It holds E.164 numbers
+    and prefixes only, so SIP URIs are refused; empty, it allows no transfer at all.
+    """
+    policy = TransferPolicy.parse(state.settings.transfer_allowed_numbers)
+    try:
+        return policy.check(to)
+    except PolicyError:
+        # The policy's own message speaks to the model; the operator gets the setting's name.
+        shown = to if to.startswith("+") else "this destination"
+        raise PolicyError(
+            f"transfers to {shown} are not allowed: TRANSFER_ALLOWED_NUMBERS must list the E.164 "
+            "number or a +prefix* matching it (SIP URIs cannot be allowed)"
+        ) from None
 
 
 async def _read_capped(request: Request, limit: int) -> bytes | None:

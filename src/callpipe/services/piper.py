@@ -27,6 +27,7 @@ import soxr
 
 from callpipe.pipeline.frames import Frame, MetricsData, MetricsFrame, TTSPrefetchFrame
 from callpipe.pipeline.processor import FrameDirection
+from callpipe.records import observer as records
 from callpipe.services import warmup
 from callpipe.services.tts import TTSService
 from callpipe.services.whisper import STT_FALLBACK_LINE, LocalModelMissing
@@ -237,6 +238,9 @@ class PiperTTSService(TTSService):
 
     async def _report_wait(self, seconds: float) -> None:
         data = MetricsData(name="queue_wait", value=seconds, processor=self.name, model="piper")
+        observer = records.current()
+        if observer is not None:
+            observer.queue_wait("tts", seconds)
         await self.push_frame(MetricsFrame(data=[data]))
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import soxr
 
 from callpipe.pipeline.frames import MetricsData, MetricsFrame, TTSSpeakFrame
+from callpipe.records import observer as records
 from callpipe.services import warmup
 from callpipe.services.stt import SegmentedSTTService
 from callpipe.services.whisper_engine import WHISPER_RATE, WhisperEngine
@@ -214,6 +215,9 @@ class WhisperSTTService(SegmentedSTTService):
             await self.push_frame(TTSSpeakFrame(STT_FALLBACK_LINE))
             return ""
         data = MetricsData(name="queue_wait", value=result.queue_wait, processor=self.name, model="whisper")
+        observer = records.current()
+        if observer is not None:
+            observer.queue_wait("stt", result.queue_wait)
         await self.push_frame(MetricsFrame(data=[data]))
         return result.value
 

@@ -69,6 +69,10 @@ class CallStore(Protocol):
         """The internal base URL of the live instance holding this call, or ``None``."""
         ...
 
+    async def instance_url(self, instance_id: str) -> str | None:
+        """The internal base URL of a live instance (by id), or ``None`` (gone, or no URL)."""
+        ...
+
     async def take_dial_slot(self, rate_per_sec: float) -> bool:
         """One dial-out under a token bucket shared by every instance on this database."""
         ...

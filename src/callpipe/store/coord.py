@@ -172,6 +172,16 @@ async def owner_of(engine: AsyncEngine, call_control_id: str, stale_after: float
     return str(url) if url else None
 
 
+async def instance_url(engine: AsyncEngine, instance_id: str, stale_after: float) -> str | None:
+    """The internal URL of ``instance_id`` if it is alive (heartbeat within ``stale_after`` s)."""
+    query = sa.select(instances.c.internal_url).where(
+        instances.c.instance_id == instance_id, instances.c.heartbeat_at >= time.time() - stale_after
+    )
+    async with engine.connect() as conn:
+        url = (await conn.execute(query)).scalar_one_or_none()
+    return str(url) if url else None
+
+
 async def take_dial_slot(engine: AsyncEngine, rate_per_sec: float, name: str = "dial") -> bool:
     """Take one token from the shared bucket (refill ``rate``/s, capacity ``max(1, rate)``).
 

@@ -234,6 +234,10 @@ class SqlCallStore:
         """The internal base URL of the live instance holding this call, or ``None``."""
         return await coord.owner_of(self.engine, call_control_id, self.stale_after_secs)
 
+    async def instance_url(self, instance_id: str) -> str | None:
+        """The internal base URL of a live instance (by id), or ``None``."""
+        return await coord.instance_url(self.engine, instance_id, self.stale_after_secs)
+
     async def take_dial_slot(self, rate_per_sec: float) -> bool:
         """One dial-out under a token bucket shared by every instance on this database."""
         return await coord.take_dial_slot(self.engine, rate_per_sec)

@@ -130,7 +130,14 @@ function turnLine(item) {
     parts.push(CP.el("span", { class: "muted" }, "(audio, no words)"));
   }
   const v2v = turn.latency ? (turn.latency.heard_ms ?? turn.latency.first_audio_sent_ms) : null;
-  if (v2v !== null && v2v !== undefined) parts.push(CP.el("span", { class: "flag" }, `${Math.round(v2v)} ms`));
+  if (v2v !== null && v2v !== undefined) {
+    // How much of it was waiting for a shared model worker (embedded Whisper/Piper), if any.
+    const wait = turn.latency.queue_wait_ms;
+    const title = wait === null || wait === undefined ? "voice to voice"
+      : `voice to voice; ${Math.round(wait)} ms of it waiting for model workers`;
+    parts.push(CP.el("span", { class: "flag v2v", title, "data-queue-wait-ms": wait ?? "" }, `${Math.round(v2v)} ms`));
+    if (wait >= 50) parts.push(CP.el("span", { class: "flag queued" }, `⏳ ${Math.round(wait)} ms queued`));
+  }
   return parts;
 }
 

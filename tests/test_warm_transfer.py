@@ -21,7 +21,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
-from callpipe.pipeline.frames import EndFrame, TTSAudioRawFrame, TTSStartedFrame, TTSStoppedFrame
+from callpipe.pipeline.frames import (
+    EndFrame,
+    OutputAudioRawFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+)
 from callpipe.pipeline.pipeline import Pipeline
 from callpipe.pipeline.task import PipelineParams, PipelineRunner, PipelineTask
 from callpipe.records.model import CallRecord
@@ -31,15 +38,26 @@ from callpipe.server.app import create_app
 from callpipe.server.background import BackgroundServer, free_port
 from callpipe.server.settings import ServerSettings
 from callpipe.services.call_policy import TransferPolicy
-from callpipe.services.llm import FunctionCallParams, TelephonyTools
+from callpipe.services.call_tools import SORRY, CallTools
+from callpipe.services.llm import (
+    FunctionCallParams,
+    LLMContext,
+    LLMContextAggregatorPair,
+    LLMRunFrame,
+    TelephonyTools,
+)
+from callpipe.services.openai import OpenAILLMService
+from callpipe.services.telnyx_call import TelnyxCall
 from callpipe.services.warm_transfer import WarmTransferConfig, WarmTransferResult, warm_transfer
 from callpipe.sim.bots import CannedReplyProcessor
 from callpipe.sim.caller import CallerTurn
 from callpipe.sim.fake_api import FakeTelnyxSimulator, FakeTelnyxState, create_fake_telnyx_app
 from callpipe.sim.fake_api.agent import FakeAgent
 from callpipe.sim.fake_api.session import FakeCallSession
+from callpipe.sim.fake_openai import FakeToolCall, create_fake_openai_app
 from callpipe.telnyx.api import TelnyxClient
 from callpipe.transports.digits import collect_digits
+from tests.helpers import Recorder
 
 API_KEY = "KEY-warm-transfer"
 SECRET = "warm-transfer-secret-0123456789"
@@ -95,8 +113,53 @@ def _probe_loop(app: FastAPI) -> None:
     app.router.routes.insert(0, APIRoute("/loop-probe", probe, methods=["GET"]))
 
 
+async def _llm_bot(
+    runner_args: RunnerArguments, mode: dict[str, Any], results: list[Any], fake_url: str
+) -> None:
+    """The LLM decides to warm-transfer (the fake OpenAI's script); CallTools does it."""
+    transport = create_telnyx_transport(runner_args, vad=False)
+    ccid = runner_args.call_data["call_control_id"]
+    context = LLMContext(
+        messages=[{"role": "system", "content": "You are a receptionist."}], tools=CallTools.schemas()
+    )
+    aggregators = LLMContextAggregatorPair(context)
+    llm = OpenAILLMService(api_key="sk-xfer", base_url=mode["openai"])
+    probe = Recorder(name="probe")
+    task = PipelineTask(
+        Pipeline([transport.input(), aggregators.user(), llm, probe, transport.output()]),
+        params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
+    )
+    config = WarmTransferConfig(
+        connection_id="conn-xfer",
+        from_number="+15550100000",
+        webhook_url=mode["webhook_url"],
+        decision_secs=0.3,
+    )
+    async with TelnyxClient(API_KEY, base_url=fake_url, max_retries=0) as client:
+        tools = CallTools(
+            call_control_id=ccid, client=client, transfer_policy=TransferPolicy.parse(AGENT), config=config
+        )
+        tools.register(llm)
+
+        async def watch() -> None:
+            while not probe.seen(TTSSpeakFrame):  # noqa: ASYNC110 - a recorder has no waiter
+                await asyncio.sleep(0.02)
+            results.append((probe.seen(TTSSpeakFrame)[0].text, len(probe.seen(OutputAudioRawFrame)), context))
+            await task.queue_frame(EndFrame())
+
+        watcher = asyncio.create_task(watch())
+        await task.queue_frame(LLMRunFrame())
+        try:
+            await PipelineRunner().run(task)
+        finally:
+            watcher.cancel()
+
+
 def _bot(world_mode: dict[str, Any], results: list[Any], fake_url: str, webhook_url: str) -> Any:
     async def bot(runner_args: RunnerArguments) -> None:
+        if world_mode["kind"] == "llm":
+            await _llm_bot(runner_args, dict(world_mode, webhook_url=webhook_url), results, fake_url)
+            return
         transport = create_telnyx_transport(runner_args, vad=False)
         greeter = CannedReplyProcessor(tone(0.2), 8000, greeting=tone(0.3), hang_up_digit=None)
         task = PipelineTask(
@@ -140,9 +203,10 @@ def _bot(world_mode: dict[str, Any], results: list[Any], fake_url: str, webhook_
                 hold_audio_url="https://media.example.test/hold.mp3",
             )
             async with TelnyxClient(API_KEY, base_url=fake_url, max_retries=0) as client:
-                if world_mode.get("record"):
-                    await client.record_start(ccid, format="mp3", channels="dual", play_beep=False)
-                    await client.suppression_start(ccid, direction="inbound")
+                if world_mode.get("record"):  # the bot API
+                    call = TelnyxCall.of(runner_args, client)
+                    await call.record_start(format="mp3", channels="dual", play_beep=False)
+                    await call.suppression_start(direction="inbound")
                 outcome: WarmTransferResult = await warm_transfer(
                     ccid,
                     world_mode.get("to", AGENT),
@@ -165,7 +229,7 @@ def _bot(world_mode: dict[str, Any], results: list[Any], fake_url: str, webhook_
 
 
 @pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+def world(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     port = free_port()
     webhook_url = f"http://127.0.0.1:{port}/webhooks/telnyx"
     sim = FakeTelnyxSimulator(webhook_url=webhook_url, callee_silence_secs=30.0, max_call_secs=30.0)
@@ -188,6 +252,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
             telnyx_api_base_url=fake.base_url + "/v2",
             data_dir=str(tmp_path / "data"),
             recording=False,
+            **getattr(request, "param", {}),  # more settings, from @parametrize(..., indirect=True)
         )
         app = create_app(_bot(mode, results, fake.base_url + "/v2", webhook_url), settings)
         sink = MemorySink()
@@ -223,7 +288,8 @@ async def test_a_warm_transfer_bridges_the_agent_and_keeps_the_caller_up(world: 
     assert caller.actions[0]["loop"] == "infinity"
     assert caller.bridged_with == agent_ccid
     # The bot left; the caller is still on the line with the agent.
-    assert caller.is_alive and session.stream_stopped
+    await _wait(lambda: session.stream_stopped and session.result is not None)
+    assert caller.is_alive
     assert session.result is not None and session.result.closed_by == "telnyx"
     assert record.end_reason == "transferred" and record.hangup_by == "bot"
     assert record.transfer is not None
@@ -320,6 +386,30 @@ async def test_collect_digits_and_call_actions_through_a_call(world: World) -> N
         f"/v2/calls/{session.call.call_control_id}/actions/suppression_start"
     )
     assert suppression and suppression[0].json["direction"] == "inbound"
+    record = await world.record(session.call.call_control_id)
+    actions = [(e.name, e.data) for e in record.events if e.type == "action"]
+    assert actions == [
+        ("record_start", {"format": "mp3", "channels": "dual", "play_beep": False}),
+        ("suppression_start", {"direction": "inbound"}),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "world",
+    [{"telnyx_recording": "wav", "telnyx_recording_channels": "dual", "telnyx_noise_suppression": "both"}],
+    indirect=True,
+)
+async def test_settings_start_recording_and_noise_suppression_on_every_call(world: World) -> None:
+    world.mode["kind"] = "digits"
+    session = await world.call([CallerTurn(dtmf="#", pause_secs=0.6, wait_for_bot=False)])
+    ccid = session.call.call_control_id
+    record = await world.record(ccid)
+    start = world.state.requests_to(f"/v2/calls/{ccid}/actions/record_start")
+    assert len(start) == 1 and (start[0].json["format"], start[0].json["channels"]) == ("wav", "dual")
+    suppression = world.state.requests_to(f"/v2/calls/{ccid}/actions/suppression_start")
+    assert len(suppression) == 1 and suppression[0].json["direction"] == "both"
+    assert [e.name for e in record.events if e.type == "action"] == ["record_start", "suppression_start"]
 
 
 @pytest.mark.slow
@@ -341,3 +431,28 @@ async def test_a_cold_transfer_of_a_texml_call_stays_up_until_the_agent_hangs_up
     assert agent_call.ended_at is not None and caller.ended_at is not None
     assert caller.ended_at >= agent_call.ended_at and caller.ended_at - record.ended_at > 1.0
     assert not world.state.requests_to(f"/v2/calls/{caller.call_control_id}/actions/hangup")
+
+
+@pytest.mark.slow
+async def test_the_llm_tool_holds_the_caller_and_says_when_the_agent_declines(world: World) -> None:
+    def script(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[Any]:
+        if messages[-1]["role"] == "system":
+            return [
+                "Please hold while I connect you.",
+                FakeToolCall("warm_transfer", {"to": AGENT, "summary": SUMMARY}),
+            ]
+        return []
+
+    world.sim.agents[AGENT] = agent = FakeAgent(press="2", answer_after_secs=1.0)
+    with BackgroundServer(create_fake_openai_app("sk-xfer", script=script)) as openai:
+        world.mode.update(kind="llm", openai=openai.base_url + "/v1")
+        session = await world.call()
+        record = await world.record(session.call.call_control_id)
+    said, hold_frames, context = world.results[0]
+    assert said == SORRY["declined"]
+    assert hold_frames >= 1  # the bot's own hold tone played while the agent was dialled
+    assert agent.heard and agent.heard[0].startswith(SUMMARY)
+    assert "did not go through" in context.messages[-1]["content"]
+    assert record.transfer is not None and record.transfer["outcome"] == "declined"
+    tools = [c.name for t in record.turns for c in t.tool_calls]
+    assert "warm_transfer" in tools

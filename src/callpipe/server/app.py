@@ -74,6 +74,7 @@ from callpipe.server.urls import decode_body as decode_body
 from callpipe.server.urls import encode_body as encode_body
 from callpipe.server.urls import stream_url as stream_url
 from callpipe.server.urls import texml_document as texml_document
+from callpipe.services.telnyx_call import start_call_actions
 from callpipe.services.warm_transfer import transfer_of
 from callpipe.store.base import CallStore
 from callpipe.telnyx.api import TelnyxClient, TelnyxError
@@ -565,6 +566,7 @@ async def _run_bot(state: ServerState, runner_args: RunnerArguments, ccid: str) 
     active = _ActiveCall(task=task, call_control_id=ccid, started_at=time.monotonic(), observer=observer)
     state.calls[ccid] = active
     metrics.REGISTRY.call_started()
+    _start_call_actions(state, ccid, observer)
     outcome = "completed"
     failure: BaseException | None = None
     try:
@@ -593,6 +595,26 @@ async def _run_bot(state: ServerState, runner_args: RunnerArguments, ccid: str) 
         if websocket.client_state != WebSocketState.DISCONNECTED:
             with contextlib.suppress(Exception):
                 await websocket.close(code=1000, reason="call ended")
+
+
+def _start_call_actions(state: ServerState, ccid: str, observer: CallObserver | None) -> None:
+    """TELNYX_RECORDING / TELNYX_NOISE_SUPPRESSION: asked for in the background (the call does not wait)."""
+    settings = state.settings
+    if state.telnyx is None or (
+        settings.telnyx_recording == "off" and settings.telnyx_noise_suppression == "off"
+    ):
+        return
+    control._spawn(
+        state,
+        start_call_actions(
+            state.telnyx,
+            ccid,
+            observer,
+            recording=settings.telnyx_recording,
+            recording_channels=settings.telnyx_recording_channels,
+            noise_suppression=settings.telnyx_noise_suppression,
+        ),
+    )
 
 
 async def _handle_webhook(state: ServerState, event_type: str, ccid: str, payload: dict[str, Any]) -> None:

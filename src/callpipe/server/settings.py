@@ -53,6 +53,10 @@ class ServerSettings(BaseSettings):
     max_webhook_bytes: int = Field(default=65536, gt=0)
     idempotency_ttl_secs: float = Field(default=86400.0, gt=0)
     transfer_allowed_numbers: str | None = None
+    # Telnyx-side actions at the start of every call (services/telnyx_call.py).
+    telnyx_recording: str = "off"  # off | wav | mp3: Telnyx's record_start
+    telnyx_recording_channels: str = "single"  # single | dual (one channel per leg)
+    telnyx_noise_suppression: str = "off"  # off | inbound | outbound | both: suppression_start
 
     # Several instances and workers (see docs/architecture.md, "Several instances").
     max_calls: int = Field(default=0, ge=0)  # live calls per process; 0 = no limit
@@ -137,6 +141,21 @@ class ServerSettings(BaseSettings):
                 raise SettingsError(str(exc)) from None
         if self.dial_mode not in ("texml", "call_control"):
             raise SettingsError(f"DIAL_MODE must be 'texml' or 'call_control', not {self.dial_mode!r}")
+        for name, allowed in (
+            ("telnyx_recording", ("off", "wav", "mp3")),
+            ("telnyx_recording_channels", ("single", "dual")),
+            ("telnyx_noise_suppression", ("off", "inbound", "outbound", "both")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise SettingsError(
+                    f"{name.upper()} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}"
+                )
+        if (self.telnyx_recording != "off" or self.telnyx_noise_suppression != "off") and not self.secret(
+            "telnyx_api_key"
+        ):
+            raise SettingsError(
+                "TELNYX_RECORDING / TELNYX_NOISE_SUPPRESSION need TELNYX_API_KEY (see .env.example)"
+            )
 
     def check_for_dial_out(self) -> None:
         """Settings that ``POST /start`` needs (checked at start-up when dial-out is on)."""

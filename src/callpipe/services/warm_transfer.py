@@ -218,6 +218,7 @@ class WarmTransfer:
         self.events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self.agent_ccid: str | None = None
         self._agent_ended = False
+        self._bridged = False
 
     async def run(self, to: str, summary: str) -> WarmTransferResult:
         """Transfer the caller to ``to`` after telling the agent ``summary``; never raises for Telnyx errors."""
@@ -240,10 +241,19 @@ class WarmTransfer:
             if result.outcome == "bridged":
                 holding = await self._bridge(holding)
         except TelnyxError as exc:
-            logger.warning("warm transfer of %s failed: %s", self.caller_ccid, exc)
-            result.outcome, result.reason = "failed", f"Telnyx refused a command: {exc}"
+            logger.warning("warm transfer of %s: Telnyx refused a command: %s", self.caller_ccid, exc)
+            if self._bridged:  # the caller is with the agent; only leaving the call failed
+                result.reason += f" (stopping the bot's stream failed: {exc})"
+            else:
+                result.outcome, result.reason = "failed", f"Telnyx refused a command: {exc}"
         except asyncio.CancelledError:
-            await asyncio.shield(self._give_up(holding))
+            # Telnyx's "stop" after streaming_stop may end the bot's pipeline (and cancel
+            # us) before that command's answer arrives: a bridged call is left as it is.
+            if self._bridged:
+                result.outcome, result.agent_call_control_id = "bridged", self.agent_ccid
+                self._finish(result)
+            else:
+                await asyncio.shield(self._give_up(holding))
             raise
         finally:
             _active.pop(self.caller_ccid, None)
@@ -320,6 +330,7 @@ class WarmTransfer:
         if holding:
             await self._stop_hold()
         await self.client.bridge(self.caller_ccid, self.agent_ccid)
+        self._bridged = True
         keep_call_up(self.caller_ccid)
         observer = records.current()
         if observer is not None:

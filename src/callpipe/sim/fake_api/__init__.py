@@ -28,6 +28,10 @@ signed webhooks are POSTed as the call progresses:
 * TeXML calls: form-encoded status callbacks to ``StatusCallback`` (for the events in
   ``StatusCallbackEvent``) and stream callbacks to the ``<Stream statusCallback>``.
 
+Simulated transfer agents (``simulator.agents[number] = FakeAgent(...)``), inbound
+callers (``simulator.place_inbound_call(texml_url)``) and what the call actions do to
+calls (bridged legs stay up until a party hangs up) are in ``agent.py``.
+
 A hang-up through the API makes the simulated callee's stream ``stop`` and close, the bot
 closing its socket ends the call, and every call is bounded by ``max_call_secs``.
 :func:`serve_fake_telnyx` runs it all standalone (``callpipe fake-telnyx``).

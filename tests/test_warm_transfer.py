@@ -14,12 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
-from fastapi.routing import APIRoute
 
 from callpipe.pipeline.frames import (
     EndFrame,
@@ -58,6 +54,7 @@ from callpipe.sim.fake_openai import FakeToolCall, create_fake_openai_app
 from callpipe.telnyx.api import TelnyxClient
 from callpipe.transports.digits import collect_digits
 from tests.helpers import Recorder
+from tests.sim_support import on_fake_loop, probe_loop
 
 API_KEY = "KEY-warm-transfer"
 SECRET = "warm-transfer-secret-0123456789"
@@ -85,7 +82,7 @@ class World:
 
     async def call(self, turns: list[CallerTurn] | None = None) -> FakeCallSession:
         url = f"{self.server.base_url}/texml/{TEXML_SECRET}"
-        call = await _on_loop(self.fake, self.sim.place_inbound_call(url, turns=turns or []))
+        call = await on_fake_loop(self.fake, self.sim.place_inbound_call(url, turns=turns or []))
         return self.sim.sessions[call.call_control_id]
 
     async def record(self, ccid: str, timeout: float = 20.0) -> CallRecord:
@@ -93,24 +90,6 @@ class World:
             while ccid not in self.sink.finished:  # noqa: ASYNC110 - the sink has no waiter
                 await asyncio.sleep(0.02)
         return self.sink.finished[ccid]
-
-
-async def _on_loop(server: BackgroundServer, coro: Any) -> Any:
-    """Run ``coro`` on the fake server's event loop (where its simulator lives)."""
-    async with httpx.AsyncClient() as http:
-        await http.get(f"{server.base_url}/loop-probe")
-    loop = server.server.config.app.state.loop
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
-
-
-def _probe_loop(app: FastAPI) -> None:
-    """A route (first, before the fake's catch-all) that remembers the server's loop."""
-
-    async def probe(request: Request) -> Response:
-        request.app.state.loop = asyncio.get_running_loop()
-        return Response("ok")
-
-    app.router.routes.insert(0, APIRoute("/loop-probe", probe, methods=["GET"]))
 
 
 async def _llm_bot(
@@ -234,7 +213,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
     webhook_url = f"http://127.0.0.1:{port}/webhooks/telnyx"
     sim = FakeTelnyxSimulator(webhook_url=webhook_url, callee_silence_secs=30.0, max_call_secs=30.0)
     fake_app = create_fake_telnyx_app(API_KEY, simulator=sim)
-    _probe_loop(fake_app)
+    probe_loop(fake_app)
     mode: dict[str, Any] = {"kind": "transfer"}
     results: list[Any] = []
     with BackgroundServer(fake_app) as fake:
@@ -341,7 +320,7 @@ async def test_a_declined_transfer_returns_the_caller_to_the_bot(world: World) -
 
 
 @pytest.mark.slow
-async def test_agent_no_answer_and_refused_destinations(world: World) -> None:
+async def test_agent_no_answer_a_machine_and_refused_destinations(world: World) -> None:
     world.sim.agents[AGENT] = FakeAgent(answer=False)
     world.mode["answer_secs"] = 1.0
     session = await world.call()
@@ -350,6 +329,16 @@ async def test_agent_no_answer_and_refused_destinations(world: World) -> None:
     assert record.transfer is not None and record.transfer["outcome"] == "no_answer"
     agent_call = world.state.calls[world.results[0].agent_call_control_id]
     assert agent_call.hangup_cause == "timeout" and agent_call.answered_at is None
+
+    world.sim.agents[AGENT] = FakeAgent(machine=True)  # a voicemail picks up
+    session = await world.call()
+    record = await world.record(session.call.call_control_id)
+    assert world.results[1].outcome == "machine" and record.transfer is not None
+    assert record.transfer["outcome"] == "machine"
+    machine_leg = world.state.calls[world.results[1].agent_call_control_id]
+    assert machine_leg.params["answering_machine_detection"] == "detect"
+    assert not machine_leg.is_alive and machine_leg.hangup_source == "caller"  # we hung it up
+    world.results.pop()
 
     world.mode["to"] = "+19005550100"  # premium rate: not on the allowlist
     dials = len(world.state.requests_to("/v2/calls", "POST"))

@@ -369,6 +369,8 @@ def _matters(event: ControlEvent) -> bool:
 
 
 def _describe(event: ControlEvent) -> str:
+    if event.kind == "transfer_leg":
+        return f"agent-leg {event.event_type}"
     return event.event_type if event.kind == "webhook" else f"operator {event.kind}"
 
 

@@ -363,13 +363,27 @@ def _number(value: Any, default: str) -> str:
 
 def phone_call(state: ServerState, request: Any) -> dict[str, Any]:
     """A browser call's identity, media format and signed, single-call stream URL query."""
+    from callpipe.server.stream_options import StreamOptions
     from callpipe.server.urls import stream_url
 
     if not isinstance(request, dict):
         raise ValueError("the request body must be a JSON object")
     hd = bool(request.get("hd"))
     ccid = f"v3:console-{uuid.uuid4().hex}"
-    url = stream_url(state.settings, direction="inbound", call_sid=ccid, extra={}, ttl=PHONE_TOKEN_TTL_SECS)
+    # The page plays what it sends (one codec both ways): the URL tells /ws so.
+    media = (
+        StreamOptions(codec="L16", sampling_rate=16000)
+        if hd
+        else StreamOptions(codec="PCMU", sampling_rate=8000)
+    )
+    url = stream_url(
+        state.settings,
+        direction="inbound",
+        call_sid=ccid,
+        extra={},
+        ttl=PHONE_TOKEN_TTL_SECS,
+        media=media.url_params(),
+    )
     return {
         "call_control_id": ccid,
         "call_session_id": f"console-session-{uuid.uuid4().hex[:12]}",

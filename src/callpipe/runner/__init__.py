@@ -199,14 +199,18 @@ def _telnyx_serializer(
     from callpipe.transports.serializers import TelnyxFrameSerializer, TelnyxSerializerParams
 
     key = api_key if api_key is not None else os.environ.get("TELNYX_API_KEY") or None
+    # What Telnyx takes back is what the stream was configured for (the server knows it:
+    # ``bidirectional_codec``), else the call's own encoding.
+    out_encoding = inbound_encoding or call_data.get("bidirectional_codec") or call_data["outbound_encoding"]
     return TelnyxFrameSerializer(
         stream_id=call_data["stream_id"],
         outbound_encoding=call_data["outbound_encoding"],
-        inbound_encoding=inbound_encoding or call_data["outbound_encoding"],
+        inbound_encoding=out_encoding,
         call_control_id=call_data.get("call_control_id"),
         api_key=key,
         params=TelnyxSerializerParams(
             telnyx_sample_rate=call_data.get("sample_rate"),
+            inbound_sample_rate=call_data.get("bidirectional_sampling_rate"),
             auto_hang_up=bool(key and call_data.get("call_control_id")),
             api_base_url=api_base_url or os.environ.get("TELNYX_API_BASE_URL") or None,
         ),
@@ -226,8 +230,10 @@ def create_telnyx_transport(
     """The call's :class:`FastAPIWebsocketTransport`, ready to use, in one call.
 
     The serializer is built from ``runner_args.call_data`` (or the handshake already parsed
-    on the socket); audio goes back in the call's own encoding unless ``inbound_encoding``
-    says otherwise (it must match the TeXML ``bidirectionalCodec``). ``TELNYX_API_KEY``
+    on the socket); audio goes back in the stream's bidirectional codec and rate (under
+    ``callpipe serve``: ``call_data["bidirectional_codec"]``/``["bidirectional_sampling_rate"]``,
+    what the TeXML or the dial asked Telnyx for), else in the call's own encoding, unless
+    ``inbound_encoding`` says otherwise. ``TELNYX_API_KEY``
     (or ``api_key``) turns on hang-up through the REST API when the pipeline ends;
     ``TELNYX_API_BASE_URL`` points it elsewhere (the simulator). A Silero VAD is attached
     unless ``vad=False``. Other keyword arguments go to :class:`FastAPIWebsocketParams`.

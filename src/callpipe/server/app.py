@@ -40,7 +40,7 @@ from callpipe.log import call_id, mask_number
 from callpipe.records.observer import CallObserver
 from callpipe.records.sink import RecordSink
 from callpipe.runner import RunnerArguments, TelephonyHandshakeError, parse_telephony_websocket
-from callpipe.server import control
+from callpipe.server import control, stream_options
 from callpipe.server.api_calls import router as calls_router
 from callpipe.server.bodies import BodyTooLarge, read_capped
 from callpipe.server.endpoints import (
@@ -333,6 +333,14 @@ def create_app(
             return _error(422, "bad_amd", f"amd must be one of {', '.join(AMD_MODES)} or false")
         if amd is not None and settings.dial_mode != "call_control":
             return _error(422, "bad_amd", "amd needs DIAL_MODE=call_control (Telnyx's dial request)")
+        try:
+            stream = stream_options.from_request(settings, payload)
+        except ValueError as exc:
+            return _error(422, "bad_stream", str(exc))
+        if stream is not None and settings.dial_mode != "call_control":
+            return _error(
+                422, "bad_stream", "stream_* fields need DIAL_MODE=call_control (Telnyx's dial request)"
+            )
 
         idempotency_key = request.headers.get("idempotency-key")
 
@@ -353,7 +361,7 @@ def create_app(
                     "this Idempotency-Key was used before, on another instance: no second call was placed",
                 )
             try:
-                return 200, await _dial(state, number, body, amd=amd)
+                return 200, await _dial(state, number, body, amd=amd, stream=stream)
             except TelnyxError as exc:
                 logger.error("dial-out to %s failed: %s", mask_number(number), exc)
                 return 502, _error_body("telnyx_error", str(exc))
@@ -405,7 +413,9 @@ def create_app(
         call_id.set(ccid)
         if token_claims is not None and token_claims.scope is not None:
             expected = scope_digest(
-                websocket.query_params.get("direction", "inbound"), websocket.query_params.get("body", "")
+                websocket.query_params.get("direction", "inbound"),
+                websocket.query_params.get("body", ""),
+                *stream_options.scope_parts(websocket.query_params),
             )
             if expected != token_claims.scope:
                 logger.warning("refusing stream: its parameters do not match its token")
@@ -424,6 +434,14 @@ def create_app(
             await websocket.close(code=CLOSE_POLICY_VIOLATION, reason="stream token already used")
             _count_refused()
             return
+        try:
+            bidirectional = stream_options.bidirectional_of(settings, websocket.query_params)
+        except ValueError as exc:
+            await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=fit_close_reason(str(exc)))
+            _count_refused()
+            return
+        # What Telnyx takes back (the TeXML's or the dial's): the bot's serializer encodes that.
+        call_data["bidirectional_codec"], call_data["bidirectional_sampling_rate"] = bidirectional
         query = {k: v for k, v in websocket.query_params.items() if k not in RESERVED_PARAMS}
         call_data["query_params"] = query
         websocket.state.callpipe_telephony = call_data  # what a guide-style bot's own parse returns
@@ -504,7 +522,12 @@ def _amd_of(value: Any) -> str | None:
 
 
 async def _dial(
-    state: ServerState, number: str, body: dict[str, Any], *, amd: str | None = None
+    state: ServerState,
+    number: str,
+    body: dict[str, Any],
+    *,
+    amd: str | None = None,
+    stream: stream_options.StreamOptions | None = None,
 ) -> dict[str, Any]:
     settings = state.settings
     assert state.telnyx is not None
@@ -532,17 +555,23 @@ async def _dial(
         # The AMD mode rides on the stream URL (``call_data["query_params"]["amd"]``) so the
         # bot knows to wait for the result; the results come back as webhooks to us.
         extra = {"amd": amd} if amd else {}
-        url = stream_url(settings, direction="outbound", call_sid=None, extra=extra, body=encoded)
+        options = stream or stream_options.from_settings(settings)
+        url = stream_url(
+            settings,
+            direction="outbound",
+            call_sid=None,
+            extra=extra,
+            body=encoded,
+            media=options.url_params(),
+        )
         data = await state.telnyx.dial(
             to=number,
             from_=settings.telnyx_phone_number or "",
             connection_id=settings.telnyx_connection_id or "",
             stream_url=url,
-            stream_track="inbound_track",
-            stream_bidirectional_mode="rtp",
-            stream_bidirectional_codec=settings.stream_codec,
             answering_machine_detection=amd,
             webhook_url=f"{http_base(settings)}/webhooks/telnyx" if amd else None,
+            **options.dial_fields(),
         )
         call_control_id = str(data.get("call_control_id", ""))
     logger.info("dialled %s: %s", mask_number(number), call_control_id)

@@ -39,8 +39,12 @@ class ServerSettings(BaseSettings):
     callpipe_insecure_webhooks: bool = False
     callpipe_api_docs: bool = False
     texml_path_secret: SecretStr | None = None
-    stream_codec: str = "PCMU"
+    stream_codec: str = "PCMU"  # what Telnyx takes back (bidirectionalCodec); it may send another
     stream_sample_rate: int = 8000
+    stream_track: str = "inbound_track"  # Call Control dials: inbound_track, outbound_track, both_tracks
+    stream_target_legs: str | None = (
+        None  # Call Control dials: self, opposite, both (unset: Telnyx's default)
+    )
     stream_token_ttl_secs: float = Field(default=600.0, gt=0)
     unbound_token_ttl_secs: float = Field(default=90.0, gt=0)
     answer_url_ttl_secs: float = Field(default=300.0, gt=0)
@@ -139,6 +143,12 @@ class ServerSettings(BaseSettings):
                 TransferPolicy.parse(self.transfer_allowed_numbers)
             except ValueError as exc:  # a typo fails start-up, not the first transfer
                 raise SettingsError(str(exc)) from None
+        from callpipe.server.stream_options import from_settings
+
+        try:
+            from_settings(self)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         if self.dial_mode not in ("texml", "call_control"):
             raise SettingsError(f"DIAL_MODE must be 'texml' or 'call_control', not {self.dial_mode!r}")
         for name, allowed in (

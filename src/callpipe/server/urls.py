@@ -15,6 +15,7 @@ from xml.sax.saxutils import quoteattr
 import msgspec
 
 from callpipe.server.settings import ServerSettings
+from callpipe.server.stream_options import scope_parts
 from callpipe.server.tokens import issue_token, scope_digest
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 # Query parameters callpipe itself puts on stream URLs; the rest are the caller's own.
-RESERVED_PARAMS = frozenset({"token", "body", "direction", "sig", "exp"})
+RESERVED_PARAMS = frozenset({"token", "body", "direction", "sig", "exp", "bidi_codec", "bidi_rate"})
 
 
 def encode_body(body: dict[str, Any]) -> str:
@@ -74,9 +75,11 @@ def stream_url(
     extra: dict[str, str],
     body: str | None = None,
     ttl: float | None = None,
+    media: dict[str, str] | None = None,
 ) -> str:
     """The ``/ws`` URL for one call: its own query parameters plus direction, body and token.
 
+    ``media`` (the bidirectional codec a dial asked for) is covered by the token too.
     ``body`` (an encoded dial-out body) is passed only by the code paths that verified it:
     ``/start`` and the ``/answer`` URLs it signed; a ``body`` in ``extra`` is dropped. A
     token bound to no call lives ``UNBOUND_TOKEN_TTL_SECS`` at most (or ``ttl``).
@@ -84,12 +87,14 @@ def stream_url(
     params = {k: v for k, v in extra.items() if k not in RESERVED_PARAMS}
     if body:
         params["body"] = body
+    if media:
+        params.update(media)  # what Telnyx takes back: StreamOptions.url_params()
     params["direction"] = direction
     secret = settings.secret("callpipe_secret")
     if secret:
         # The token also covers direction and body, so a stolen URL cannot be replayed
         # with a made-up body or as an "outbound" call.
-        scope = scope_digest(direction, params.get("body", ""))
+        scope = scope_digest(direction, params.get("body", ""), *scope_parts(params))
         lifetime = settings.stream_token_ttl_secs
         if not call_sid:
             lifetime = min(lifetime, settings.unbound_token_ttl_secs)

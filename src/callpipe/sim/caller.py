@@ -51,7 +51,9 @@ class CallerTurn:
     ``wait_for_bot``: wait until the bot has been quiet for ``quiet_secs`` before
     speaking (a polite caller). ``barge_in_after``: instead, start speaking this many
     seconds after the bot's audio starts being heard (an interruption). ``dtmf`` sends
-    key presses instead of audio. ``pause_secs`` of silence come first.
+    key presses instead of audio. ``pause_secs`` of silence come first. ``error`` sends
+    a Telnyx ``error`` message (as Telnyx does for malformed media or an unsupported
+    operation) instead of audio.
     ``require_answer``: if the bot still has not answered the previous turn after the
     nudges, the caller hangs up instead of saying this turn (a call screener).
     """
@@ -68,6 +70,7 @@ class CallerTurn:
     nudge_text: str = "Hello?"
     max_nudges: int = 2
     require_answer: bool = False
+    error: ts.Error | None = None
 
 
 @dataclass(kw_only=True)
@@ -107,7 +110,9 @@ class CallResult:
     close_reason: str = ""
     caller_track: bytes = b""
     bot_track: bytes = b""
-    sample_rate: int = 8000
+    sample_rate: int = 8000  # of the caller track (the call's codec)
+    bot_sample_rate: int = 8000  # of the bot track (the codec the bot sends: bidirectional)
+    outbound_frames_sent: int = 0  # ``stream_track="both_tracks"``: frames of the outbound track
     received_messages: int = 0
     bot_audio_arrivals: list[tuple[float, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -120,10 +125,17 @@ class CallResult:
         """Connected -> first bot audio heard."""
         return None if self.greeting_heard_at is None else self.greeting_heard_at - self.connected_at
 
+    @property
+    def stereo_rate(self) -> int:
+        """The rate of :meth:`stereo_pcm`: the higher of the two tracks' rates."""
+        return max(self.sample_rate, self.bot_sample_rate)
+
     def stereo_pcm(self) -> bytes:
-        """Caller (left) and bot (right) interleaved, PCM16 at :attr:`sample_rate`."""
-        left = np.frombuffer(self.caller_track, dtype=np.int16)
-        right = np.frombuffer(self.bot_track, dtype=np.int16)
+        """Caller (left) and bot (right) interleaved, PCM16 at :attr:`stereo_rate`."""
+        left = np.frombuffer(_at_rate(self.caller_track, self.sample_rate, self.stereo_rate), dtype=np.int16)
+        right = np.frombuffer(
+            _at_rate(self.bot_track, self.bot_sample_rate, self.stereo_rate), dtype=np.int16
+        )
         n = max(len(left), len(right))
         stereo = np.zeros((n, 2), dtype=np.int16)
         stereo[: len(left), 0] = left
@@ -135,12 +147,28 @@ class CallResult:
         with wave.open(path, "wb") as wav:
             wav.setnchannels(2)
             wav.setsampwidth(2)
-            wav.setframerate(self.sample_rate)
+            wav.setframerate(self.stereo_rate)
             wav.writeframes(self.stereo_pcm())
 
 
+def _at_rate(pcm: bytes, rate: int, target: int) -> bytes:
+    if rate == target or not pcm:
+        return pcm
+    resampler = StreamResampler(rate, target)
+    return resampler.process(pcm) + resampler.flush()
+
+
 class SimulatedCaller:
-    """Places one simulated call to a bot's WebSocket ``url``."""
+    """Places one simulated call to a bot's WebSocket ``url``.
+
+    ``encoding``/``sample_rate`` are the call's own codec: what the caller sends (and
+    what ``start.media_format`` says). ``out_encoding``/``out_sample_rate`` are what the
+    bot must send back (the stream's bidirectional codec; default: the call's), decoded
+    with that codec. ``stream_track="both_tracks"`` also sends an ``outbound`` track (what
+    the caller hears, in the call's codec), which the bot must not take for the caller.
+    ``hears_bot=False``: the bot's audio reaches another leg (``target_legs="opposite"``),
+    so this phone plays nothing (marks are still echoed).
+    """
 
     def __init__(
         self,
@@ -162,6 +190,10 @@ class SimulatedCaller:
         reorder: float = 0.0,
         duplicate: float = 0.0,
         seed: int | None = None,
+        out_encoding: str | None = None,
+        out_sample_rate: int | None = None,
+        stream_track: str = "inbound_track",
+        hears_bot: bool = True,
     ) -> None:
         self.url = url
         # Network misbehaviour to reproduce: this share of media frames is sent after the
@@ -174,6 +206,16 @@ class SimulatedCaller:
         self.encoding = self.codec.name
         self.rate = self.codec.sample_rate
         self.frame_samples = int(self.rate * FRAME_SECS)
+        if out_encoding is None:
+            self.out_codec = self.codec
+        else:
+            self.out_codec = get_codec(out_encoding, out_sample_rate)
+        self.out_rate = self.out_codec.sample_rate
+        self.stream_track = stream_track
+        self.hears_bot = hears_bot
+        # The outbound track (both_tracks): what the caller hears, in the call's codec.
+        self._track_encoder = self.codec.new_instance()
+        self._track_resampler = StreamResampler(self.out_rate, self.rate)
         self.from_number = from_number
         self.to_number = to_number
         self.custom_parameters = custom_parameters or {}
@@ -189,7 +231,7 @@ class SimulatedCaller:
         self._burst_started: float | None = None  # when the bot's current reply became audible
         self._burst_offset = 0  # where that reply starts in the bot track
         self._encoder = self.codec.new_instance()
-        self._decoder = self.codec.new_instance()
+        self._decoder = self.out_codec.new_instance()  # the bot's audio
         self._silence = self._encoder.encode(bytes(2 * self.frame_samples))
         # Playback state (the phone's jitter buffer).
         self._play: collections.deque[tuple[str, Any]] = (
@@ -255,6 +297,12 @@ class SimulatedCaller:
                     self.result.closed_at = time.monotonic()
             self._closed.set()
 
+    def send_error(self, error: ts.Error) -> None:
+        """Send a Telnyx ``error`` message on the stream (as Telnyx does for bad media)."""
+        if self._stream.state in (ts.State.STREAMING, ts.State.AWAITING_START):
+            self._send_nowait(self._stream.send(error))
+            self._emit("error_sent", code=error.code, title=error.title)
+
     async def hang_up(self) -> None:
         """Hang up from outside the script (as when Telnyx ends the call): ``stop``, then close."""
         self._hang_up_requested.set()
@@ -304,6 +352,7 @@ class SimulatedCaller:
                 call_control_id=self.call_control_id,
                 connected_at=connected_at,
                 sample_rate=self.rate,
+                bot_sample_rate=self.out_rate,
             )
             await self._send(self._stream.send(ts.Connected(auth_token=self.auth_token)))
             await self._send(
@@ -364,7 +413,7 @@ class SimulatedCaller:
                 "bot_audio_stopped",
                 secs=self._bot_heard_until - self._burst_started,
                 audio=bytes(self._bot_track[self._burst_offset :]) if self.record else b"",
-                sample_rate=self.rate,
+                sample_rate=self.out_rate,
             )
             self._burst_started = None
         self.result.caller_track = bytes(self._caller_track)
@@ -384,6 +433,9 @@ class SimulatedCaller:
                     return  # nobody answered: hang up
             if turn.pause_secs:
                 await asyncio.sleep(turn.pause_secs)
+            if turn.error is not None:
+                self.send_error(turn.error)
+                continue
             if turn.dtmf:
                 for digit in turn.dtmf:
                     if self._stream.state is ts.State.STREAMING:
@@ -475,8 +527,10 @@ class SimulatedCaller:
         result = self.result
         assert result is not None
         if isinstance(event, protocol.MediaEvent):
+            if not self.hears_bot:
+                return  # played to another leg
             pcm = self._decoder.decode(event.payload)
-            result.bot_audio_arrivals.append((now, len(pcm) / 2 / self.rate))
+            result.bot_audio_arrivals.append((now, len(pcm) / 2 / self.out_rate))
             self._play.append(("audio", pcm))
             self._play_bytes += len(pcm)
             self._last_audio_received = now
@@ -526,7 +580,7 @@ class SimulatedCaller:
         if self._closed.is_set():
             return False
         due = int((now - self._clock_start) / FRAME_SECS) + 1 - self._frames_sent
-        frame_bytes = 2 * self.frame_samples
+        frame_bytes = 2 * int(self.out_rate * FRAME_SECS)
         for _ in range(min(max(due, 0), 5)):
             speech = self._speech.popleft() if self._speech else None
             payload = speech if speech is not None else self._silence
@@ -538,7 +592,9 @@ class SimulatedCaller:
             if self.record:
                 self._caller_track += self._decoder_for_record(payload)
             # Bot -> caller's ear, one frame per frame sent.
-            self._play_frame(now, frame_bytes)
+            heard = self._play_frame(now, frame_bytes)
+            if self.stream_track == "both_tracks" and self._stream.state is ts.State.STREAMING:
+                self._send_outbound_track(heard)
         if due > 5:
             self._frames_sent += due - 5  # skip what a long stall made us miss
         return True
@@ -562,13 +618,24 @@ class SimulatedCaller:
             self._send_nowait(held)
             self._held_media = None
 
+    def _send_outbound_track(self, heard: bytes) -> None:
+        # Assumption: Telnyx sends the outbound track in the call's codec, a frame for each
+        # inbound one, numbering chunks per track.
+        pcm = self._track_resampler.process(heard)
+        frame = 2 * self.frame_samples
+        pcm = (pcm + bytes(frame))[:frame]
+        payload = self._track_encoder.encode(pcm)
+        self._send_media(self._stream.send(ts.InboundMedia(payload, track="outbound")))
+        assert self.result is not None
+        self.result.outbound_frames_sent += 1
+
     def _decoder_for_record(self, payload: bytes) -> bytes:
         # G.722 is stateful, so the caller's own track is decoded with a separate decoder.
         if not hasattr(self, "_record_decoder"):
             self._record_decoder = self.codec.new_instance()
         return self._record_decoder.decode(payload)
 
-    def _play_frame(self, now: float, frame_bytes: int) -> None:
+    def _play_frame(self, now: float, frame_bytes: int) -> bytes:
         assert self.result is not None
         result = self.result
         out = bytearray()
@@ -603,7 +670,7 @@ class SimulatedCaller:
             turn = self._current_turn()
             if turn is not None and turn.first_bot_audio_heard_at is None and now >= turn.ended_at:
                 turn.first_bot_audio_heard_at = now
-            result.bot_audio_secs += len(out) / 2 / self.rate
+            result.bot_audio_secs += len(out) / 2 / self.out_rate
             self._bot_heard_until = now + FRAME_SECS
             self._was_playing = True
             if len(out) < frame_bytes:
@@ -621,9 +688,10 @@ class SimulatedCaller:
                     "bot_audio_stopped",
                     secs=self._gap_started - self._burst_started,
                     audio=audio,
-                    sample_rate=self.rate,
+                    sample_rate=self.out_rate,
                 )
                 self._burst_started = None
             self._gap_started = None
         if self.record:
             self._bot_track += out
+        return bytes(out)

@@ -398,6 +398,8 @@ async def place_texml_call(
     http: httpx.AsyncClient | None = None,
     client_state: str | None = None,
     signing_key: str | bytes | Ed25519PrivateKey | None = None,
+    call_codec: str | None = None,
+    call_sample_rate: int | None = None,
     **caller_options: Any,
 ) -> tuple[TeXMLInstructions, SimulatedCaller]:
     """Fetch ``texml_url`` as Telnyx would for a call and build the caller its ``<Stream>`` asks for.
@@ -406,7 +408,9 @@ async def place_texml_call(
     ``CallSid`` as ``call_control_id``, the stream's codec (``bidirectionalCodec``, else
     ``codec``, else PCMU) and sampling rate, and the ``<Parameter>`` values as
     ``custom_parameters``; run it with ``await caller.run(turns)``. ``signing_key`` signs the fetch as
-    Telnyx does (for servers that check ``TELNYX_PUBLIC_KEY``). ``caller_options`` go to
+    Telnyx does (for servers that check ``TELNYX_PUBLIC_KEY``). ``call_codec``/``call_sample_rate``:
+    the call's own codec (a PCMA call from Europe), which the caller then sends while it
+    still expects the stream's codec back. ``caller_options`` go to
     :class:`SimulatedCaller` (e.g. ``max_call_secs``, ``auth_token``).
 
     Assumption: for an inbound call Telnyx fetches the TeXML while the call is still
@@ -428,10 +432,14 @@ async def place_texml_call(
     )
     stream = instructions.stream
     try:
+        own: dict[str, Any] = (
+            {"out_encoding": stream.encoding, "out_sample_rate": stream.sample_rate} if call_codec else {}
+        )
         caller = SimulatedCaller(
             stream.url,
-            encoding=stream.encoding,
-            sample_rate=stream.sample_rate,
+            encoding=call_codec or stream.encoding,
+            sample_rate=call_sample_rate if call_codec else stream.sample_rate,
+            **own,
             from_number=from_number,
             to_number=to_number,
             custom_parameters=instructions.custom_parameters,

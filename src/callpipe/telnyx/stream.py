@@ -229,8 +229,7 @@ class Stream:
         self._last_media_seq = -1
         self._last_chunk = -1
         self._seq = 0  # Telnyx side: the last sequence number sent
-        self._chunk = 0
-        self._timestamp = -20
+        self._tracks_sent: dict[str, tuple[int, int]] = {}  # track -> last (chunk, timestamp)
         self._call_control_id = ""  # Telnyx side: from the start sent, repeated in stop
 
     @classmethod
@@ -354,6 +353,10 @@ class Stream:
 
     def _media(self, event: protocol.MediaEvent) -> protocol.Event | None:
         media = event.media
+        if media.track not in self.tracks:
+            # Before the order checks: chunks are numbered per track (both_tracks).
+            self.counters.media_filtered += 1
+            return None
         seq, chunk = event.sequence_number, media.chunk
         late = False
         if seq is not None:
@@ -368,9 +371,6 @@ class Stream:
                 self._last_chunk = chunk
         if late:
             self.counters.media_out_of_order += 1
-        if media.track not in self.tracks:
-            self.counters.media_filtered += 1
-            return None
         return event
 
     def _telnyx_receive(self, event: protocol.Event) -> protocol.Event | None:
@@ -461,14 +461,18 @@ class Stream:
 
     def _telnyx_send_streaming(self, event: SendEvent) -> str:
         if isinstance(event, InboundMedia):
-            self._chunk += 1
-            self._timestamp = self._timestamp + 20 if event.timestamp is None else event.timestamp
+            # Assumption: with both_tracks, each track has its own chunks and timestamps
+            # (the sequence number counts every message).
+            chunk, timestamp = self._tracks_sent.get(event.track, (0, -20))
+            chunk += 1
+            timestamp = timestamp + 20 if event.timestamp is None else event.timestamp
+            self._tracks_sent[event.track] = (chunk, timestamp)
             return protocol.build_inbound_media(
                 event.payload,
                 stream_id=self.stream_id,
                 sequence_number=self._next_seq(),
-                chunk=self._chunk,
-                timestamp=self._timestamp,
+                chunk=chunk,
+                timestamp=timestamp,
                 track=event.track,
             )
         if isinstance(event, DTMF):

@@ -97,7 +97,9 @@ class FastAPIWebsocketTransport(BaseTransport):
         self.params = params
         self.serializer: TelnyxFrameSerializer = params.serializer
         handshake = getattr(websocket.state, "callpipe_telephony", None) or {}
-        self.serializer.use_call_sample_rate(handshake.get("sample_rate"))
+        self.serializer.use_call_sample_rate(
+            handshake.get("sample_rate"), handshake.get("bidirectional_sampling_rate")
+        )
         self.stream = stream_of(websocket, str(handshake.get("stream_id") or ""))
         self._closed = False
         self.call_id = call_id.get()

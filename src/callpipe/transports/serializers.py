@@ -66,10 +66,13 @@ class TelnyxSerializerParams:
     ``auto_hang_up``: hang the call up through the REST API when the pipeline ends.
     ``None`` (the default) means "on when an API key and call_control_id are given".
     ``telnyx_sample_rate`` is the L16 rate when the ``start`` message does not say;
+    ``inbound_sample_rate`` the L16 rate of the audio we send (the stream's
+    ``bidirectionalSamplingRate``; default: ``telnyx_sample_rate``, else the call's rate);
     ``sample_rate`` overrides the pipeline's input rate.
     """
 
     telnyx_sample_rate: int | None = None
+    inbound_sample_rate: int | None = None
     sample_rate: int | None = None
     inbound_encoding: str = "PCMU"
     outbound_encoding: str = "PCMU"
@@ -103,8 +106,12 @@ class TelnyxFrameSerializer(FrameSerializer):
         self.inbound_encoding = (inbound_encoding or self._params.inbound_encoding).upper()
         # Validate both codecs now: an unsupported encoding is refused at construction,
         # not at the first media frame.
-        self._decoder = self._make_codec(self.outbound_encoding)
-        self._encoder = self._make_codec(self.inbound_encoding)
+        # The two directions are independent: Telnyx may send PCMA and take PCMU, or send
+        # PCMU at 8 kHz and take L16 at 16 kHz (``bidirectionalCodec``/``SamplingRate``).
+        self._decoder = self._make_codec(self.outbound_encoding, self._params.telnyx_sample_rate)
+        self._encoder = self._make_codec(
+            self.inbound_encoding, self._params.inbound_sample_rate or self._params.telnyx_sample_rate
+        )
         self.auto_hang_up = self._resolve_auto_hang_up()
         self._in_rate = self._decoder.sample_rate
         self._in_resampler = StreamResampler(self._decoder.sample_rate, self._decoder.sample_rate)
@@ -114,9 +121,11 @@ class TelnyxFrameSerializer(FrameSerializer):
 
     # ---------------------------------------------------------------- settings
 
-    def _make_codec(self, encoding: str) -> Codec:
-        rate = self._params.telnyx_sample_rate if encoding == "L16" else None
-        return get_codec(encoding, rate, l16_byteorder=self._params.l16_byteorder)
+    def _make_codec(self, encoding: str, rate: int | None) -> Codec:
+        # Only L16 has a choice of rate; G.711 is 8 kHz and G.722 16 kHz whatever is said.
+        return get_codec(
+            encoding, rate if encoding == "L16" else None, l16_byteorder=self._params.l16_byteorder
+        )
 
     def _resolve_auto_hang_up(self) -> bool:
         setting = self._params.auto_hang_up
@@ -161,21 +170,30 @@ class TelnyxFrameSerializer(FrameSerializer):
         """Set the pipeline input rate (resampling from the call's rate if they differ)."""
         self.set_pipeline_in_rate(self._params.sample_rate or frame.audio_in_sample_rate)
 
-    def use_call_sample_rate(self, rate: int | None) -> None:
-        """Adopt the rate from the call's ``start`` message for L16 (unless one was configured).
+    def use_call_sample_rate(self, rate: int | None, out_rate: int | None = None) -> None:
+        """Adopt the call's L16 rates: ``rate`` from its ``start`` message, ``out_rate`` for ours.
 
-        L16 runs at 8 or 16 kHz, and only the ``start`` message says which; the transport
-        passes it here so a bot written from the guide (which never mentions the rate)
-        still speaks L16 at the caller's rate.
+        L16 runs at 8 or 16 kHz, and only the ``start`` message says at which rate Telnyx
+        sends; the rate it takes back is the stream's ``bidirectionalSamplingRate``
+        (``out_rate``, when the server knows it; else the call's own rate). The transport
+        passes them here so a bot written from the guide (which never mentions rates)
+        still speaks L16 at the right rate each way. Configured rates win.
         """
-        if rate is None or self._params.telnyx_sample_rate is not None:
-            return
         order = self._params.l16_byteorder
-        if self._decoder.name == "L16" and self._decoder.sample_rate != rate:
+        decoder = self._decoder
+        if (
+            rate
+            and self._params.telnyx_sample_rate is None
+            and decoder.name == "L16"
+            and decoder.sample_rate != rate
+        ):
             self._decoder = get_codec("L16", rate, l16_byteorder=order)
             self.set_pipeline_in_rate(self._in_rate)
-        if self._encoder.name == "L16" and self._encoder.sample_rate != rate:
-            self._encoder = get_codec("L16", rate, l16_byteorder=order)
+        if self._params.inbound_sample_rate is not None or self._params.telnyx_sample_rate is not None:
+            return
+        target = out_rate or rate
+        if target is not None and self._encoder.name == "L16" and self._encoder.sample_rate != target:
+            self._encoder = get_codec("L16", target, l16_byteorder=order)
             self._out_resampler = None
 
     def set_pipeline_in_rate(self, rate: int) -> None:

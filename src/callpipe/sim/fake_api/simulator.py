@@ -15,6 +15,7 @@ from callpipe.sim.caller import SimulatedCaller
 from callpipe.sim.fake_api.actions import ACTIONS
 from callpipe.sim.fake_api.agent import AgentCallees, FakeAgent, _AgentLeg
 from callpipe.sim.fake_api.callees import Callees
+from callpipe.sim.fake_api.media import StreamMedia, call_control_media, texml_media
 from callpipe.sim.fake_api.session import (
     DEFAULT_MAX_CALL_SECS,
     CalleeScript,
@@ -73,6 +74,8 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
         webhook_timeout_secs: float = 5.0,
         http_client: httpx.AsyncClient | None = None,
         callees: Callees | None = None,
+        callee_codec: str | None = None,
+        callee_sample_rate: int | None = None,
     ) -> None:
         if max_call_secs <= 0:
             raise ValueError("max_call_secs must be positive")
@@ -90,6 +93,10 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
         self.webhook_timeout_secs = webhook_timeout_secs
         # Who answers each dialled number (callees.py): a person by default.
         self.callees = callees if callees is not None else Callees()
+        # The callee's own codec: what Telnyx streams to the bot (media.py); None: the
+        # codec the stream takes back.
+        self.callee_codec = callee_codec
+        self.callee_sample_rate = callee_sample_rate
         self.sessions: dict[str, FakeCallSession] = {}
         #: Simulated transfer agents by number (``agent.py``).
         self.agents: dict[str, FakeAgent] = {}
@@ -268,10 +275,6 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
         if not await self._ring(session):
             return
         self._call_control_event(session, "call.answered", state="answered")
-        codec = call.params.get("stream_bidirectional_codec") or call.params.get("stream_codec")
-        if not isinstance(codec, str) or codec.lower() == "default":
-            codec = "PCMU"
-        rate = call.params.get("stream_bidirectional_sampling_rate")
         if call.stream_url is None:
             # No media stream: the callee stays on the line until someone hangs up.
             await self._wait_ended(session, None)
@@ -279,8 +282,9 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
         closed_by = await self._stream(
             session,
             call.stream_url,
-            encoding=codec,
-            sample_rate=rate if isinstance(rate, int) else None,
+            media=call_control_media(
+                call.params, callee_codec=self.callee_codec, callee_sample_rate=self.callee_sample_rate
+            ),
             custom_parameters={},
             client_state=call.client_state,
         )
@@ -338,8 +342,9 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
         closed_by = await self._stream(
             session,
             texml.stream.url,
-            encoding=texml.stream.encoding,
-            sample_rate=texml.stream.sample_rate,
+            media=texml_media(
+                texml.stream, callee_codec=self.callee_codec, callee_sample_rate=self.callee_sample_rate
+            ),
             custom_parameters=texml.custom_parameters,
             client_state=None,
         )
@@ -352,8 +357,7 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
         session: FakeCallSession,
         url: str,
         *,
-        encoding: str,
-        sample_rate: int | None,
+        media: StreamMedia,
         custom_parameters: dict[str, str],
         client_state: str | None,
     ) -> str:
@@ -363,8 +367,7 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
         try:
             caller = SimulatedCaller(
                 url,
-                encoding=encoding,
-                sample_rate=sample_rate,
+                **media.caller_options(),
                 # Assumption: the stream's start.from/to are the call's, as dialled.
                 from_number=call.from_,
                 to_number=call.to_number,

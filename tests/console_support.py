@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextlib
 import math
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,9 +34,81 @@ CHROMIUM_ARGS = [
 PASSWORD = "console-pass-Tt61"
 
 
+class _SharedChromium:
+    """One headless Chromium for the whole test session, reached over its DevTools port.
+
+    Launching Chromium costs about a second on a loaded box; tests without launch
+    arguments of their own share this one, each in fresh browser contexts (cookies and
+    storage are per context, so nothing leaks between tests). Stopped at exit.
+    """
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.endpoint = ""
+        self.profile: str | None = None
+
+    def start(self) -> str:
+        if self.process is not None and self.process.poll() is None:
+            return self.endpoint
+        self.profile = tempfile.mkdtemp(prefix="callpipe-chromium-")
+        self.process = subprocess.Popen(
+            [
+                CHROMIUM,
+                *CHROMIUM_ARGS,
+                "--remote-debugging-port=0",
+                f"--user-data-dir={self.profile}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert self.process.stderr is not None
+        deadline = time.monotonic() + 30
+        for raw in self.process.stderr:  # Chromium prints its endpoint once it listens
+            line = raw.decode(errors="replace").strip()
+            if line.startswith("DevTools listening on "):
+                self.endpoint = line.removeprefix("DevTools listening on ")
+                break
+            if time.monotonic() > deadline:
+                break
+        if not self.endpoint:
+            self.stop()
+            raise RuntimeError("Chromium did not report its DevTools endpoint")
+        # Keep reading stderr so Chromium never blocks on a full pipe.
+        threading.Thread(target=self._drain, daemon=True).start()
+        atexit.register(self.stop)
+        return self.endpoint
+
+    def _drain(self) -> None:
+        process = self.process
+        if process is not None and process.stderr is not None:
+            for _ in process.stderr:
+                pass
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+        if self.profile:
+            shutil.rmtree(self.profile, ignore_errors=True)
+            self.profile = None
+
+
+_shared = _SharedChromium()
+
+
 @contextlib.asynccontextmanager
 async def chromium(*extra_args: str) -> AsyncIterator[Any]:
-    """A real headless Chromium (Debian's), driven by Playwright; never downloads a browser."""
+    """A real headless Chromium (Debian's), driven by Playwright; never downloads a browser.
+
+    Without ``extra_args`` it is the session's shared browser (pages and contexts made
+    through it are closed afterwards); with them (a fake microphone...) a browser of its own.
+    """
     import os
 
     import pytest
@@ -39,10 +118,16 @@ async def chromium(*extra_args: str) -> AsyncIterator[Any]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
+        if extra_args:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
+        else:
+            endpoint = await asyncio.to_thread(_shared.start)
+            browser = await pw.chromium.connect_over_cdp(endpoint)
         try:
             yield browser
         finally:
+            # Over CDP this closes the contexts this test made and disconnects; the shared
+            # browser itself goes on for the next test.
             await browser.close()
 
 

@@ -199,11 +199,17 @@ async def _wav_while_live(served: Served, caller: SimulatedCaller) -> tuple[int,
         if live is not None and live.recording_path and live.turns:
             break
         await asyncio.sleep(0.05)
-    await asyncio.sleep(2.2)  # at least two flushes
-    live = await served.record(caller.call_control_id, final=False)
-    assert live is not None and live.recording_path and live.end_reason == "in_progress"
-    with wave.open(live.recording_path) as wav:
-        return wav.getnframes(), wav.getframerate()
+    # The file grows about once a second while the call goes on: wait (bounded) until it
+    # holds at least a second, which is what the test checks is playable mid-call.
+    for _ in range(200):
+        live = await served.record(caller.call_control_id, final=False)
+        assert live is not None and live.recording_path and live.end_reason == "in_progress"
+        with wave.open(live.recording_path) as wav:
+            frames, rate = wav.getnframes(), wav.getframerate()
+        if frames >= rate:
+            return frames, rate
+        await asyncio.sleep(0.05)
+    return frames, rate
 
 
 async def _run_call(served: Served, speech: bytes) -> tuple[CallResult, CallRecord, tuple[int, int]]:

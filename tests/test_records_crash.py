@@ -40,6 +40,18 @@ async def _record_seen(served: Served, ccid: str, timeout: float = 20.0) -> dict
     raise AssertionError(f"{ccid} never reached the store:\n{served.output()}")
 
 
+def _recorded_secs(root: Path) -> float:
+    """Seconds in the longest recording under ``root`` (0 while there is none yet)."""
+    longest = 0.0
+    for path in root.glob("**/*.wav"):
+        try:
+            with wave.open(str(path), "rb") as wav:
+                longest = max(longest, wav.getnframes() / wav.getframerate())
+        except (OSError, EOFError, wave.Error):
+            pass  # being created
+    return longest
+
+
 async def test_kill_9_mid_call_leaves_a_process_died_record_and_a_playable_recording(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -53,7 +65,11 @@ async def test_kill_9_mid_call_leaves_a_process_died_record_and_a_playable_recor
         try:
             seen = await _record_seen(served, ccid)
             assert seen["recording_url"] == f"/api/calls/{ccid}/recording"
-            await asyncio.sleep(2.5)  # a few seconds of call, then the process dies
+            # Once over a second and a half of the call is on disk, the process dies.
+            deadline = time.monotonic() + 30
+            while await asyncio.to_thread(_recorded_secs, tmp_path) < 1.6:
+                assert time.monotonic() < deadline, served.output()
+                await asyncio.sleep(0.05)
             served.proc.send_signal(signal.SIGKILL)
             killed_at = time.time()
             assert await served.wait_exit(10) == -signal.SIGKILL

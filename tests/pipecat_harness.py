@@ -38,6 +38,8 @@ from tests.helpers import wait_until
 
 TRANSCRIPT = "what time do you open tomorrow"
 GREETING = "Hello! This is the demo bot speaking."
+# The caller hangs up after this much bot silence once its turn is answered.
+HANG_UP_AFTER_SECS = 1.0
 PATH_SECRET = secrets.token_urlsafe(16)  # the TeXML voice URL's secret path (/texml/<secret>)
 
 
@@ -64,7 +66,9 @@ def provider_fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fakes]:
     """Start the fakes on 127.0.0.1 and point the providers' environment variables at them."""
     deepgram = create_fake_deepgram_app("dg-key", transcript=TRANSCRIPT)
     openai = create_fake_openai_app("sk-key", script=responder)
-    cartesia = create_fake_cartesia_app("ct-key")
+    # The bot speaks three times faster than a person (1/40 s per character): these calls
+    # check that each stage is reached, and every second of fake speech is a second of test.
+    cartesia = create_fake_cartesia_app("ct-key", secs_per_char=1 / 40)
     with BackgroundServer(deepgram) as dg, BackgroundServer(openai) as oa, BackgroundServer(cartesia) as ct:
         env = {
             "DEEPGRAM_API_KEY": "dg-key",
@@ -115,7 +119,9 @@ async def inbound_call(bot_file: Path, speech: bytes) -> CallResult:
             _, caller = await place_texml_call(
                 f"{server.base_url}/texml/{PATH_SECRET}", from_number="+15550001234"
             )
-            return await asyncio.wait_for(caller.run(_turns(speech), hang_up_after_secs=2.5), 60)
+            return await asyncio.wait_for(
+                caller.run(_turns(speech), hang_up_after_secs=HANG_UP_AFTER_SECS), 60
+            )
     finally:
         unload(bot_file.parent)
 
@@ -138,7 +144,9 @@ async def outbound_call(server_file: Path, speech: bytes, body: dict[str, Any]) 
             )
             url = texml.stream.url.replace("wss://", "ws://", 1)
             caller = SimulatedCaller(url, encoding=texml.stream.encoding, to_number="+15550001234")
-            return await asyncio.wait_for(caller.run(_turns(speech), hang_up_after_secs=2.5), 60)
+            return await asyncio.wait_for(
+                caller.run(_turns(speech), hang_up_after_secs=HANG_UP_AFTER_SECS), 60
+            )
     finally:
         unload(server_file.parent)
 

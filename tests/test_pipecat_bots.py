@@ -21,7 +21,14 @@ import pytest
 from callpipe.server.background import BackgroundServer, free_port
 from callpipe.sim.caller import CallerTurn
 from callpipe.sim.fake_api import FakeTelnyxSimulator, create_fake_telnyx_app
-from tests.pipecat_harness import check_call, inbound_call, load_module, provider_fakes, unload
+from tests.pipecat_harness import (
+    HANG_UP_AFTER_SECS,
+    check_call,
+    inbound_call,
+    load_module,
+    provider_fakes,
+    unload,
+)
 
 BOTS = Path(__file__).resolve().parent.parent / "examples" / "pipecat_style"
 
@@ -83,7 +90,8 @@ async def test_outbound_bot_through_a_server_of_your_own(
     bot: str, speech_8k: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     simulator = FakeTelnyxSimulator(
-        callee_script=lambda call: [CallerTurn(audio=speech_8k, quiet_secs=1.0)], callee_silence_secs=2.5
+        callee_script=lambda call: [CallerTurn(audio=speech_8k, quiet_secs=1.0)],
+        callee_silence_secs=HANG_UP_AFTER_SECS,
     )
     port = free_port()
     for name, value in {

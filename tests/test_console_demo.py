@@ -72,6 +72,12 @@ async def test_demo_serve_prints_the_call_page_and_serves_it(
             transcript = await page.inner_text("#transcript")
             assert "cleaning" in transcript.lower()
             assert await page.locator("#waterfall .waterfall-row").count() >= 2
+            # Each reply's latency says how much of it was waiting for the shared Whisper and
+            # Piper workers (the record's queue_wait_ms, from the models' own queue waits).
+            waits = await page.eval_on_selector_all(
+                "#transcript .flag.v2v", "els => els.map((e) => e.dataset.queueWaitMs)"
+            )
+            assert len(waits) >= 2 and all(w and float(w) >= 0 for w in waits), waits
             await page.screenshot(path=str(tmp_path / "demo-call.png"), full_page=True)
             print(f"screenshot: {tmp_path / 'demo-call.png'}")
         assert not demo.done()  # still serving

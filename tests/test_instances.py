@@ -175,3 +175,33 @@ async def test_the_internal_recording_route_takes_only_signed_requests_for_one_c
             assert (await get("v3:nobody", b"GET recording v3:nobody")).status_code == 404
     finally:
         await plane.stop()
+
+
+async def test_a_recording_whose_live_owner_does_not_answer_is_a_clear_502(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from starlette.requests import Request
+
+    from callpipe.records.model import CallRecord
+    from callpipe.server.background import free_port
+    from callpipe.server.control import ControlPlane
+    from callpipe.server.recordings import recording_response
+
+    silent_owner = f"http://127.0.0.1:{free_port()}"  # in the instances table, but nobody listens
+
+    class Store:
+        instance_id = "here-1"
+
+        async def instance_url(self, instance_id: str) -> str | None:
+            return silent_owner if instance_id == "there-2" else None
+
+    state = _state(recording_dir=str(Path(str(tmp_path)) / "mine"), forward_timeout_secs=1.0)
+    state.store = Store()  # type: ignore[assignment]
+    state.control = ControlPlane(state, SECRET)  # (not started: only its secret signs)
+    record = CallRecord(call_control_id="v3:r", instance="there-2", recording_path="/elsewhere/r.wav")
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": [(b"range", b"bytes=0-9")]})
+    response = await recording_response(state, request, record, "r.wav")
+    assert response.status_code == 502 and b"recording_proxy_failed" in response.body
+    record.instance = "gone-3"  # no live row: says where the file is instead
+    response = await recording_response(state, request, record, "r.wav")
+    assert response.status_code == 404 and b'"instance":"gone-3"' in response.body

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -103,7 +104,8 @@ async def recording_response(
         return _error(404, "no_recording", "this call has no recording")
     store = state.store
     here = store.instance_id if store is not None else ""
-    local = await _file(path, recording_dir(state.settings))
+    directory = recording_dir(state.settings)
+    local = await _file(path, directory) if directory is not None else None
     owner = record.instance or ""
     if local is None and store is not None and state.control is not None and owner and owner != here:
         url = await _owner_url(state, owner)
@@ -174,10 +176,18 @@ async def _proxy(
             return _error(404, "recording_missing", f"instance {owner} no longer has the recording file")
         logger.warning("recording of a call on %s: the instance answered %d", owner, upstream.status_code)
         return _error(502, "recording_proxy_failed", f"instance {owner} refused the recording request")
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        finally:  # also when the client goes away mid-file: the owner's connection is let go
+            await close()
+
     passed = {k: v for k, v in upstream.headers.items() if k.lower() in _PASSED_BACK}
     passed["content-disposition"] = _attachment(filename)
     return StreamingResponse(
-        upstream.aiter_raw(),
+        body(),
         status_code=upstream.status_code,
         headers=passed,
         background=BackgroundTask(close),

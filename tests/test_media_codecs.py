@@ -29,6 +29,7 @@ from callpipe.pipeline.frames import Frame, InputAudioRawFrame
 from callpipe.pipeline.pipeline import Pipeline
 from callpipe.pipeline.processor import FrameDirection, FrameProcessor
 from callpipe.pipeline.task import PipelineParams, PipelineRunner, PipelineTask
+from callpipe.records.model import CallRecord
 from callpipe.records.sink import MemorySink
 from callpipe.runner import RunnerArguments, create_telnyx_transport
 from callpipe.server.app import create_app
@@ -37,6 +38,7 @@ from callpipe.server.settings import ServerSettings
 from callpipe.sim.bots import CannedReplyProcessor
 from callpipe.sim.caller import CallerTurn, CallResult
 from callpipe.sim.fake_api import FakeTelnyxSimulator, create_fake_telnyx_app
+from callpipe.sim.fake_api.session import FakeCallSession
 from callpipe.sim.texml import place_texml_call
 from callpipe.telnyx.webhooks import generate_webhook_keypair
 
@@ -97,6 +99,7 @@ class Heard:
     rate: int = 0
     out_codec: str = ""
     out_rate: int = 0
+    transport: Any = None
 
 
 class _Ear(FrameProcessor):
@@ -118,7 +121,7 @@ def _make_bot(runs: list[Heard]) -> Any:
     async def bot(runner_args: RunnerArguments) -> None:
         heard = Heard(call_data=dict(runner_args.call_data))
         runs.append(heard)
-        transport = create_telnyx_transport(runner_args)  # with its Silero VAD
+        transport = heard.transport = create_telnyx_transport(runner_args)  # with its Silero VAD
         codec = transport.serializer.out_codec
         heard.out_codec, heard.out_rate = codec.name, codec.sample_rate
         responder = CannedReplyProcessor(REPLY, BOT_RATE, greeting=GREETING)
@@ -141,22 +144,46 @@ class World:
     sink: MemorySink
     runs: list[Heard]
     signing_key: Any
+    sim_api_base: str
+
+    async def sim_session(self, ccid: str) -> FakeCallSession:
+        """The fake's session of ``ccid`` once the call is over and its webhooks are sent."""
+        deadline = time.monotonic() + 25
+        while ccid not in self.sim.sessions or not self.sim.sessions[ccid].finished.is_set():
+            assert time.monotonic() < deadline, "the simulated call did not finish"
+            await asyncio.sleep(0.05)
+        return self.sim.sessions[ccid]
+
+    async def record(self, ccid: str) -> CallRecord:
+        """The call's finished record."""
+        deadline = time.monotonic() + 10
+        while ccid not in self.sink.finished:
+            assert time.monotonic() < deadline, f"no finished record for {ccid}; live: {list(self.sink.live)}"
+            await asyncio.sleep(0.05)
+        return self.sink.finished[ccid]
 
 
 @contextmanager
 def world(
-    tmp_path: Path, *, callee_codec: str | None, callee_rate: int | None = None, **settings: Any
+    tmp_path: Path,
+    *,
+    callee_codec: str | None,
+    callee_rate: int | None = None,
+    script: list[CallerTurn] | None = None,
+    **settings: Any,
 ) -> Iterator[World]:
     runs: list[Heard] = []
     port = free_port()
     signing_key, public_key = generate_webhook_keypair()
     sim = FakeTelnyxSimulator(
+        # The connection's webhook URL (set in Telnyx's portal): every call event comes here.
+        webhook_url=f"http://127.0.0.1:{port}/webhooks/telnyx",
         callee_silence_secs=0.8,
         max_call_secs=20.0,
         webhook_private_key=signing_key,
         callee_codec=callee_codec,
         callee_sample_rate=callee_rate,
-        callee_script=lambda call: [CallerTurn(audio=_speech(), sample_rate=8000, text="hello")],
+        callee_script=lambda call: script or [CallerTurn(audio=_speech(), sample_rate=8000, text="hello")],
     )
     with BackgroundServer(create_fake_telnyx_app(TELNYX_KEY, simulator=sim)) as fake:
         values: dict[str, Any] = {
@@ -179,10 +206,17 @@ def world(
         sink = MemorySink()
         app.state.callpipe.record_sink = sink
         with BackgroundServer(app, port=port) as server:
-            yield World(server, sim, sink, runs, signing_key)
+            yield World(server, sim, sink, runs, signing_key, fake.base_url + "/v2")
 
 
 async def dial(w: World, **stream: Any) -> CallResult:
+    """Dial out through ``/start`` (with ``stream`` fields) and wait for the simulated call to end."""
+    session = await w.sim_session(await start(w, **stream))
+    assert session.result is not None, session.errors
+    return session.result
+
+
+async def start(w: World, **stream: Any) -> str:
     async with httpx.AsyncClient(base_url=w.server.base_url, timeout=10) as http:
         response = await http.post(
             "/start",
@@ -190,14 +224,7 @@ async def dial(w: World, **stream: Any) -> CallResult:
             headers={"Authorization": f"Bearer {API_KEY}"},
         )
     assert response.status_code == 200, response.text
-    ccid = response.json()["call_control_id"]
-    deadline = time.monotonic() + 25
-    while ccid not in w.sim.sessions or not w.sim.sessions[ccid].finished.is_set():
-        assert time.monotonic() < deadline, "the simulated call did not finish"
-        await asyncio.sleep(0.05)
-    session = w.sim.sessions[ccid]
-    assert session.result is not None, session.errors
-    return session.result
+    return str(response.json()["call_control_id"])
 
 
 def check_both_ways(

@@ -91,8 +91,30 @@ def test_malformed_and_oversized_messages() -> None:
         app.receive("{nope")
     assert info.value.kind == "malformed"
     assert isinstance(info.value, protocol.ProtocolError)  # existing handlers still catch it
-    with pytest.raises(StreamProtocolError, match="exceeds the limit"):
+    with pytest.raises(StreamProtocolError, match="exceeds the limit") as info:
         app.receive("{" + " " * 200 + "}")
+    assert info.value.kind == "size"
+
+
+def test_receive_event_is_receive_without_the_list() -> None:
+    telnyx, app = _pair()
+    event = app.receive_event(telnyx.send(InboundMedia(b"\x07")))
+    assert isinstance(event, protocol.MediaEvent) and event.payload == b"\x07"
+    assert app.receive_event(telnyx.send(InboundMedia(b"\x08", track="outbound"))) is None
+    resumed = Stream.streaming(Role.APP, stream_id=SID)  # the handshake was read elsewhere
+    assert resumed.state is State.STREAMING
+    assert resumed.send(Media(b"\x01")) == protocol.build_media(b"\x01")
+
+
+def test_both_tracks_are_numbered_per_track_and_filtered_first() -> None:
+    telnyx, app = _pair()
+    for i in range(3):
+        app.receive(telnyx.send(InboundMedia(bytes([i]))))
+        out = telnyx.send(InboundMedia(bytes([i]), track="outbound"))
+        assert isinstance(event := protocol.parse_event(out), protocol.MediaEvent)
+        assert (event.chunk, event.timestamp) == (i + 1, 20 * i)  # its own chunks
+        assert app.receive(out) == []
+    assert app.counters.media_filtered == 3 and app.counters.media_out_of_order == 0
 
 
 def test_media_flows_and_order_is_checked() -> None:

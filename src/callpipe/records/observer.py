@@ -237,6 +237,10 @@ class CallObserver:
         self.event("webhook", event_type, data)
         if event_type == "call.hangup":
             self.note_end("caller_hangup", str(payload.get("hangup_source") or "caller"))
+        elif event_type == "streaming.failed":
+            # The media stream broke: the call cannot go on (control.py ends it).
+            self.error("streaming_failed", str(payload.get("failure_reason") or "unknown"))
+            self.note_end("error", "server")
         elif event_type == "call.answered" and self.record.answered_at is None:
             self.record.answered_at = time.time()
         elif event_type.startswith("call.machine."):

@@ -55,7 +55,7 @@ from callpipe.server.endpoints import error as _error
 from callpipe.server.endpoints import error_body as _error_body
 from callpipe.server.health import health_router, start_metrics_listener
 from callpipe.server.idempotency import IdempotencyCache
-from callpipe.server.records import close_record, open_record, record_unanswered
+from callpipe.server.records import close_record, open_record, record_stream_failed, record_unanswered
 from callpipe.server.replay import ReplayGuard
 from callpipe.server.settings import ServerSettings
 from callpipe.server.telnyx_auth import TelnyxRequestAuth
@@ -656,5 +656,10 @@ async def _handle_webhook(state: ServerState, event_type: str, ccid: str, payloa
         return
     event = control.ControlEvent(kind="webhook", event_type=event_type, payload=payload)
     result = await control.dispatch(state, ccid, event)
+    if result == "not_found" and event_type == "streaming.failed":
+        # The stream never reached a bot (or its instance is gone): record why, end the call.
+        record_stream_failed(state, ccid, payload)
+        if state.telnyx is not None:
+            control.spawn_hangup(state, ccid)
     if result == "not_found" and event_type == "call.hangup" and not record_unanswered(state, ccid, payload):
         logger.info("call.hangup for %s: no live call here or elsewhere", ccid)

@@ -53,6 +53,7 @@ __all__ = [
     "dispatch",
     "internal_app",
     "sign_forward",
+    "spawn_hangup",
     "verify_forward",
 ]
 
@@ -136,6 +137,10 @@ async def deliver_locally(state: ServerState, ccid: str, event: ControlEvent) ->
             cause = event.payload.get("hangup_cause", "unknown")
             logger.info("call.hangup for %s (%s)", ccid, cause)
             await _end(state, ccid, f"call hung up ({cause})")
+        elif event.event_type == "streaming.failed":
+            reason = event.payload.get("failure_reason", "unknown")
+            logger.warning("streaming.failed for %s (%s): ending the call", ccid, reason)
+            await _end(state, ccid, f"Telnyx streaming failed ({reason})")
         elif event.event_type.startswith("call.machine.") and transport is not None:
             result = str(event.payload.get("result", ""))
             frame = AnsweringMachineDetectionFrame(result=result, event_type=event.event_type)
@@ -177,12 +182,17 @@ def _spawn(state: ServerState, coro: Any) -> None:
     task.add_done_callback(_background.discard)
 
 
+def spawn_hangup(state: ServerState, ccid: str) -> None:
+    """Hang ``ccid`` up through the Telnyx API in the background (failures are logged)."""
+    _spawn(state, _hangup_quietly(state, ccid))
+
+
 async def _hangup_quietly(state: ServerState, ccid: str) -> None:
     assert state.telnyx is not None
     try:
         await state.telnyx.hangup(ccid)
     except (TelnyxError, httpx.HTTPError) as exc:
-        logger.warning("operator hang-up of %s through the Telnyx API failed: %s", ccid, exc)
+        logger.warning("hang-up of %s through the Telnyx API failed: %s", ccid, exc)
 
 
 async def dispatch(state: ServerState, ccid: str, event: ControlEvent) -> str:

@@ -153,5 +153,36 @@ def record_unanswered(state: ServerState, ccid: str, payload: dict[str, Any]) ->
     return True
 
 
+def record_stream_failed(state: ServerState, ccid: str, payload: dict[str, Any]) -> None:
+    """A ``streaming.failed`` for a call no bot holds (its stream never connected): record it.
+
+    ``end_reason="error"``, the failure reason in an ``error`` event, the webhook kept.
+    """
+    if not ccid:
+        return
+    now = time.time()
+    reason = str(payload.get("failure_reason") or "unknown")
+    direction = str(payload.get("direction", "outgoing"))
+    record = CallRecord(
+        call_control_id=ccid,
+        direction="inbound" if direction in ("incoming", "inbound") else "outbound",
+        from_=_text(payload.get("from")),
+        to=_text(payload.get("to")),
+        call_session_id=_text(payload.get("call_session_id")),
+        stream_id=_text(payload.get("stream_id")),
+        instance=state.store.instance_id if state.store is not None else None,
+        started_at=now,
+        ended_at=now,
+        end_reason="error",
+        hangup_by="server",
+        events=[
+            CallEvent(type="webhook", at=now, name="streaming.failed", data=dict(payload)),
+            CallEvent(type="error", at=now, name="streaming_failed", data={"reason": reason[:500]}),
+        ],
+    )
+    _sink_of(state).finish(record)
+    logger.warning("the stream of %s failed before any bot ran: %s", ccid, reason)
+
+
 def _text(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)

@@ -291,17 +291,29 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
             self._note_end("caller_hangup", "caller")
             return "Telnyx stopped the stream (the call ended)"
         elif isinstance(event, protocol.ErrorEvent):
-            logger.error("Telnyx stream error %s %s: %s", event.code, event.title, event.detail)
-            if self._observer is not None:
-                self._observer.error("telnyx_stream_error", f"{event.code} {event.title}: {event.detail}")
-            await self.push_frame(
-                ErrorFrame(error=f"Telnyx error {event.code}: {event.title} {event.detail}".strip()),
-                FrameDirection.UPSTREAM,
-            )
+            return await self._telnyx_error(event)
         elif isinstance(event, protocol.UnknownEvent):
             return await self._bad_message(f"unknown event {event.event!r}", counts=False)
         # connected/start were consumed by parse_telephony_websocket; the machine drops repeats.
         return None
+
+    async def _telnyx_error(self, event: protocol.ErrorEvent) -> str:
+        """Telnyx reports the stream broken (malformed media, an unsupported operation): end the call.
+
+        Processors see the :class:`ErrorFrame` first; the record ends with ``end_reason="error"``
+        and the reason. Assumption: after an ``error`` the stream cannot be trusted to carry
+        the call on (Telnyx's docs list no recoverable codes), so the bot ends and hangs up.
+        """
+        reason = f"Telnyx stream error {event.code} {event.title}: {event.detail}".strip().rstrip(":")
+        logger.error("%s", reason)
+        if self._observer is not None:
+            self._observer.error("telnyx_stream_error", reason)
+            self._observer.note_end("error", "server")
+        await self.push_frame(
+            ErrorFrame(error=f"Telnyx error {event.code}: {event.title} {event.detail}".strip()),
+            FrameDirection.UPSTREAM,
+        )
+        return reason
 
     async def _pass_media(self, payload: bytes) -> str | None:
         # The wire bytes go on as they are; only a VAD (if any) needs them decoded.

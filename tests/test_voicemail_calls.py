@@ -28,7 +28,7 @@ from callpipe.server.app import create_app
 from callpipe.server.background import BackgroundServer, free_port
 from callpipe.server.settings import ServerSettings
 from callpipe.sim.fake_api import FakeTelnyxSimulator, create_fake_telnyx_app
-from callpipe.sim.fake_api.callees import Callees, voicemail_message
+from callpipe.sim.fake_api.callees import SCREENING_QUESTION, Callees, piper_voice, voicemail_message
 from callpipe.sim.fake_api.session import FakeCallSession
 from callpipe.telephony import VoicemailPolicy
 from callpipe.telnyx.webhooks import generate_webhook_keypair
@@ -46,6 +46,7 @@ RINGS_OUT = "+15551230005"
 
 GREETING = tone(0.4, freq=330)
 MESSAGE = tone(1.2, freq=550)
+LINE = tone(1.0, freq=440)
 
 
 async def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -97,14 +98,20 @@ class Served:
                 await asyncio.sleep(0.1)
 
 
-def _bot(policies: list[VoicemailPolicy]) -> Callable[[RunnerArguments], Any]:
+def _bot(policies: list[VoicemailPolicy], *, stt: bool = False) -> Callable[[RunnerArguments], Any]:
+    """A bot with the policy: tones for greeting, message and screening line; Whisper if ``stt``."""
+
     async def bot(runner_args: RunnerArguments) -> None:
-        transport = create_telnyx_transport(runner_args, vad=False)
+        transport = create_telnyx_transport(runner_args, vad=stt)
         policy = VoicemailPolicy.for_call(
-            runner_args, greeting=GREETING, message=MESSAGE, screening_line=tone(1.0, freq=440)
+            runner_args, greeting=GREETING, message=MESSAGE, screening_line=LINE
         )
         policies.append(policy)
         stages: list[Any] = [transport.input(), policy, transport.output()]
+        if stt:
+            from callpipe.services.whisper import WhisperSTTService
+
+            stages.insert(1, WhisperSTTService())
         task = PipelineTask(
             Pipeline(stages), params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000)
         )
@@ -114,7 +121,13 @@ def _bot(policies: list[VoicemailPolicy]) -> Callable[[RunnerArguments], Any]:
 
 
 @contextmanager
-def serve(monkeypatch: pytest.MonkeyPatch, callees: Callees) -> Iterator[Served]:
+def serve(
+    monkeypatch: pytest.MonkeyPatch,
+    callees: Callees,
+    *,
+    stt: bool = False,
+    bot: Callable[[RunnerArguments], Any] | None = None,
+) -> Iterator[Served]:
     """The fake Telnyx API with ``callees`` and the callpipe server with the policy bot."""
     signing_key, public_key = generate_webhook_keypair()
     sim = FakeTelnyxSimulator(
@@ -139,7 +152,7 @@ def serve(monkeypatch: pytest.MonkeyPatch, callees: Callees) -> Iterator[Served]
             telnyx_connection_id="conn-amd",
             max_call_secs=30.0,
         )
-        with BackgroundServer(create_app(_bot(policies), settings), port=port) as server:
+        with BackgroundServer(create_app(bot or _bot(policies, stt=stt), settings), port=port) as server:
             yield Served(server, sim, policies)
             fake.stop()  # simulated callees hang up before the bot server goes
     assert sim.active_calls == 0
@@ -246,3 +259,66 @@ async def test_a_busy_line_and_one_that_rings_out_leave_records(monkeypatch: pyt
     assert busy_record["end_reason"] == "busy" and busy_record["to"] == BUSY
     assert out_record["end_reason"] == "no_answer" and out_record["direction"] == "outbound"
     assert [e["name"] for e in busy_record["events"]] == ["call.hangup"]
+
+
+@pytest.mark.slow
+async def test_a_call_screener_is_answered_with_the_line_and_puts_the_person_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    voice = piper_voice()
+    if voice is None:
+        pytest.skip("needs the embedded Piper voice (callpipe[local]) for the screener's words")
+    callees = Callees(by_number={SCREENER: "screening"}, voice=voice)
+    with serve(monkeypatch, callees, stt=True) as served:
+        ccid = await served.dial(SCREENER, "detect")
+        session = await served.finished(ccid, timeout=40)
+        plan, result = session.callee, session.result
+        assert plan is not None and result is not None
+        # The screener heard the bot's line after its question, then connected the person.
+        question = next(t for t in result.turns if t.text == SCREENING_QUESTION)
+        assert "connected" in plan.times, [t.text for t in result.turns]
+        heard = result.bot_track[int((question.ended_at - result.connected_at) * 8000) * 2 :]
+        assert _pitch_secs(heard, 440) >= 0.8
+        record = await served.record(ccid, lambda r: r["end_reason"] != "in_progress")
+    amd = record["amd"]
+    assert amd["decision"] == "screened_human" and amd["screening_answers"] >= 1, amd
+    assert amd["screening_ms"] <= amd["connected_ms"]
+    names = [e["name"] for e in record["events"] if e["type"] == "amd"]
+    assert "answer_screening" in names and names[-1] == "greet", names
+    # The screener's words are the record's caller turns (transcribed; the bot's turn-taking never saw them).
+    said = " ".join(t["text"] for t in record["turns"] if t["speaker"] == "caller").lower()
+    assert "calling" in said, record["turns"]
+
+
+@pytest.mark.slow
+async def test_the_built_in_assistant_leaves_its_message_on_a_voicemail_box(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    voice = piper_voice()
+    if voice is None:
+        pytest.skip("needs the embedded models (callpipe[local])")
+    for name in (
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "DEEPGRAM_API_KEY",
+        "CARTESIA_API_KEY",
+        "ASSISTANT_MODE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    from callpipe.services.assistant import AssistantConfig, bot
+
+    expected = AssistantConfig().voicemail_text()
+    with serve(monkeypatch, Callees(by_number={BOX: "voicemail"}, voice=voice), bot=bot) as served:
+        ccid = await served.dial(BOX, "detect_beep")
+        session = await served.finished(ccid, timeout=40)
+        message = voicemail_message(session.callee, session.result)
+        assert message is not None and message.message_started_at is not None
+        # Silent through the box's greeting (it never answered it), speaking after the beep.
+        assert message.talked_over_greeting_secs == 0.0
+        assert 0.0 <= message.message_started_at - message.beep_ended_at < 1.5
+        assert message.message_secs >= 3.0  # the whole message, spoken by the voice
+        assert session.call.hangup_source == "caller"  # the bot hung up after it
+        record = await served.record(ccid, lambda r: r["end_reason"] != "in_progress")
+    assert record["amd"]["decision"] == "machine" and record["end_reason"] == "bot_ended"
+    [bot_turn] = [t for t in record["turns"] if t["speaker"] == "bot"]
+    assert bot_turn["text"] == expected

@@ -132,6 +132,15 @@ def test_a_screener_after_the_greeting_is_still_answered() -> None:
     assert kinds(p.on_transcript("Hi, this is Alex", 104.0)[0]) == ["greet"] and p.greeted == 2
 
 
+def test_a_screener_taken_for_a_machine_is_answered_not_left_a_message() -> None:
+    p = policy("detect")
+    p.start(100.0)
+    p.on_result("call.machine.detection.ended", "machine", 102.0)
+    acts, _ = p.on_transcript("Who is calling and why?", 102.5)
+    assert kinds(acts) == ["answer_screening"] and p.state is AmdState.SCREENING and p.deadline is None
+    assert p.on_tick(130.0) == []
+
+
 def test_screening_questions() -> None:
     for text in (
         "Hi, who is calling and why?",

@@ -43,6 +43,7 @@ from callpipe.services.llm import (
 from callpipe.services.scripted import OfficeInfo, ScriptedLLMService
 from callpipe.services.stt import STTService
 from callpipe.services.tts import TTSService
+from callpipe.telephony.voicemail import VoicemailPolicy
 
 logger = logging.getLogger("callpipe.assistant")
 
@@ -58,6 +59,10 @@ class AssistantConfig:
     vad_stop_secs: float = 0.3
     transcript_timeout_secs: float = 1.5
     idle_timeout_secs: float = 120.0
+    # Outbound calls dialled with AMD (see callpipe.telephony.voicemail): what a voicemail
+    # box is told, and what a call screener asking who is calling hears ("" = the default).
+    voicemail_message: str = ""
+    screening_line: str = ""
 
     @classmethod
     def from_file(cls, path: str | Path) -> AssistantConfig:
@@ -93,6 +98,23 @@ class AssistantConfig:
             f"A phone call to {self.office.business} about booking appointments, opening hours and the"
             " address, on Monday, Tuesday, Wednesday, Thursday, Friday or Saturday."
         )
+
+    def voicemail_text(self, caller_name: str = "") -> str:
+        """The message left on a voicemail box (``voicemail_message`` or one naming the office)."""
+        if self.voicemail_message:
+            return self.voicemail_message
+        office, hello = self.office, f"Hi {caller_name}" if caller_name else "Hello"
+        return (
+            f"{hello}, this is {office.assistant_name} from {office.business}, calling about your"
+            " appointment. Please call us back when it suits you. Goodbye."
+        )
+
+    def screening_text(self, caller_name: str = "") -> str:
+        """What a call screener is told (``screening_line`` or one naming the office)."""
+        if self.screening_line:
+            return self.screening_line
+        office, whom = self.office, caller_name or "the patient"
+        return f"This is {office.assistant_name} from {office.business}, calling {whom} about an appointment."
 
     def to_json(self) -> str:
         """The configuration as JSON (the format :meth:`from_file` reads)."""
@@ -251,10 +273,18 @@ async def run_assistant(
     if on_message is not None:
         context.on_message(on_message)
     aggregators = LLMContextAggregatorPair(context, transcript_timeout_secs=config.transcript_timeout_secs)
+    # Dialled with AMD: the policy holds the greeting until it knows who answered.
+    policy = VoicemailPolicy.for_call(
+        runner_args,
+        greeting=LLMRunFrame(),
+        message=config.voicemail_text(caller_name),
+        screening_line=config.screening_text(caller_name),
+    )
     pipeline = Pipeline(
         [
             transport.input(),
             stt,
+            *([policy] if policy.config.mode else []),
             aggregators.user(),
             llm,
             tts,
@@ -269,9 +299,11 @@ async def run_assistant(
         idle_timeout_secs=config.idle_timeout_secs,
     )
 
-    @transport.event_handler("on_client_connected")
-    async def greet(_transport: Any, _websocket: Any) -> None:
-        await task.queue_frame(LLMRunFrame())
+    if not policy.config.mode:
+
+        @transport.event_handler("on_client_connected")
+        async def greet(_transport: Any, _websocket: Any) -> None:
+            await task.queue_frame(LLMRunFrame())
 
     try:
         await PipelineRunner().run(task)

@@ -11,7 +11,7 @@ numbers. :class:`~callpipe.telephony.voicemail.VoicemailPolicy` runs it in a pip
                  human / not_sure / silence / detect timeout
    WAITING ───────────────────────────────────────────────▶ HUMAN (greet)
      │  machine                     screening question ▲ │ screening question
-     ▼                              (answer the line)  │ ▼
+     ▼                              (answer the line)  │ ▼     (also from WAITING, MACHINE)
    MACHINE ── greeting ended / beep / silence / timeout ─▶ LEAVING (message, then hang up) ─▶ DONE
      fax_detected ─────────────────────────────────────▶ DONE (hang up)
    SCREENING ── the person speaks ──▶ HUMAN (greet)
@@ -157,7 +157,8 @@ class AmdPolicy:
         state = self.state
         if (
             self.config.screening
-            and state in (AmdState.WAITING, AmdState.HUMAN, AmdState.SCREENING)
+            # A screener's long scripted question may also have been classified a machine.
+            and state in (AmdState.WAITING, AmdState.HUMAN, AmdState.MACHINE, AmdState.SCREENING)
             and is_screening_question(text)
         ):
             if self.screening_answers >= self.config.max_screening_answers:

@@ -42,6 +42,7 @@ from callpipe.pipeline.frames import (
     StartFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
+    TTSPrefetchFrame,
     TTSSpeakFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
@@ -142,7 +143,16 @@ class VoicemailPolicy(FrameProcessor):
             return
         now = time.monotonic()
         if isinstance(frame, AnsweringMachineDetectionFrame):
+            was = policy.state
             await self._apply(policy.on_result(frame.event_type, frame.result, now))
+            if (
+                was is not AmdState.MACHINE
+                and policy.state is AmdState.MACHINE
+                and isinstance(self.message, str)
+            ):
+                # A TTS that can (Piper) synthesizes the message during the box's greeting,
+                # so it starts right at the beep.
+                await self.push_frame(TTSPrefetchFrame(text=self.message))
             await self.push_frame(frame, direction)  # bots may watch the results too
         elif isinstance(frame, TranscriptionFrame):
             acts, passes = policy.on_transcript(frame.text, now)

@@ -6,6 +6,11 @@ Run it with ``callpipe serve examples/dial_out_bot.py``, then place a call::
 
 The body travels (URL-safe base64) through Telnyx's TeXML call to ``/answer`` and on to
 the stream, and arrives here as ``runner_args.body``.
+
+With ``DIAL_MODE=call_control``, ``callpipe dial ... --amd premium`` also asks Telnyx for
+answering machine detection: a voicemail box is left the message below after its beep,
+and a call screener asking who is calling is told who we are (``VoicemailPolicy``, which
+the built-in assistant runs for such calls).
 """
 
 from __future__ import annotations
@@ -26,4 +31,10 @@ async def bot(runner_args: RunnerArguments) -> None:
     called = runner_args.call_data["to"]
     logger.info("outbound call to %s for %r", called, first_name)
     office = OfficeInfo(callers={called: first_name} if first_name else {})
-    await run_assistant(runner_args, AssistantConfig(office=office))
+    hello = f"Hi {first_name}" if first_name else "Hello"
+    config = AssistantConfig(
+        office=office,
+        voicemail_message=f"{hello}, this is Ava from {office.business} about your appointment."
+        " Please call us back. Goodbye.",
+    )
+    await run_assistant(runner_args, config)

@@ -184,3 +184,13 @@ def test_callees_parse_numbers_and_refuse_unknown_kinds() -> None:
         Callees.parse(["+15551230001"])
     with pytest.raises(ValueError, match="not one of"):
         Callees.parse(["+15551230001=robot"])
+
+
+def test_fake_telnyx_cli_refuses_a_malformed_callee(capsys: pytest.CaptureFixture[str]) -> None:
+    from callpipe.cli import main
+
+    with pytest.raises(SystemExit, match="NUMBER=KIND"):
+        main(["fake-telnyx", "--port", "0", "--callee", "+15551230001"])
+    with pytest.raises(SystemExit):
+        main(["fake-telnyx", "--port", "0", "--default-callee", "robot"])
+    assert "invalid choice" in capsys.readouterr().err

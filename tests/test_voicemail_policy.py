@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import pytest
 
+from callpipe.pipeline.frames import (
+    AnsweringMachineDetectionFrame,
+    EndFrame,
+    EndTaskFrame,
+    Frame,
+    StartFrame,
+    TranscriptionFrame,
+    TTSPrefetchFrame,
+    TTSSpeakFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from callpipe.pipeline.processor import FrameDirection, FrameProcessor
 from callpipe.sim.fake_api.callees import Callees, amd_events
+from callpipe.telephony import VoicemailPolicy
 from callpipe.telephony.amd import Act, AmdConfig, AmdPolicy, AmdState, is_screening_question
 
 
@@ -127,7 +141,8 @@ def test_a_screener_after_the_greeting_is_still_answered() -> None:
     p = policy("detect")
     p.start(100.0)
     p.on_result("call.machine.detection.ended", "human", 100.8)
-    acts, passes = p.on_transcript("Who's calling, please?", 102.0)
+    assert p.on_transcript("Who's calling, please?", 101.5) == ([], True)  # a person may ask that
+    acts, passes = p.on_transcript("Please say your name and the reason for your call.", 102.0)
     assert kinds(acts) == ["answer_screening"] and not passes
     assert kinds(p.on_transcript("Hi, this is Alex", 104.0)[0]) == ["greet"] and p.greeted == 2
 
@@ -194,3 +209,68 @@ def test_fake_telnyx_cli_refuses_a_malformed_callee(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         main(["fake-telnyx", "--port", "0", "--default-callee", "robot"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+class _Collect(FrameProcessor):
+    """Keeps what reaches it, in either direction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[Frame] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        self.frames.append(frame)
+
+
+def _policy_between(amd: str | None, **kwargs: object) -> tuple[VoicemailPolicy, _Collect, _Collect]:
+    up, policy, down = _Collect(), VoicemailPolicy(amd=amd, **kwargs), _Collect()  # type: ignore[arg-type]
+    up.link(policy)
+    policy.link(down)
+    return policy, up, down
+
+
+async def test_the_processor_holds_everything_from_a_machine_and_leaves_the_message() -> None:
+    policy, up, down = _policy_between("detect_beep", greeting="Hello!", message="Please call back.")
+    await policy.queue_frame(StartFrame())
+    for frame in (
+        UserStartedSpeakingFrame(),
+        TranscriptionFrame(text="Hi, you've reached Alex, leave a message"),
+        TTSSpeakFrame("Sorry, could you say that again?"),  # e.g. Whisper overloaded
+        UserStoppedSpeakingFrame(),
+    ):
+        await policy.queue_frame(frame)
+    assert [type(f) for f in down.frames] == [StartFrame]
+    await policy.queue_frame(
+        AnsweringMachineDetectionFrame(result="machine", event_type="call.machine.detection.ended")
+    )
+    assert isinstance(down.frames[1], TTSPrefetchFrame) and down.frames[1].text == "Please call back."
+    end = AnsweringMachineDetectionFrame(result="beep_detected", event_type="call.machine.greeting.ended")
+    await policy.queue_frame(end)
+    spoken = [f.text for f in down.frames if isinstance(f, TTSSpeakFrame)]
+    assert spoken == ["Please call back."]  # not the greeting, not the STT's line
+    assert [type(f) for f in up.frames] == [EndTaskFrame]
+    assert policy.state is AmdState.LEAVING
+    await policy.queue_frame(EndFrame())
+
+
+async def test_the_processor_greets_a_person_once_and_then_passes_everything() -> None:
+    policy, _, down = _policy_between("detect", greeting="Hello!", message="Bye.")
+    await policy.queue_frame(StartFrame())
+    await policy.queue_frame(
+        AnsweringMachineDetectionFrame(result="human", event_type="call.machine.detection.ended")
+    )
+    await policy.queue_frame(TranscriptionFrame(text="Hi, who's this?"))  # a person asking, not a screener
+    # Greeted once; the person's "who's this?" reaches the conversation (not the screening line).
+    assert [f.text for f in down.frames if isinstance(f, TTSSpeakFrame)] == ["Hello!"]
+    assert [f.text for f in down.frames if isinstance(f, TranscriptionFrame)] == ["Hi, who's this?"]
+    assert policy.state is AmdState.HUMAN
+    await policy.queue_frame(EndFrame())
+
+
+async def test_without_amd_the_processor_greets_at_start_and_passes_through() -> None:
+    policy, _, down = _policy_between(None, greeting="Hello!", message="Bye.")
+    await policy.queue_frame(StartFrame())
+    await policy.queue_frame(TranscriptionFrame(text="I'd like an appointment"))
+    assert [type(f) for f in down.frames] == [StartFrame, TTSSpeakFrame, TranscriptionFrame]
+    assert policy._timer is None  # no timer task without AMD

@@ -45,17 +45,26 @@ GREETING_END_RESULTS = frozenset({"beep_detected", "ended", "no_beep_detected", 
 # Modes whose greeting end comes as an event; with "detect" only silence tells it.
 GREETING_EVENT_MODES = frozenset({"detect_beep", "detect_words", "greeting_end", "premium"})
 
-_SCREENING = re.compile(
-    r"who(?:'s| is) (?:calling|this)|who are you|(?:state|say) your name|your name and"
-    r"|reason for (?:your|the|this) call|why (?:are you|you're) calling"
+# What only a screener says (a person on the line rarely asks for name *and* reason).
+_SCREENER_ONLY = re.compile(
+    r"(?:state|say) your name|your name and|reason for (?:your|the|this) call"
+    r"|purpose of (?:your|the|this) call|screening (?:service|assistant)|record your name"
+)
+# What a person may ask too: a screener only before the far end is known to be a person.
+_WHO_IS_CALLING = re.compile(
+    r"who(?:'s| is) (?:calling|this)|who are you|why (?:are you|you're) calling"
     r"|what(?:'s| is) (?:this|the call|your call) (?:about|regarding|in regards? to)"
-    r"|purpose of (?:your|the|this) call|screening (?:service|assistant)"
 )
 
 
-def is_screening_question(text: str) -> bool:
-    """Whether ``text`` sounds like a call screener asking who is calling and why."""
-    return bool(_SCREENING.search(" ".join(text.lower().replace("’", "'").split())))
+def is_screening_question(text: str, *, strict: bool = False) -> bool:
+    """Whether ``text`` sounds like a call screener asking who is calling and why.
+
+    ``strict``: only what a screener says (used once a person was greeted, who may well
+    ask "who's this?" and should then get the conversation, not the screening line).
+    """
+    plain = " ".join(text.lower().replace("’", "'").split())
+    return bool(_SCREENER_ONLY.search(plain) or (not strict and _WHO_IS_CALLING.search(plain)))
 
 
 class AmdState(StrEnum):
@@ -159,7 +168,7 @@ class AmdPolicy:
             self.config.screening
             # A screener's long scripted question may also have been classified a machine.
             and state in (AmdState.WAITING, AmdState.HUMAN, AmdState.MACHINE, AmdState.SCREENING)
-            and is_screening_question(text)
+            and is_screening_question(text, strict=state is AmdState.HUMAN)
         ):
             if self.screening_answers >= self.config.max_screening_answers:
                 return [], False

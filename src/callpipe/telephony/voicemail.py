@@ -159,6 +159,10 @@ class VoicemailPolicy(FrameProcessor):
             if passes:
                 await self.push_frame(frame, direction)
             await self._apply(acts)
+        elif isinstance(frame, TTSSpeakFrame) and policy.state is not AmdState.HUMAN:
+            # Words for a person from before the policy (Whisper's "could you say that
+            # again?" under overload): a machine or a screener must not hear them.
+            logger.debug("voicemail policy: held back %r (%s)", frame.text, policy.state)
         elif isinstance(frame, _VOICE_FRAMES):
             if isinstance(frame, UserStartedSpeakingFrame):
                 policy.on_caller_started(now)

@@ -163,6 +163,11 @@ class CallRecord(msgspec.Struct, kw_only=True):
                 tool["at"] = iso(tool["at"])
         for event in data["events"]:
             event["at"] = iso(event["at"])
+        transfer = data.get("transfer")
+        if isinstance(transfer, dict):
+            for key in ("started_at", "ended_at"):
+                if isinstance(transfer.get(key), int | float):
+                    transfer[key] = iso(transfer[key])
         data["duration_secs"] = None if self.duration_secs is None else round(self.duration_secs, 3)
         data["recording_url"] = recording_url
         if not full:

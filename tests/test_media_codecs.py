@@ -206,7 +206,15 @@ def world(
         sink = MemorySink()
         app.state.callpipe.record_sink = sink
         with BackgroundServer(app, port=port) as server:
+            _wait_ready(server.base_url)  # models warm: the first greeting is not late
             yield World(server, sim, sink, runs, signing_key, fake.base_url + "/v2")
+
+
+def _wait_ready(base_url: str) -> None:
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{base_url}/readyz", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, "the server never became ready"
+        time.sleep(0.1)
 
 
 async def dial(w: World, **stream: Any) -> CallResult:
@@ -343,3 +351,20 @@ async def test_start_refuses_stream_fields_it_cannot_honour(tmp_path: Path) -> N
     with world(tmp_path, callee_codec=None, dial_mode="texml") as w:
         response = await post(w, stream_bidirectional_codec="PCMA")
         assert response.status_code == 422 and "DIAL_MODE=call_control" in response.json()["error"]["detail"]
+
+
+@pytest.mark.slow
+def test_callpipe_call_places_a_pcma_call_to_a_texml_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``callpipe call URL --codec PCMA``: the call is A-law, the TeXML's codec comes back."""
+    from callpipe.cli import main
+
+    with world(tmp_path, callee_codec=None, texml_path_secret="texml-path-secret-0123456789") as w:
+        url = f"{w.server.base_url}/texml/texml-path-secret-0123456789"
+        code = main(["call", url, "--codec", "PCMA", "--hang-up-after", "0.8"])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "turn 1: response latency" in out and "no answer" not in out
+        (heard,) = w.runs
+    assert heard.call_data["outbound_encoding"] == "PCMA" and heard.out_codec == "PCMU"

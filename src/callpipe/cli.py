@@ -152,8 +152,11 @@ async def _call(args: argparse.Namespace) -> int:
     params = _parse_params(args.param)
     url = args.url
     caller_kw: dict[str, Any] = {
-        "encoding": args.codec,
+        "encoding": args.codec or "PCMU",
         "sample_rate": args.rate,
+        "out_encoding": args.out_codec,
+        "out_sample_rate": args.out_rate,
+        "stream_track": "both_tracks" if args.both_tracks else "inbound_track",
         "from_number": args.from_number,
         "to_number": args.to_number,
         "custom_parameters": params,
@@ -178,8 +181,11 @@ async def _call(args: argparse.Namespace) -> int:
         print(f"TeXML: streaming to {stream.url} ({stream.encoding})", flush=True)
         url = stream.url
         caller_kw["custom_parameters"] = {**stream.parameters, **params}
-        caller_kw["encoding"] = stream.encoding
-        caller_kw["sample_rate"] = stream.sample_rate
+        # The TeXML says what goes back; --codec is the call's own (a PCMA call, say).
+        caller_kw["out_encoding"] = stream.encoding
+        caller_kw["out_sample_rate"] = stream.sample_rate
+        if args.codec is None:
+            caller_kw["encoding"], caller_kw["sample_rate"] = stream.encoding, stream.sample_rate
     print(f"calling {url} …", flush=True)
     caller = SimulatedCaller(url, **caller_kw)
     result = await caller.run(turns, hang_up_after_secs=args.hang_up_after)
@@ -287,8 +293,15 @@ def _fake_telnyx(args: argparse.Namespace) -> int:
         callees = Callees.parse(args.callee or [], default=args.default_callee, voice=piper_voice())
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
+    codec, _, rate = (args.callee_codec or "").partition(":")
     serve_fake_telnyx(
-        args.host, args.port, api_key=args.api_key, webhook_url=args.webhook_url, callees=callees
+        args.host,
+        args.port,
+        api_key=args.api_key,
+        webhook_url=args.webhook_url,
+        callees=callees,
+        callee_codec=codec or None,
+        callee_sample_rate=int(rate) if rate.isdigit() else None,
     )
     return 0
 
@@ -490,8 +503,21 @@ def _build_parser() -> argparse.ArgumentParser:
     call.add_argument("--say", action="append", default=[], help="a line for the caller to say (needs TTS)")
     call.add_argument("--wav", action="append", default=[], help="a WAV file the caller says (repeatable)")
     call.add_argument("--dtmf", default="", help="keys to press after the spoken turns")
-    call.add_argument("--codec", default="PCMU", help="PCMU, PCMA, L16 or G722 (default PCMU)")
+    call.add_argument(
+        "--codec",
+        default=None,
+        help="the call's codec: PCMU, PCMA, L16 or G722 (default PCMU, or the TeXML's)",
+    )
     call.add_argument("--rate", type=int, default=None, help="sample rate for L16 (8000 or 16000)")
+    call.add_argument(
+        "--out-codec",
+        default=None,
+        help="the codec the bot must send back (default: the call's, or the TeXML's)",
+    )
+    call.add_argument("--out-rate", type=int, default=None, help="its sample rate (L16: 8000 or 16000)")
+    call.add_argument(
+        "--both-tracks", action="store_true", help="also stream the outbound track (stream_track=both_tracks)"
+    )
     call.add_argument("--record", help="write a stereo WAV (caller left, bot right)")
     call.add_argument("--from", dest="from_number", default="+15550001111")
     call.add_argument("--to", dest="to_number", default="+15550002222")
@@ -576,6 +602,11 @@ def _build_parser() -> argparse.ArgumentParser:
         default="human",
         choices=("human", "voicemail", "screening", "busy", "no-answer"),
         help="what answers every other number (default human)",
+    )
+    fake.add_argument(
+        "--callee-codec",
+        metavar="CODEC[:RATE]",
+        help="the codec the callees' calls carry, e.g. PCMA or L16:16000 (default: the stream's)",
     )
     fake.add_argument("--allow-remote", action="store_true", help=argparse.SUPPRESS)
 

@@ -179,11 +179,15 @@ def serve_fake_telnyx(
     callees: Callees | None = None,
     log_level: str = "info",
     announce: Callable[[str], None] = print,
+    callee_codec: str | None = None,
+    callee_sample_rate: int | None = None,
 ) -> None:
     """Run the fake Telnyx API with simulated calls; blocks, returns after Ctrl-C / SIGTERM.
 
     Announces the base URL (point ``TelnyxClient(base_url=...)`` at it), the API key and the
     webhook public key to verify the webhooks with. ``port=0`` picks a free port.
+    ``callee_codec``: the codec the callees' calls carry (what the bot receives; default:
+    the stream's bidirectional codec).
     """
     app = create_fake_telnyx_app(
         api_key,
@@ -195,6 +199,9 @@ def serve_fake_telnyx(
         callees=callees,
     )
     state: FakeTelnyxState = app.state.telnyx
+    if state.simulator is not None:
+        state.simulator.callee_codec = callee_codec
+        state.simulator.callee_sample_rate = callee_sample_rate
     # Bind first so the announced port is the real one (also for port=0).
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -189,8 +189,12 @@ async def _call(args: argparse.Namespace) -> int:
     print(f"calling {url} …", flush=True)
     caller = SimulatedCaller(url, **caller_kw)
     result = await caller.run(turns, hang_up_after_secs=args.hang_up_after)
-    if _background:
-        await asyncio.wait(set(_background), timeout=10)
+    # Only this run's tasks: an earlier main() in the same process left its own (loop closed).
+    loop = asyncio.get_running_loop()
+    mine = {task for task in _background if task.get_loop() is loop}
+    _background.difference_update(_background - mine)
+    if mine:
+        await asyncio.wait(mine, timeout=10)
     print("—" * 40)
     if result.greeting_latency is not None:
         print(f"greeting after {result.greeting_latency * 1000:.0f} ms")

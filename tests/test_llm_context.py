@@ -240,6 +240,24 @@ async def test_dtmf_becomes_a_user_message_and_runs_the_llm() -> None:
     await pipeline.cleanup()
 
 
+async def test_an_llm_on_hold_keeps_the_words_but_does_not_answer() -> None:
+    context = LLMContext(messages=[dict(SYSTEM)])
+    aggregators = LLMContextAggregatorPair(context)
+    llm, recorder = EchoLLM(), Recorder()
+    pipeline = Pipeline([aggregators.user(), llm, recorder])
+    llm.on_hold = True  # a warm transfer holds the caller
+    await pipeline.queue_frame(InputDTMFFrame(button="5"))
+    await wait_until(lambda: bool(recorder.seen(InputDTMFFrame)))
+    await asyncio.sleep(0.05)
+    assert context.messages[-1] == {"role": "user", "content": "(The caller pressed the 5 key.)"}
+    assert llm.runs == [] and not recorder.seen(LLMFullResponseEndFrame)
+    llm.on_hold = False  # back with the caller: the next turn is answered
+    await pipeline.queue_frame(InputDTMFFrame(button="6"))
+    await wait_until(lambda: bool(recorder.seen(LLMFullResponseEndFrame)))
+    assert len(llm.runs) == 1
+    await pipeline.cleanup()
+
+
 async def test_messages_append_and_run_frames() -> None:
     context = LLMContext(messages=[dict(SYSTEM)])
     aggregators = LLMContextAggregatorPair(context)

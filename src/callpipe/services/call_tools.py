@@ -6,7 +6,9 @@
 
 * ``warm_transfer(to, summary)`` answers the model at once ("calling, the caller is on
   hold") and runs the transfer in a task of the LLM processor, so the caller's "okay"
-  during the hold (a new LLM round that cancels the tool's own request) cannot abort it.
+  during the hold (a new LLM round that cancels the tool's own request) cannot abort it;
+  while it runs the LLM is ``on_hold``: the caller's words go into the context, but the
+  bot does not answer them until it is back (a speech-to-speech model still hears them).
   While the agent is dialled the caller hears hold audio: Telnyx's ``playback_start``
   when ``WarmTransferConfig.hold_audio_url`` is set, else a soft tone the bot plays
   through its own output. If the agent takes the call, the bot leaves (its stream stops,
@@ -150,10 +152,12 @@ class CallTools:
         assert self.client is not None and self.call_control_id
         config = self.config()
         hold = None if config.hold_audio_url else llm.create_task(self._hold_tone(llm), "hold-tone")
+        llm.on_hold = True
         try:
             transfer = WarmTransfer(self.client, self.call_control_id, config, policy=self.transfer_policy)
             result = await transfer.run(to, summary)
         finally:
+            llm.on_hold = False
             if hold is not None:
                 hold.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -421,6 +421,8 @@ class LLMService(FrameProcessor):
         super().__init__(name=name)
         self.model = model
         self.max_tool_rounds = max_tool_rounds
+        #: While set (a warm transfer holds the caller), new turns start no reply.
+        self.on_hold = False
         self._functions: dict[str, FunctionHandler] = {}
         self._generation: asyncio.Task[None] | None = None
 
@@ -436,6 +438,10 @@ class LLMService(FrameProcessor):
         """Start a reply per context frame; cancel on interruption; finish before the end."""
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMContextFrame):
+            if self.on_hold:
+                # The caller is on hold (a warm transfer): their words stay in the context,
+                # the bot does not answer until it is back with them.
+                return
             await self.cancel_task(self._generation)
             self._generation = self.create_task(self._generate(frame.context), "generate")
             return

@@ -112,3 +112,31 @@ async def test_speak_bridge_and_streaming_stop(client: TelnyxClient, state: Fake
     await client.hangup(agent)
     with pytest.raises(TelnyxValidationError):
         await client.bridge(caller, agent)  # the agent's leg has ended
+
+
+async def test_a_warm_transfer_without_dial_settings_fails_clearly(client: TelnyxClient) -> None:
+    from callpipe.services.call_policy import TransferPolicy
+    from callpipe.services.warm_transfer import WarmTransferConfig, warm_transfer
+
+    config = WarmTransferConfig(connection_id="", from_number="")
+    result = await warm_transfer(
+        "v3:caller", "+15550200001", "hi", client=client, config=config, policy=TransferPolicy.parse("+1555*")
+    )
+    assert (result.outcome, result.reason) == (
+        "failed",
+        "warm transfers need TELNYX_CONNECTION_ID and TELNYX_PHONE_NUMBER",
+    )
+    refused = await warm_transfer(
+        "v3:caller", "+19005550100", "hi", client=client, config=config, policy=TransferPolicy.parse("+1555*")
+    )
+    assert refused.outcome == "refused" and "not allowed" in refused.reason
+
+
+def test_fake_agents_from_the_command_line() -> None:
+    from callpipe.sim.fake_api.agent import FakeAgent
+
+    agents = FakeAgent.parse(["+15550200001=accept", "+15550200002=decline", "+15550200003=no-answer"])
+    assert (agents["+15550200001"].press, agents["+15550200002"].press) == ("1", "2")
+    assert not agents["+15550200003"].answer
+    with pytest.raises(ValueError, match="NUMBER=accept"):
+        FakeAgent.parse(["+15550200001=maybe"])

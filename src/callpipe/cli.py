@@ -291,10 +291,12 @@ def _fake_telnyx(args: argparse.Namespace) -> int:
 
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
         raise SystemExit("the fake Telnyx API listens on loopback only (pass --allow-remote to override)")
+    from callpipe.sim.fake_api.agent import FakeAgent
     from callpipe.sim.fake_api.callees import Callees, piper_voice
 
     try:
         callees = Callees.parse(args.callee or [], default=args.default_callee, voice=piper_voice())
+        agents = FakeAgent.parse(args.agent or [])
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     codec, _, rate = (args.callee_codec or "").partition(":")
@@ -306,6 +308,7 @@ def _fake_telnyx(args: argparse.Namespace) -> int:
         callees=callees,
         callee_codec=codec or None,
         callee_sample_rate=int(rate) if rate.isdigit() else None,
+        agents=agents,
     )
     return 0
 
@@ -611,6 +614,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--callee-codec",
         metavar="CODEC[:RATE]",
         help="the codec the callees' calls carry, e.g. PCMA or L16:16000 (default: the stream's)",
+    )
+    fake.add_argument(
+        "--agent",
+        action="append",
+        metavar="NUMBER=KIND",
+        help="a warm-transfer agent: accept, decline, listen, no-answer or machine (repeatable)",
     )
     fake.add_argument("--allow-remote", action="store_true", help=argparse.SUPPRESS)
 

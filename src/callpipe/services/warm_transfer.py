@@ -229,6 +229,9 @@ class WarmTransfer:
             logger.warning("refused a warm transfer: not an allowed number")
             result.outcome, result.reason = "refused", str(exc)
             return self._finish(result)
+        if not self.config.connection_id or not self.config.from_number:
+            result.reason = "warm transfers need TELNYX_CONNECTION_ID and TELNYX_PHONE_NUMBER"
+            return self._finish(result)
         if self.caller_ccid in _active:
             result.reason = "a transfer of this call is already running"
             return self._finish(result)

@@ -58,6 +58,28 @@ class FakeAgent:
     heard: list[str] = field(default_factory=list)  # what speak said on its leg
     call_control_ids: list[str] = field(default_factory=list)
 
+    KINDS = ("accept", "decline", "listen", "no-answer", "machine")
+
+    @classmethod
+    def parse(cls, entries: Sequence[str]) -> dict[str, FakeAgent]:
+        """``["+15550100=accept", ...]`` (``fake-telnyx --agent``): by number; ValueError naming a bad one.
+
+        ``accept`` presses 1 after the summary, ``decline`` 2, ``listen`` nothing (the
+        transfer goes through after the decision window), ``no-answer`` never answers,
+        ``machine`` is an answering machine.
+        """
+        agents: dict[str, FakeAgent] = {}
+        for entry in entries:
+            number, _, kind = entry.partition("=")
+            if not number.startswith("+") or kind not in cls.KINDS:
+                raise ValueError(f"--agent {entry!r}: use NUMBER=" + "|".join(cls.KINDS))
+            agents[number] = cls(
+                answer=kind != "no-answer",
+                press={"accept": "1", "decline": "2"}.get(kind, ""),
+                machine=kind == "machine",
+            )
+        return agents
+
 
 @dataclass(eq=False)
 class _AgentLeg:

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from callpipe.sim.fake_api.actions import add_action_routes
+from callpipe.sim.fake_api.agent import FakeAgent
 from callpipe.sim.fake_api.callees import Callees
 from callpipe.sim.fake_api.session import DEFAULT_MAX_CALL_SECS, CalleeScript
 from callpipe.sim.fake_api.simulator import FakeTelnyxSimulator
@@ -181,6 +182,7 @@ def serve_fake_telnyx(
     announce: Callable[[str], None] = print,
     callee_codec: str | None = None,
     callee_sample_rate: int | None = None,
+    agents: dict[str, FakeAgent] | None = None,
 ) -> None:
     """Run the fake Telnyx API with simulated calls; blocks, returns after Ctrl-C / SIGTERM.
 
@@ -202,6 +204,7 @@ def serve_fake_telnyx(
     if state.simulator is not None:
         state.simulator.callee_codec = callee_codec
         state.simulator.callee_sample_rate = callee_sample_rate
+        state.simulator.agents.update(agents or {})  # warm-transfer agents (agent.py)
     # Bind first so the announced port is the real one (also for port=0).
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

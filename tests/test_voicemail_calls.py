@@ -11,6 +11,7 @@ heard can be told apart by pitch and measured against the beep.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from callpipe.sim.fake_api import FakeTelnyxSimulator, create_fake_telnyx_app
 from callpipe.sim.fake_api.callees import SCREENING_QUESTION, Callees, piper_voice, voicemail_message
 from callpipe.sim.fake_api.session import FakeCallSession
 from callpipe.telephony import VoicemailPolicy
-from callpipe.telnyx.webhooks import generate_webhook_keypair
+from callpipe.telnyx.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, generate_webhook_keypair
 from tests.conftest import tone
 
 SECRET = "cp-secret-voicemail-1"
@@ -98,14 +99,18 @@ class Served:
                 await asyncio.sleep(0.1)
 
 
-def _bot(policies: list[VoicemailPolicy], *, stt: bool = False) -> Callable[[RunnerArguments], Any]:
-    """A bot with the policy: tones for greeting, message and screening line; Whisper if ``stt``."""
+def _bot(
+    policies: list[VoicemailPolicy], *, stt: bool = False, silent: bool = False
+) -> Callable[[RunnerArguments], Any]:
+    """A bot with the policy: tones for greeting, message and screening line; Whisper if ``stt``.
+
+    ``silent``: a bot that says nothing at all (to a screener: it never answers).
+    """
 
     async def bot(runner_args: RunnerArguments) -> None:
         transport = create_telnyx_transport(runner_args, vad=stt)
-        policy = VoicemailPolicy.for_call(
-            runner_args, greeting=GREETING, message=MESSAGE, screening_line=LINE
-        )
+        speech = {} if silent else {"greeting": GREETING, "message": MESSAGE, "screening_line": LINE}
+        policy = VoicemailPolicy.for_call(runner_args, **speech)
         policies.append(policy)
         stages: list[Any] = [transport.input(), policy, transport.output()]
         if stt:
@@ -126,6 +131,7 @@ def serve(
     callees: Callees,
     *,
     stt: bool = False,
+    silent: bool = False,
     bot: Callable[[RunnerArguments], Any] | None = None,
 ) -> Iterator[Served]:
     """The fake Telnyx API with ``callees`` and the callpipe server with the policy bot."""
@@ -152,7 +158,9 @@ def serve(
             telnyx_connection_id="conn-amd",
             max_call_secs=30.0,
         )
-        with BackgroundServer(create_app(bot or _bot(policies, stt=stt), settings), port=port) as server:
+        with BackgroundServer(
+            create_app(bot or _bot(policies, stt=stt, silent=silent), settings), port=port
+        ) as server:
             yield Served(server, sim, policies)
             fake.stop()  # simulated callees hang up before the bot server goes
     assert sim.active_calls == 0
@@ -194,6 +202,15 @@ async def test_a_voicemail_box_gets_the_message_after_the_beep_then_the_bot_hang
         assert dialled["webhook_url"] == f"{served.server.base_url}/webhooks/telnyx"
         amd_hooks = [w for w in served.sim.webhooks_for(ccid) if w.event_type.startswith("call.machine.")]
         assert [w.status_code for w in amd_hooks] == [200, 200]
+        envelope = json.loads(amd_hooks[0].body)["data"]
+        assert envelope["record_type"] == "event" and envelope["id"] and envelope["occurred_at"]
+        payload = envelope["payload"]
+        assert payload["result"] == "machine" and payload["call_control_id"] == ccid
+        assert {"call_leg_id", "call_session_id", "connection_id", "client_state", "from", "to"} <= set(
+            payload
+        )
+        assert payload["to"] == BOX and payload["from"] == OUR_NUMBER
+        assert SIGNATURE_HEADER in amd_hooks[0].headers and TIMESTAMP_HEADER in amd_hooks[0].headers
 
         message = voicemail_message(plan, session.result)
         assert message is not None
@@ -226,7 +243,7 @@ async def test_a_voicemail_box_gets_the_message_after_the_beep_then_the_bot_hang
 
 
 async def test_a_person_is_greeted_as_soon_as_amd_says_human(monkeypatch: pytest.MonkeyPatch) -> None:
-    with serve(monkeypatch, Callees(default="human", human_detect_secs=0.6)) as served:
+    with serve(monkeypatch, Callees(default="human", human_detect_secs=0.6, human_hello=True)) as served:
         ccid = await served.dial(PERSON, "detect")
         session = await served.finished(ccid)
         plan = session.callee
@@ -235,6 +252,7 @@ async def test_a_person_is_greeted_as_soon_as_amd_says_human(monkeypatch: pytest
         ]
         result = session.result
         assert result is not None and result.greeting_heard_at is not None
+        assert [t.text for t in result.turns] == ["Hello?"]  # the person answered first
         # Held until the result, then at once: result sent -> greeting heard in well under 0.5 s.
         sent_at = plan.amd_sent[0][2]
         assert 0.0 < result.greeting_heard_at - sent_at < 0.5, result.greeting_heard_at - sent_at
@@ -259,6 +277,22 @@ async def test_a_busy_line_and_one_that_rings_out_leave_records(monkeypatch: pyt
     assert busy_record["end_reason"] == "busy" and busy_record["to"] == BUSY
     assert out_record["end_reason"] == "no_answer" and out_record["direction"] == "outbound"
     assert [e["name"] for e in busy_record["events"]] == ["call.hangup"]
+
+
+async def test_a_call_screener_nobody_answers_asks_again_then_hangs_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    callees = Callees(by_number={SCREENER: "screening"}, screening_quiet_secs=0.6)
+    with serve(monkeypatch, callees, silent=True) as served:
+        ccid = await served.dial(SCREENER, "detect")
+        session = await served.finished(ccid)
+        plan, result = session.callee, session.result
+        assert plan is not None and result is not None
+        assert [t.text for t in result.turns] == [SCREENING_QUESTION]  # the person never came on
+        assert len(result.nudges) == 1 and "connected" not in plan.times
+        assert result.bot_audio_secs == 0.0
+        assert session.call.hangup_source == "callee"
+        assert [(e, r) for e, r, _ in plan.amd_sent] == [("call.machine.detection.ended", "not_sure")]
 
 
 @pytest.mark.slow

@@ -295,7 +295,9 @@ def _fake_telnyx(args: argparse.Namespace) -> int:
     from callpipe.sim.fake_api.callees import Callees, piper_voice
 
     try:
-        callees = Callees.parse(args.callee or [], default=args.default_callee, voice=piper_voice())
+        callees = Callees.parse(
+            args.callee or [], default=args.default_callee, voice=piper_voice(), human_hello=True
+        )
         agents = FakeAgent.parse(args.agent or [])
     except ValueError as exc:
         raise SystemExit(str(exc)) from None

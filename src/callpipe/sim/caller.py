@@ -430,7 +430,10 @@ class SimulatedCaller:
             elif turn.wait_for_bot:
                 await self._wait_for_answer(turn)
                 if turn.require_answer and not self._answered():
-                    return  # nobody answered: hang up
+                    # A last chance to answer the last nudge, then hang up.
+                    await self._wait_until(lambda now, q=turn.quiet_secs: self._bot_quiet_for(now) >= q)
+                    if not self._answered():
+                        return
             if turn.pause_secs:
                 await asyncio.sleep(turn.pause_secs)
             if turn.error is not None:

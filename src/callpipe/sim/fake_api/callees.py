@@ -4,7 +4,7 @@
 NUMBER=KIND``, repeatable, plus a default):
 
 * ``human``: today's simulated callee (the simulator's ``callee_script``, silent by
-  default); with AMD asked for, ``call.machine.detection.ended`` says ``human`` shortly
+  default, after a "Hello?" with ``human_hello``); with AMD asked for, ``call.machine.detection.ended`` says ``human`` shortly
   after the answer.
 * ``voicemail``: a box that plays a greeting (~2.5 s of speech), then a beep, then records
   what it hears until the caller hangs up, it has heard ``box_silence_secs`` of silence or
@@ -59,6 +59,7 @@ GREETING = "Hi, you've reached Alex. Leave a message after the tone."
 SCREENING_QUESTION = "Hi, who is calling and why? Please say your name and the reason for your call."
 SCREENING_AGAIN = "Please say your name and why you are calling."
 SCREENED_HELLO = "Hello? This is Alex."
+HUMAN_HELLO = "Hello?"
 BEEP_TEXT = "<beep>"
 # Assumption: Telnyx's dial timeout_secs defaults to 30 s when the dial does not set it.
 DEFAULT_RING_TIMEOUT_SECS = 30.0
@@ -207,7 +208,7 @@ class CalleePlan:
                     quiet_secs=self.callees.screening_quiet_secs,
                     nudge_audio=again,
                     nudge_text=SCREENING_AGAIN,
-                    max_nudges=1,
+                    max_nudges=0,  # asks once more, then hangs up
                     require_answer=True,
                 ),
                 *script,
@@ -215,6 +216,9 @@ class CalleePlan:
             self.hang_up_after_secs = self.human_silence_secs
         else:
             self.turns = list(script)
+            if self.callees.human_hello:
+                said = CallerTurn(audio=await voice(HUMAN_HELLO), text=HUMAN_HELLO, wait_for_bot=False)
+                self.turns.insert(0, said)
             self.hang_up_after_secs = self.human_silence_secs
 
     # ------------------------------------------------------------ while streaming
@@ -308,6 +312,7 @@ class Callees:
     box_silence_secs: float = 5.0
     max_message_secs: float = 30.0
     screening_quiet_secs: float = 1.0
+    human_hello: bool = False  # a person answers with "Hello?" (the CLI's callees do)
 
     def __post_init__(self) -> None:
         for number, kind in {**self.by_number, "default": self.default}.items():

@@ -451,8 +451,10 @@ class SimulatedCaller:
             self._speaking_turn = timing
             assert self.result is not None
             self.result.turns.append(timing)
-            # ``frame``: where the turn starts in the recorded tracks (in 20 ms frames).
-            self._emit("caller_turn", text=turn.text, secs=len(frames) * FRAME_SECS, frame=self._frames_sent)
+            # ``frame``: where the turn starts in the recorded tracks (in 20 ms frames; a
+            # long stall skips frames on the clock, never in the tracks).
+            at = len(self._caller_track) // (2 * self.frame_samples) if self.record else self._frames_sent
+            self._emit("caller_turn", text=turn.text, secs=len(frames) * FRAME_SECS, frame=at)
             self._speech.extend(frames)
             await self._wait_until(lambda now: not self._speech)
             timing.ended_at = self._spoke_until = time.monotonic()

@@ -291,7 +291,7 @@ async def test_a_call_screener_nobody_answers_asks_again_then_hangs_up(
         assert [t.text for t in result.turns] == [SCREENING_QUESTION]  # the person never came on
         assert len(result.nudges) == 1 and "connected" not in plan.times
         assert result.bot_audio_secs == 0.0
-        assert session.call.hangup_source == "callee"
+        assert result.closed_by == "caller"  # the screener (the simulated phone) hung up
         assert [(e, r) for e, r, _ in plan.amd_sent] == [("call.machine.detection.ended", "not_sure")]
 
 

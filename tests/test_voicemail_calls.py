@@ -356,3 +356,36 @@ async def test_the_built_in_assistant_leaves_its_message_on_a_voicemail_box(
     assert record["amd"]["decision"] == "machine" and record["end_reason"] == "bot_ended"
     [bot_turn] = [t for t in record["turns"] if t["speaker"] == "bot"]
     assert bot_turn["text"] == expected
+
+
+@pytest.mark.slow
+async def test_the_built_in_assistant_greets_a_person_once_amd_says_human(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    voice = piper_voice()
+    if voice is None:
+        pytest.skip("needs the embedded models (callpipe[local])")
+    for name in (
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "DEEPGRAM_API_KEY",
+        "CARTESIA_API_KEY",
+        "ASSISTANT_MODE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    from callpipe.services.assistant import bot
+
+    callees = Callees(default="human", human_hello=True, human_detect_secs=0.8, voice=voice)
+    with serve(monkeypatch, callees, bot=bot) as served:
+        ccid = await served.dial(PERSON, "premium")
+        session = await served.finished(ccid, timeout=40)
+        plan, result = session.callee, session.result
+        assert plan is not None and result is not None and result.greeting_heard_at is not None
+        [(event, verdict, sent_at)] = plan.amd_sent
+        assert (event, verdict) == ("call.machine.premium.detection.ended", "human_residence")
+        # The LLM's greeting (held until the result, not started by the person's "Hello?").
+        assert 0.0 < result.greeting_heard_at - sent_at < 2.0
+        record = await served.record(ccid, lambda r: r["end_reason"] != "in_progress")
+    assert record["amd"]["decision"] == "human"
+    bot_turns = [t for t in record["turns"] if t["speaker"] == "bot"]
+    assert len(bot_turns) == 1 and bot_turns[0]["text"], record["turns"]  # one greeting, no reply to "Hello?"

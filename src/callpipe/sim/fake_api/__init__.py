@@ -36,10 +36,16 @@ A hang-up through the API makes the simulated callee's stream ``stop`` and close
 closing its socket ends the call, and every call is bounded by ``max_call_secs``.
 :func:`serve_fake_telnyx` runs it all standalone (``callpipe fake-telnyx``).
 
+What answers a dialled number is :class:`~callpipe.sim.fake_api.callees.Callees`
+(``callpipe fake-telnyx --callee NUMBER=KIND``): a person, a voicemail box (greeting,
+beep, recording), a call screener, a busy line or one that rings out; dials with
+``answering_machine_detection`` get Telnyx's ``call.machine.*`` webhooks.
+
 Where Telnyx's public docs are silent, the behaviour chosen is marked "Assumption:".
 """
 
 from callpipe.sim.fake_api.app import create_fake_telnyx_app, serve_fake_telnyx
+from callpipe.sim.fake_api.callees import CALLEE_KINDS, Callees, voicemail_message
 from callpipe.sim.fake_api.session import (
     DEFAULT_MAX_CALL_SECS,
     CalleeScript,
@@ -50,8 +56,10 @@ from callpipe.sim.fake_api.simulator import FakeTelnyxSimulator
 from callpipe.sim.fake_api.state import FakeCall, FakeCallEvent, FakeTelnyxState, Fault, RecordedRequest
 
 __all__ = [
+    "CALLEE_KINDS",
     "DEFAULT_MAX_CALL_SECS",
     "CalleeScript",
+    "Callees",
     "FakeCall",
     "FakeCallEvent",
     "FakeCallSession",
@@ -62,4 +70,5 @@ __all__ = [
     "WebhookDelivery",
     "create_fake_telnyx_app",
     "serve_fake_telnyx",
+    "voicemail_message",
 ]

@@ -40,7 +40,8 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
     For each dialled call (Call Control with ``stream_url``, or TeXML with a ``Url`` whose
     document has a ``<Stream>``) a :class:`SimulatedCaller` plays the callee: it answers
     after ``answer_after_secs``, connects to the stream with the call's ``call_control_id``,
-    codec, ``client_state`` (Call Control) or ``<Parameter>`` values (TeXML), says
+    codec (the callee sends ``callee_codec``, default the stream's, and decodes the
+    bidirectional one: ``media.py``), ``client_state`` (Call Control) or ``<Parameter>`` values (TeXML), says
     ``callee_script(call)`` (default: nothing) and hangs up once the bot has been quiet for
     ``callee_silence_secs`` after its last turn.
 

@@ -368,3 +368,21 @@ def test_callpipe_call_places_a_pcma_call_to_a_texml_url(
         assert "turn 1: response latency" in out and "no answer" not in out
         (heard,) = w.runs
     assert heard.call_data["outbound_encoding"] == "PCMA" and heard.out_codec == "PCMU"
+
+
+def test_callpipe_dial_passes_the_stream_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from callpipe.cli import main
+
+    with world(tmp_path, callee_codec=None) as w:
+        args = ["dial", "+15551234567", "--server", w.server.base_url, "--api-key", API_KEY]
+        code = main(
+            [*args, "--stream-codec", "L16", "--stream-rate", "16000", "--stream-track", "both_tracks"]
+        )
+        assert code == 0, capsys.readouterr().out
+        (call,) = (w.sim._state.calls if w.sim._state is not None else {}).values()
+        assert call.params["stream_bidirectional_codec"] == "L16"
+        assert call.params["stream_bidirectional_sampling_rate"] == 16000
+        assert call.params["stream_track"] == "both_tracks"
+        assert "stream_bidirectional_target_legs" not in call.params  # unset: Telnyx's default
+        code = main([*args, "--stream-codec", "OPUS"])
+        assert code == 1 and "cannot encode" in capsys.readouterr().out

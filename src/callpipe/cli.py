@@ -452,10 +452,18 @@ async def _dial(args: argparse.Namespace) -> int:
     key = args.api_key or settings.secret("callpipe_api_key")
     if not key:
         raise SystemExit("set CALLPIPE_API_KEY (or --api-key) to call /start")
+    request: dict[str, Any] = {"phone_number": args.phone_number, "body": body, "amd": args.amd or False}
+    stream = {
+        "stream_bidirectional_codec": args.stream_codec,
+        "stream_bidirectional_sampling_rate": args.stream_rate,
+        "stream_bidirectional_target_legs": args.target_legs,
+        "stream_track": args.stream_track,
+    }
+    request.update({name: value for name, value in stream.items() if value is not None})
     async with httpx.AsyncClient(timeout=30) as http:
         response = await http.post(
             args.server.rstrip("/") + "/start",
-            json={"phone_number": args.phone_number, "body": body, "amd": args.amd or False},
+            json=request,
             headers={"Authorization": f"Bearer {key}"},
         )
     print(json.dumps(response.json(), indent=2))
@@ -588,6 +596,16 @@ def _build_parser() -> argparse.ArgumentParser:
         help="answering machine detection: premium, detect, detect_beep, detect_words or greeting_end",
     )
     dial.add_argument("--api-key", help="CALLPIPE_API_KEY of the server (default: from the environment)")
+    dial.add_argument(
+        "--stream-codec", help="what the bot sends back: PCMU, PCMA, G722 or L16 (DIAL_MODE=call_control)"
+    )
+    dial.add_argument("--stream-rate", type=int, help="its sampling rate (8000, or 16000 for G722/L16)")
+    dial.add_argument("--target-legs", choices=("self", "opposite", "both"), help="who hears the bot")
+    dial.add_argument(
+        "--stream-track",
+        choices=("inbound_track", "outbound_track", "both_tracks"),
+        help="tracks Telnyx streams",
+    )
 
     from callpipe.store.cli import add_calls_parser
 

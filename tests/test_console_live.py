@@ -116,11 +116,19 @@ async def test_a_live_call_shows_up_and_is_hung_up_from_the_dashboard(
                 15,
             )
             await page.screenshot(path=str(tmp_path / "live.png"))
+            cookies = {c["name"]: c["value"] for c in await page.context.cookies()}
+            # The row shows a reply's text before the caller has heard it (heard_text comes
+            # with the marks' echoes, slower on a loaded machine): hang up once it was heard.
+            async with httpx.AsyncClient(base_url=server.base_url, cookies=cookies) as client:
+                await _record(
+                    client,
+                    caller.call_control_id,
+                    lambda r: any("calling the clinic" in (t.get("heard_text") or "") for t in r["turns"]),
+                )
             await row.locator("button").click()
             result = await asyncio.wait_for(call, 10)
             assert result.closed_by == "bot"
             await wait_js(page, "document.querySelectorAll('#live-calls tr.live-call').length === 0", 10)
-            cookies = {c["name"]: c["value"] for c in await page.context.cookies()}
             async with httpx.AsyncClient(base_url=server.base_url, cookies=cookies) as client:
                 record = await _record(
                     client, caller.call_control_id, lambda r: r["end_reason"] != "in_progress"
@@ -172,6 +180,10 @@ async def test_phone_call_to_the_assistant_lands_in_the_records(
         await wait_js(page, "document.querySelectorAll('#live-transcript li.bot .latency').length >= 1", 30)
         # The greeting and the answer were played by the page.
         await wait_js(page, "window.callpipePhone.playedSecs > 4.0", 20)
+        # Every mark is echoed once the audio before it has played (on a loaded machine
+        # the last reply may still be playing here).
+        echoed = "window.callpipePhone.marksEchoed === window.callpipePhone.marksReceived"
+        await wait_js(page, f"{echoed} && window.callpipePhone.marksReceived > 0", 20)
         await page.click("#hangup")
         await wait_js(page, "window.callpipePhone.closeCode !== null", 10)
         stats = await page.evaluate("() => window.callpipePhone")

@@ -6,6 +6,12 @@ passed through both ways. ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` as for the 
 ``OPENAI_REALTIME_MODEL`` (default ``gpt-realtime``) and ``OPENAI_REALTIME_VOICE``
 (default ``marin``). ``REALTIME_TURN_DETECTION=local`` uses callpipe's Silero VAD instead
 of the model's server VAD.
+
+Outbound calls dialled with AMD run :class:`~callpipe.telephony.voicemail.VoicemailPolicy`
+before the model with ``hold_audio``: the model hears nothing (so answers nothing) until
+AMD says a person answered, then greets; a machine gets the voicemail message, said by the
+model after the beep, and the call ends. Call screeners are not answered in this mode (the
+caller's words are only known to the model).
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from callpipe.pipeline.pipeline import Pipeline
 from callpipe.pipeline.processor import FrameProcessor
 from callpipe.pipeline.task import PipelineParams, PipelineRunner, PipelineTask
 from callpipe.runner import RunnerArguments, create_telnyx_transport
-from callpipe.services.llm import Message, TelephonyTools
+from callpipe.services.llm import LLMRunFrame, Message, TelephonyTools
 from callpipe.services.openai_realtime import DEFAULT_MODEL, OpenAIRealtimeService
+from callpipe.telephony.voicemail import VoicemailPolicy
 
 if TYPE_CHECKING:
     from callpipe.services.assistant import AssistantConfig
@@ -59,6 +66,10 @@ async def run_realtime_assistant(
         greeting = (
             f"Hello {caller_name}, this is {office.assistant_name} at {office.business}. How can I help?"
         )
+    # Dialled with AMD: the policy holds the greeting (and the callee's audio) until it knows who answered.
+    policy = VoicemailPolicy.for_call(
+        runner_args, greeting=LLMRunFrame(), message=config.voicemail_text(caller_name), hold_audio=True
+    )
     model = os.environ.get("OPENAI_REALTIME_MODEL") or DEFAULT_MODEL
     realtime = OpenAIRealtimeService(
         os.environ.get("OPENAI_API_KEY") or "none",
@@ -68,6 +79,7 @@ async def run_realtime_assistant(
         tools=TelephonyTools.schemas(),
         turn_detection="local" if local else "server_vad",
         greeting=greeting,
+        greet_on_connect=not policy.config.mode,
     )
     logger.info("speech-to-speech: OpenAI Realtime %s at %s", model, realtime.base_url)
     TelephonyTools(call_control_id=runner_args.call_data.get("call_control_id"), client=client).register(
@@ -77,7 +89,15 @@ async def run_realtime_assistant(
     if on_message is not None:
         realtime.context.on_message(on_message)
     task = PipelineTask(
-        Pipeline([transport.input(), realtime, transport.output(), *(extra_processors or [])]),
+        Pipeline(
+            [
+                transport.input(),
+                *([policy] if policy.config.mode else []),
+                realtime,
+                transport.output(),
+                *(extra_processors or []),
+            ]
+        ),
         params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
         idle_timeout_secs=config.idle_timeout_secs,
     )

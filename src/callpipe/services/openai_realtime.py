@@ -23,7 +23,9 @@ transport a ``SileroVADAnalyzer``): its stop commits the buffer and asks for a r
 
 Tools are the LLM path's (``register_function``, :class:`TelephonyTools`); results go back
 as ``function_call_output`` items and the model is asked to go on; ``end_call`` lets the
-goodbye play out, then hangs up. A dropped socket is reconnected and the conversation so
+goodbye play out, then hangs up. ``LLMRunFrame`` asks for the greeting (``greet_on_connect=False``:
+only then, e.g. from :class:`~callpipe.telephony.voicemail.VoicemailPolicy` once a person
+answered) and ``TTSSpeakFrame`` has the model say that text (a voicemail message). A dropped socket is reconnected and the conversation so
 far (transcripts) re-sent; if the service cannot be reached, ``fallback_audio`` (μ-law
 8 kHz, e.g. "sorry, please call back later") plays and the call ends cleanly.
 """
@@ -60,6 +62,7 @@ from callpipe.pipeline.frames import (
     PlaybackCutFrame,
     StartFrame,
     TranscriptionFrame,
+    TTSSpeakFrame,
     TTSStoppedFrame,
     TTSTextFrame,
     UserStartedSpeakingFrame,
@@ -68,7 +71,7 @@ from callpipe.pipeline.frames import (
 from callpipe.pipeline.processor import FrameDirection
 from callpipe.records import observer as records
 from callpipe.services import realtime_protocol as proto
-from callpipe.services.llm import FunctionSchema, LLMContext, LLMService, ToolCall
+from callpipe.services.llm import FunctionSchema, LLMContext, LLMRunFrame, LLMService, ToolCall
 from callpipe.services.realtime_protocol import HistoryEntry, RealtimeConfig, TurnDetection
 
 __all__ = ["DEFAULT_MODEL", "OpenAIRealtimeService"]
@@ -85,7 +88,7 @@ class OpenAIRealtimeService(LLMService):
 
     ``base_url`` (or ``OPENAI_BASE_URL``) points it at a compatible server (http(s) or ws(s);
     ``/realtime`` is appended). ``greeting``: the model is asked to say it when the call
-    starts. ``reconnect_attempts``: connection attempts in a row before giving up.
+    starts (``greet_on_connect=False``: when an ``LLMRunFrame`` comes). ``reconnect_attempts``: connection attempts in a row before giving up.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class OpenAIRealtimeService(LLMService):
         turn_detection: TurnDetection = "server_vad",
         transcription_model: str | None = "gpt-4o-mini-transcribe",
         greeting: str | None = None,
+        greet_on_connect: bool = True,
         fallback_audio: bytes | None = None,
         reconnect_attempts: int = 3,
         connect_timeout_secs: float = 5.0,
@@ -119,6 +123,8 @@ class OpenAIRealtimeService(LLMService):
             transcription_model=transcription_model,
         )
         self.greeting = greeting
+        self.greet_on_connect = greet_on_connect
+        self._asked: list[dict[str, Any]] = []  # responses asked for before the session was up
         self.fallback_audio = fallback_audio
         self.reconnect_attempts = reconnect_attempts
         self.connect_timeout_secs = connect_timeout_secs
@@ -168,6 +174,11 @@ class OpenAIRealtimeService(LLMService):
         elif isinstance(frame, UserStoppedSpeakingFrame) and self.config.turn_detection == "local":
             await self._send({"type": "input_audio_buffer.commit"})
             await self._send({"type": "response.create"})
+        elif isinstance(frame, LLMRunFrame):
+            await self._ask(f"Greet the caller by saying: {self.greeting}" if self.greeting else None)
+        elif isinstance(frame, TTSSpeakFrame):
+            await self._ask(f"Say exactly this, word for word, and nothing else: {frame.text}")
+            return  # spoken by the model: no TTS after it
         elif isinstance(frame, InputDTMFFrame):
             entry = self._add_history("user", f"(The caller pressed the {frame.button} key.)")
             await self._send(proto.history_item(entry))
@@ -247,11 +258,14 @@ class OpenAIRealtimeService(LLMService):
             if restoring and interrupted_reply:
                 await self._end_reply()  # what arrived of the lost reply plays; the model says it again
                 await ws.send(json.dumps({"type": "response.create"}))
-            elif not restoring and self.greeting:
+            elif not restoring and self.greeting and self.greet_on_connect:
                 instructions = f"Greet the caller by saying: {self.greeting}"
                 await ws.send(
                     json.dumps({"type": "response.create", "response": {"instructions": instructions}})
                 )
+            asked, self._asked = self._asked, []
+            for event in asked:
+                await ws.send(json.dumps(event))
             async for message in ws:
                 event = json.loads(message)
                 if isinstance(event, dict):
@@ -280,6 +294,20 @@ class OpenAIRealtimeService(LLMService):
             return
         with contextlib.suppress(websockets.ConnectionClosed):
             await ws.send(json.dumps(event))
+
+    async def _ask(self, instructions: str | None) -> None:
+        """Ask for a response now (or as soon as the session is up); an end waits for it."""
+        event: dict[str, Any] = {"type": "response.create"}
+        if instructions:
+            event["response"] = {"instructions": instructions}
+        # Counted as under way from now: an EndFrame right behind (the voicemail policy's
+        # hang-up after its message) lets it arrive first (bounded, _finish_reply).
+        self._responding = True
+        self._response_done.clear()
+        if self._ws is None:
+            self._asked.append(event)
+        else:
+            await self._send(event)
 
     async def _close(self) -> None:
         ws = self._ws

@@ -21,6 +21,9 @@ turn-taking, so the bot never answers a machine's greeting or a screener's scrip
 the policy, a ``TTSSpeakFrame``), audio (PCM16 mono at ``sample_rate``) or a frame to push
 as it is (e.g. ``LLMRunFrame()`` to let the LLM greet). The decision, the AMD results and
 the times (ms from the call's start) go into ``record.amd``, and an ``amd`` event.
+
+``hold_audio``: also keep the callee's audio from what follows until it is a person (a
+speech-to-speech model right after the policy would otherwise answer a machine's greeting).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from callpipe.pipeline.frames import (
     EndFrame,
     EndTaskFrame,
     Frame,
+    InputAudioRawFrame,
+    InputEncodedAudioFrame,
     InterimTranscriptionFrame,
     SpeculativeTranscriptionFrame,
     StartFrame,
@@ -85,6 +90,7 @@ class VoicemailPolicy(FrameProcessor):
         screening_line: Speech = None,
         sample_rate: int = 8000,
         config: AmdConfig | None = None,
+        hold_audio: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
@@ -95,6 +101,7 @@ class VoicemailPolicy(FrameProcessor):
         self.config = cfg
         self.greeting, self.message, self.screening_line = greeting, message, screening_line
         self.sample_rate = sample_rate
+        self.hold_audio = hold_audio
         self.policy: AmdPolicy | None = None
         self._timer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -138,6 +145,11 @@ class VoicemailPolicy(FrameProcessor):
             await self.push_frame(frame, direction)
             return
         policy = self.policy
+        if isinstance(frame, InputAudioRawFrame | InputEncodedAudioFrame):
+            # The hot path: one check per frame, no copy.
+            if not self.hold_audio or policy is None or policy.state is AmdState.HUMAN:
+                await self.push_frame(frame, direction)
+            return
         if policy is None:
             await self.push_frame(frame, direction)
             return

@@ -89,6 +89,7 @@ async def test_a_person_is_greeted_by_the_model_once_amd_says_human(monkeypatch:
             assert _pitch_secs(result.bot_track, 330) >= 0.3
             record = await served.record(ccid, lambda r: r["end_reason"] != "in_progress")
     greeting = _asked(state)[0]
+    assert len(state.last.audio) > 8000  # once a person, the line reaches the model
     assert "Greet the caller" in greeting["response"]["instructions"]
     amd = record["amd"]
     assert amd["decision"] == "human" and amd["greeted_ms"] - amd["first_result_ms"] < 50

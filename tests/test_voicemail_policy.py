@@ -52,6 +52,17 @@ def test_a_person_or_an_unsure_result_is_greeted_at_once(result: str) -> None:
     assert p.state is AmdState.HUMAN
 
 
+def test_a_hello_spoken_before_the_decision_is_answered_by_the_greeting_alone() -> None:
+    p = policy("premium")
+    p.start(100.0)
+    p.on_caller_started(100.2)  # "Hello?" on pick-up ...
+    assert kinds(p.on_result("call.machine.premium.detection.ended", "human_residence", 100.8)) == ["greet"]
+    # ... transcribed after the result: the greeting answers it, no reply of its own.
+    assert p.on_transcript("Hello?", 101.1, spoken_at=100.2) == ([], False)
+    # What the person says after the decision reaches the conversation.
+    assert p.on_transcript("I need to move my appointment", 103.0, spoken_at=102.0) == ([], True)
+
+
 def test_no_result_in_time_greets_as_a_person() -> None:
     p = policy("detect")
     p.start(100.0)
@@ -265,6 +276,26 @@ async def test_the_processor_greets_a_person_once_and_then_passes_everything() -
     assert [f.text for f in down.frames if isinstance(f, TTSSpeakFrame)] == ["Hello!"]
     assert [f.text for f in down.frames if isinstance(f, TranscriptionFrame)] == ["Hi, who's this?"]
     assert policy.state is AmdState.HUMAN
+    await policy.queue_frame(EndFrame())
+
+
+async def test_the_processor_drops_a_hello_from_before_the_decision_transcribed_after_it() -> None:
+    policy, _, down = _policy_between("premium", greeting="Hello!", message="Bye.")
+    await policy.queue_frame(StartFrame())
+    await policy.queue_frame(UserStartedSpeakingFrame())  # the person's "Hello?" on pick-up
+    await policy.queue_frame(
+        AnsweringMachineDetectionFrame(
+            result="human_residence", event_type="call.machine.premium.detection.ended"
+        )
+    )
+    await policy.queue_frame(UserStoppedSpeakingFrame())
+    await policy.queue_frame(TranscriptionFrame(text="Hello?"))  # the STT's final, after the result
+    await policy.queue_frame(UserStartedSpeakingFrame())
+    await policy.queue_frame(TranscriptionFrame(text="I need to move my appointment"))
+    assert [f.text for f in down.frames if isinstance(f, TTSSpeakFrame)] == ["Hello!"]
+    assert [f.text for f in down.frames if isinstance(f, TranscriptionFrame)] == [
+        "I need to move my appointment"
+    ]
     await policy.queue_frame(EndFrame())
 
 

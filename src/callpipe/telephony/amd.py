@@ -161,9 +161,19 @@ class AmdPolicy:
             return [Act("hang_up", "a fax answered")]
         return self._decide(result if result in UNSURE_RESULTS else "human", now, human=True)
 
-    def on_transcript(self, text: str, now: float) -> tuple[list[Act], bool]:
-        """A final transcript of the callee: the acts, and whether the bot's turn-taking may see it."""
+    def on_transcript(
+        self, text: str, now: float, *, spoken_at: float | None = None
+    ) -> tuple[list[Act], bool]:
+        """A final transcript of the callee: the acts, and whether the bot's turn-taking may see it.
+
+        ``spoken_at``: when the callee started saying it (its voice activity). Words a person
+        started before the decision (a "Hello?" on pick-up, transcribed after AMD's result)
+        are answered by the greeting, not by a reply of their own.
+        """
         state = self.state
+        decided = self.times.get("decided")
+        if state is AmdState.HUMAN and spoken_at is not None and decided is not None and spoken_at < decided:
+            return [], False
         if (
             self.config.screening
             # A screener's long scripted question may also have been classified a machine.

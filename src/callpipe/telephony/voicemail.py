@@ -107,6 +107,8 @@ class VoicemailPolicy(FrameProcessor):
         self._wake = asyncio.Event()
         self._observer: records.CallObserver | None = None
         self._ending = False
+        # When the callee's current utterance started (its voice activity), for its transcript.
+        self._speech_started_at: float | None = None
 
     @classmethod
     def for_call(cls, runner_args: Any, **kwargs: Any) -> VoicemailPolicy:
@@ -167,7 +169,7 @@ class VoicemailPolicy(FrameProcessor):
                 await self.push_frame(TTSPrefetchFrame(text=self.message))
             await self.push_frame(frame, direction)  # bots may watch the results too
         elif isinstance(frame, TranscriptionFrame):
-            acts, passes = policy.on_transcript(frame.text, now)
+            acts, passes = policy.on_transcript(frame.text, now, spoken_at=self._speech_started_at)
             if passes:
                 await self.push_frame(frame, direction)
             await self._apply(acts)
@@ -177,6 +179,7 @@ class VoicemailPolicy(FrameProcessor):
             logger.debug("voicemail policy: held back %r (%s)", frame.text, policy.state)
         elif isinstance(frame, _VOICE_FRAMES):
             if isinstance(frame, UserStartedSpeakingFrame):
+                self._speech_started_at = now
                 policy.on_caller_started(now)
             elif isinstance(frame, UserStoppedSpeakingFrame):
                 policy.on_caller_stopped(now)

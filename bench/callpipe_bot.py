@@ -28,6 +28,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from callpipe.audio.vad import SileroVADModel, VADParams
+from callpipe.server.heap import freeze_startup_heap
 from callpipe.sim.bots import CannedBotConfig, create_canned_bot_app
 
 SAMPLE_RATE = 8000
@@ -80,6 +81,10 @@ class RecordsOn:
         self.store = SqlCallStore(None, data_dir=directory)
         self._started: asyncio.Task[None] | None = None
 
+    async def _start_store(self) -> None:
+        await self.store.start()
+        freeze_startup_heap()  # as `callpipe serve` does once its store is up
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         from callpipe.records.model import CallRecord
         from callpipe.records.observer import CallObserver, current_observer
@@ -87,12 +92,12 @@ class RecordsOn:
         if scope["type"] == "lifespan" and self._started is None:
             # Open the store (imports, migrations) at start-up, as `callpipe serve` does,
             # not under the first calls.
-            self._started = asyncio.ensure_future(self.store.start())
+            self._started = asyncio.ensure_future(self._start_store())
         if scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return
         if self._started is None:
-            self._started = asyncio.ensure_future(self.store.start())
+            self._started = asyncio.ensure_future(self._start_store())
         await asyncio.shield(self._started)
         record = CallRecord(call_control_id=f"bench-{uuid.uuid4().hex[:12]}", started_at=time.time())
         observer = CallObserver(record, self.store.sink, recording_dir=self.directory / "recordings")
@@ -118,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     reply = read_pcm(args.reply)
     greeting = read_pcm(args.greeting) if args.greeting else None
     SileroVADModel.shared()  # load the VAD model now, not on the first call
+    freeze_startup_heap()  # as `callpipe serve` does once its models are loaded
     app: Any = create_app(reply, greeting, args.stop_secs)
     if args.records:
         app = RecordsOn(app, Path(args.records))

@@ -54,6 +54,7 @@ from callpipe.server.endpoints import (
 from callpipe.server.endpoints import error as _error
 from callpipe.server.endpoints import error_body as _error_body
 from callpipe.server.health import health_router, start_metrics_listener
+from callpipe.server.heap import freeze_startup_heap
 from callpipe.server.idempotency import IdempotencyCache
 from callpipe.server.records import close_record, open_record, record_stream_failed, record_unanswered
 from callpipe.server.replay import ReplayGuard
@@ -130,6 +131,10 @@ class ServerState:
     # True once every embedded model is loaded and has run once (callpipe.services.warmup);
     # readiness is 503 until then and /ws holds a new call until then.
     models_warm: bool = False
+    # Set by the process-level servers (`callpipe serve`, its workers): freeze the start-up
+    # heap out of full GC collections (callpipe.server.heap). Off for apps built in tests or
+    # embedded in another process, whose heap is not ours to freeze.
+    freeze_heap: bool = False
     _dial_tokens: float = 0.0
     _dial_refill_at: float = 0.0
 
@@ -177,6 +182,8 @@ class ServerState:
 
         await asyncio.to_thread(warmup.warm_up_models)
         self.models_warm = warmup.models_warm()
+        if self.freeze_heap and not self.calls:
+            freeze_startup_heap()  # the models' objects live as long as the process
 
     async def wait_models_warm(self, timeout: float = 120.0) -> None:
         """Hold a new call until the models are warm (free once they are)."""
@@ -245,6 +252,8 @@ def create_app(
         await _start_operations(state)  # first: the store registers the internal URL at start
         if state.store is not None:
             await state.store.start()
+        if state.freeze_heap:
+            freeze_startup_heap()  # the store and what is loaded so far; again once models are warm
         state.ready = True
         yield
         state.ready = False

@@ -182,6 +182,7 @@ def build_server(
     """The configured, not yet running, server for ``bot``."""
     settings = settings or ServerSettings()
     app = create_app(bot, settings)
+    app.state.callpipe.freeze_heap = True
     export_bot_environment(settings)
     config = uvicorn.Config(app, **uvicorn_options(host, port, log_level), **extra_uvicorn_options)
     redact_uvicorn_logs()  # after uvicorn.Config, which (re)configures its loggers

@@ -70,6 +70,7 @@ def worker_app() -> FastAPI:
         bot = assistant_bot
     settings = ServerSettings()
     app = create_app(bot, settings)
+    app.state.callpipe.freeze_heap = True
     export_bot_environment(settings)
     _state = app.state.callpipe
     logger.info("worker %s (pid %d) built its app", os.environ.get(WORKER_ENV), os.getpid())

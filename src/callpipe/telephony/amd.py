@@ -171,9 +171,6 @@ class AmdPolicy:
         are answered by the greeting, not by a reply of their own.
         """
         state = self.state
-        decided = self.times.get("decided")
-        if state is AmdState.HUMAN and spoken_at is not None and decided is not None and spoken_at < decided:
-            return [], False
         if (
             self.config.screening
             # A screener's long scripted question may also have been classified a machine.
@@ -191,6 +188,9 @@ class AmdPolicy:
             # The screener put the person through: now greet them.
             self.times.setdefault("connected", now)
             return self._decide("screened_human", now, human=True), False
+        decided = self.times.get("decided")
+        if spoken_at is not None and decided is not None and spoken_at < decided:
+            return [], False  # begun before the decision: the greeting answers it
         return [], state is AmdState.HUMAN
 
     def on_caller_started(self, now: float) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import itertools
 import json
 import logging
@@ -26,6 +25,7 @@ import websockets
 
 import callpipe
 from callpipe.server.background import free_port
+from callpipe.server.heap import freeze_startup_heap
 from callpipe.server.limits import serve_app, uvicorn_config
 from callpipe.sim.caller import CallerTurn, CallResult, SimulatedCaller
 from callpipe.telnyx import protocol
@@ -125,8 +125,7 @@ async def test_two_floods_do_not_disturb_three_healthy_calls(
     # whatever earlier tests loaded (embedded models, browsers' clients): its full garbage
     # collections stalled the callers' own receiving by ~50 ms. Freeze that heap, as
     # `callpipe serve` does its own (callpipe.server.heap), so the gaps are the server's.
-    gc.collect()
-    gc.freeze()
+    freeze_startup_heap()
     try:
         callers = [SimulatedCaller(url, record=False, max_call_secs=40) for _ in range(3)]
         turns = [CallerTurn(audio=speech_8k, text=f"turn {i}") for i in range(3)]

@@ -53,6 +53,24 @@ LATENCY_LIMIT = STOP_SECS + 0.150
 
 sys.path.insert(0, str(ROOT / "src"))
 
+
+def _reexec_in_project_venv() -> None:
+    """Run under ``./.venv`` (made by ``scripts/test.sh`` or ``scripts/demo.sh``) if this
+    python lacks callpipe's dependencies, so ``python3 bench/run.py`` is the one command."""
+    try:
+        import uvicorn  # noqa: F401
+    except ModuleNotFoundError:
+        venv_python = ROOT / ".venv" / "bin" / "python"
+        if not venv_python.exists() or Path(sys.prefix).resolve() == venv_python.parents[1].resolve():
+            raise SystemExit(
+                "bench/run.py needs callpipe's dependencies: run `bash scripts/test.sh` once "
+                "(it creates ./.venv), or activate a venv with `pip install -e .[dev,local]`"
+            ) from None
+        os.execv(str(venv_python), [str(venv_python), *sys.argv])
+
+
+_reexec_in_project_venv()
+
 from callpipe.server.background import free_port  # noqa: E402
 from callpipe.sim.load import LoadConfig, LoadReport, percentile, run_load  # noqa: E402
 
@@ -187,38 +205,12 @@ def describe(report: LoadReport) -> str:
 
 def max_calls(url: str, pid: int, turn: bytes, duration: float, start: int, limit: int) -> tuple[int, bool]:
     """Largest N that passes, by doubling then bisecting; (N, True if the generator capped it)."""
-    best = 0
-    low, high = 0, None
-    n = start
-    capped = False
-    while n <= limit:
-        report = load(url, pid, n, duration, turn)
+    search = CapacitySearch(start, limit)
+    while search.level is not None:
+        report = load(url, pid, search.level, duration, turn)
         log(f"    {describe(report)}")
-        if report.generator_overloaded:
-            capped = True
-            break
-        if passes(report):
-            best = low = n
-            n *= 2
-        else:
-            high = n
-            break
-    if high is not None:
-        for _ in range(3):
-            if high - low <= max(2, low // 10):
-                break
-            mid = (low + high) // 2
-            report = load(url, pid, mid, duration, turn)
-            log(f"    {describe(report)}")
-            if report.generator_overloaded:
-                capped = True
-                high = mid
-                continue
-            if passes(report):
-                best = low = mid
-            else:
-                high = mid
-    return best, capped
+        search.feed(passes(report), report.generator_overloaded)
+    return search.best, search.capped
 
 
 # ------------------------------------------------------------------------ micro
@@ -320,13 +312,14 @@ def main() -> int:
 class CapacitySearch:
     """Doubling then bisecting for the largest N that passes, fed one level at a time.
 
-    The same steps as :func:`max_calls`, as a state machine, so that two configurations
-    can be searched in lock-step (each level run for one, then the other, under the same
-    machine conditions).
+    A state machine, so that two configurations can be searched in lock-step (each level
+    run for one, then the other, under the same machine conditions).
     """
 
-    def __init__(self, start: int, limit: int) -> None:
+    def __init__(self, start: int, limit: int, *, resolution: float = 0.1, max_bisections: int = 3) -> None:
         self.limit = limit
+        self.resolution = resolution  # stop once the bracket is this fraction of the best
+        self.max_bisections = max_bisections
         self.best = 0
         self.low = 0
         self.high: int | None = None
@@ -348,7 +341,10 @@ class CapacitySearch:
         if self.high is None and not overloaded:
             self.level = n * 2 if n * 2 <= self.limit else None
             return
-        if self.high is None or self.bisections >= 3 or self.high - self.low <= max(2, self.low // 10):
+        close_enough = self.high is not None and self.high - self.low <= max(
+            2, int(self.low * self.resolution)
+        )
+        if self.high is None or self.bisections >= self.max_bisections or close_enough:
             self.level = None
             return
         self.bisections += 1
@@ -371,7 +367,11 @@ def compare_records(args: argparse.Namespace) -> int:
     if two_cpus:
         os.sched_setaffinity(0, {1})
     labels = ("off", "on")
-    searches = {label: CapacitySearch(10, args.max_limit) for label in labels}
+    # Finer than the side-by-side search: the figure is compared at 10%, so bisect to 5%.
+    searches = {
+        label: CapacitySearch(10, args.max_limit, resolution=0.05, max_bisections=5) for label in labels
+    }
+    measured: dict[int, dict[str, tuple[bool, float | None]]] = {}  # level -> label -> (passed, CPU)
     with (
         tempfile.TemporaryDirectory(prefix="callpipe-bench-records-") as directory,
         contextlib.ExitStack() as stack,
@@ -394,6 +394,7 @@ def compare_records(args: argparse.Namespace) -> int:
                     passed = passes(report)
                     if passed or overloaded:
                         break
+                measured.setdefault(search.level, {})[label] = (passed, report.cpu_per_call_second)
                 search.feed(passed, overloaded)
         recordings = list(Path(directory).glob("recordings/*/*.wav"))
         log(f"  ({len(recordings)} recordings written)")
@@ -405,6 +406,17 @@ def compare_records(args: argparse.Namespace) -> int:
         f"max concurrent calls on time: records off {found['off']}, on {found['on']} ({change:+.0f}%){note}"
     )
     print(f"each level: best of {args.tries} runs of {args.duration:.0f} s, off and on alternately")
+    print("| calls | off: on time, CPU per call-second | on: on time, CPU per call-second |")
+    print("|---:|---|---|")
+    for level in sorted(measured):
+        cells = []
+        for label in labels:
+            if label not in measured[level]:
+                cells.append("-")
+                continue
+            ok, cpu = measured[level][label]
+            cells.append(f"{'yes' if ok else 'no'}, {'-' if cpu is None else f'{cpu * 1000:.2f} ms'}")
+        print(f"| {level} | {cells[0]} | {cells[1]} |")
     print(f"machine: {machine()}; {datetime.date.today().isoformat()}")
     return 0
 

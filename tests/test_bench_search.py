@@ -1,0 +1,62 @@
+"""The capacity search of ``bench/run.py`` (pure logic, no servers)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench_run() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def search_until_done(search: Any, capacity: int, overload_at: int | None = None) -> list[int]:
+    levels: list[int] = []
+    while (level := search.level) is not None:
+        levels.append(level)
+        overloaded = overload_at is not None and level >= overload_at
+        search.feed(level <= capacity and not overloaded, overloaded)
+    return levels
+
+
+@pytest.mark.parametrize("capacity", [13, 95, 173, 250, 333])
+def test_fine_search_brackets_capacity_to_five_percent(bench_run: ModuleType, capacity: int) -> None:
+    search = bench_run.CapacitySearch(10, 640, resolution=0.05, max_bisections=5)
+    levels = search_until_done(search, capacity)
+    assert search.best <= capacity
+    assert capacity - search.best <= max(2, 0.05 * search.best), levels
+    assert not search.capped
+
+
+def test_default_search_is_coarser_and_never_overshoots(bench_run: ModuleType) -> None:
+    search = bench_run.CapacitySearch(10, 640)
+    levels = search_until_done(search, 173)
+    assert levels[:6] == [10, 20, 40, 80, 160, 320]
+    assert len(levels) <= 6 + 3
+    assert 160 <= search.best <= 173
+
+
+def test_overloaded_generator_caps_the_search(bench_run: ModuleType) -> None:
+    search = bench_run.CapacitySearch(10, 640)
+    search_until_done(search, 1000, overload_at=300)
+    assert search.capped
+    assert 160 <= search.best < 300
+
+
+def test_search_stops_at_the_limit(bench_run: ModuleType) -> None:
+    search = bench_run.CapacitySearch(10, 100)
+    assert search_until_done(search, 1000) == [10, 20, 40, 80]
+    assert search.best == 80

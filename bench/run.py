@@ -72,7 +72,7 @@ def _reexec_in_project_venv() -> None:
 _reexec_in_project_venv()
 
 from callpipe.server.background import free_port  # noqa: E402
-from callpipe.sim.load import LoadConfig, LoadReport, percentile, run_load  # noqa: E402
+from callpipe.sim.load import LoadConfig, LoadReport, ProcessSampler, percentile, run_load  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -173,6 +173,24 @@ def load(url: str, pid: int, calls: int, duration: float, turn: bytes) -> LoadRe
         server_pid=pid,
     )
     return asyncio.run(run_load(config))
+
+
+def wait_quiet(pids: list[int], limit: float = 20.0, busy_share: float = 0.03) -> None:
+    """Wait (at most ``limit`` s) until the servers use under ``busy_share`` of a core.
+
+    A server keeps working after its callers hang up (closing calls, writing records and
+    recordings); the next level must not start while that work shares its core.
+    """
+    samplers = [ProcessSampler(pid) for pid in pids]
+    deadline = time.monotonic() + limit
+    before = sum(s.cpu_seconds() for s in samplers)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = sum(s.cpu_seconds() for s in samplers)
+        if now - before < busy_share * 0.5:
+            return
+        before = now
+    log(f"    (servers still busy after {limit:.0f} s; going on)")
 
 
 def passes(report: LoadReport) -> bool:
@@ -356,7 +374,8 @@ def compare_records(args: argparse.Namespace) -> int:
 
     Both servers run at once, pinned to the same core (an idle server costs nothing), and
     the two searches advance in lock-step: every load level is run for "off" and then for
-    "on", so both see the same machine. A level passes if any of ``--tries`` runs passes
+    "on", so both see the same machine, each run only once both servers are idle (the
+    other's calls closed and their records written). A level passes if any of ``--tries`` runs passes
     (a stray stall from another process fails one run; a real limit fails them all).
     """
     import tempfile
@@ -388,6 +407,7 @@ def compare_records(args: argparse.Namespace) -> int:
                 url, pid = servers[label]
                 passed = overloaded = False
                 for attempt in range(args.tries):
+                    wait_quiet([pid for _, pid in servers.values()])
                     report = load(url, pid, search.level, args.duration, turn)
                     log(f"    records {label:3s} try {attempt + 1}: {describe(report)}")
                     overloaded = report.generator_overloaded

@@ -42,13 +42,34 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
+
+from callpipe.sim.fake_openai_script import (
+    FakeToolCall,
+    Responder,
+    ScriptEvent,
+    echo_responder,
+    message_text,
+    scripted_replies,
+    words,
+)
+from callpipe.sim.fake_openai_wire import (
+    completion_body,
+    default_error,
+    error_body,
+    json_error,
+    mask_key,
+    request_id,
+    sse,
+    stream_chunks,
+    validate_request,
+)
 
 __all__ = [
     "FakeOpenAIState",
@@ -59,88 +80,12 @@ __all__ = [
     "ScriptEvent",
     "create_fake_openai_app",
     "echo_responder",
+    "message_text",
     "scripted_replies",
+    "words",
 ]
 
 logger = logging.getLogger("callpipe.sim")
-
-_ROLES = {"system", "developer", "user", "assistant", "tool"}
-
-
-# ------------------------------------------------------------------------- script
-
-
-@dataclass(slots=True)
-class FakeToolCall:
-    """A tool call the fake model makes; ``arguments`` is streamed in ``fragments`` pieces."""
-
-    name: str
-    arguments: str | Mapping[str, Any] = "{}"
-    id: str | None = None
-    fragments: int = 3
-
-    def arguments_json(self) -> str:
-        """The arguments as the JSON string that goes on the wire."""
-        if isinstance(self.arguments, str):
-            return self.arguments
-        return json.dumps(dict(self.arguments), separators=(",", ":"))
-
-
-ScriptEvent = str | FakeToolCall
-Responder = Callable[
-    [list[dict[str, Any]], list[dict[str, Any]]],
-    Sequence[ScriptEvent] | Awaitable[Sequence[ScriptEvent]],
-]
-
-
-def message_text(message: Mapping[str, Any]) -> str:
-    """The text of a message: its ``content`` string, or its text parts joined."""
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(part.get("text", ""))
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
-        )
-    return ""
-
-
-def words(text: str) -> list[str]:
-    """``text`` cut into streaming pieces: each word with the space before it."""
-    parts = text.split(" ")
-    return [parts[0], *(" " + p for p in parts[1:])] if text else []
-
-
-def echo_responder(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Sequence[ScriptEvent]:
-    """The default responder: "You said: <last user message>." one word per chunk."""
-    last = next((m for m in reversed(messages) if m.get("role") == "user"), None)
-    if last is None:
-        return words("Hello! How can I help you?")
-    return words(f"You said: {message_text(last).strip()}.")
-
-
-def scripted_replies(*replies: Sequence[ScriptEvent] | str) -> Responder:
-    """A responder that answers the n-th request with ``replies[n]`` (the last one repeats).
-
-    A reply given as a plain string is streamed word by word.
-    """
-    if not replies:
-        raise ValueError("scripted_replies needs at least one reply")
-    queue = [words(r) if isinstance(r, str) else list(r) for r in replies]
-    lock = threading.Lock()
-    served = 0
-
-    def responder(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[ScriptEvent]:
-        nonlocal served
-        with lock:
-            reply = queue[min(served, len(queue) - 1)]
-            served += 1
-        return list(reply)
-
-    return responder
-
 
 # ------------------------------------------------------------------------ records
 
@@ -267,7 +212,7 @@ class FakeOpenAIState:
         times: int | None = 1,
     ) -> OpenAIFault:
         """Send an ``{"error": ...}`` event in the next ``times`` streams, then end them."""
-        body = _error_body(message, "server_error")
+        body = error_body(message, "server_error")
         return self._add(OpenAIFault("stream_error", body=body, after_chunks=after_chunks, times=times))
 
     def clear_faults(self) -> None:
@@ -329,177 +274,6 @@ class FakeOpenAIState:
         return secrets.compare_digest(token.strip().encode(), self.api_key.encode())
 
 
-# ------------------------------------------------------------------------- errors
-
-
-def _error_body(
-    message: str, error_type: str, *, code: str | None = None, param: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-
-
-def _default_error(status: int) -> dict[str, Any]:
-    if status == 401:
-        return _error_body(
-            "Incorrect API key provided. You can find your API key in your account settings.",
-            "invalid_request_error",
-            code="invalid_api_key",
-        )
-    if status == 404:
-        return _error_body("The requested resource does not exist.", "invalid_request_error")
-    if status == 429:
-        return _error_body(
-            "Rate limit reached for requests. Please try again shortly.",
-            "requests",
-            code="rate_limit_exceeded",
-        )
-    if status == 503:
-        return _error_body("The engine is currently overloaded, please try again later.", "server_error")
-    if status >= 500:
-        return _error_body(
-            "The server had an error while processing your request. Sorry about that!", "server_error"
-        )
-    return _error_body("Invalid request.", "invalid_request_error")
-
-
-def _mask_key(key: str) -> str:
-    # OpenAI echoes a wrong key masked: its start and its last four characters.
-    if len(key) <= 8:
-        return "*" * len(key)
-    return key[:3] + "*" * (len(key) - 7) + key[-4:]
-
-
-def _request_id() -> str:
-    return "req_" + secrets.token_hex(16)
-
-
-def _json_error(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:
-    all_headers = {"x-request-id": _request_id(), **dict(headers or {})}
-    if isinstance(body, bytes | str):
-        return Response(body, status_code=status, headers=all_headers)
-    return JSONResponse(body, status_code=status, headers=all_headers)
-
-
-def _invalid(message: str, param: str | None = None, code: str | None = None) -> Response:
-    return _json_error(400, _error_body(message, "invalid_request_error", param=param, code=code))
-
-
-def _validate(body: Any, models: Sequence[str] | None) -> Response | None:
-    """OpenAI's 400/404 for a malformed request, else ``None``."""
-    if not isinstance(body, dict):
-        return _invalid("We could not parse the JSON body of your request. The body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        return _invalid("You must provide a model parameter.", "model")
-    if models is not None and model not in models:
-        return _json_error(
-            404,
-            _error_body(
-                f"The model `{model}` does not exist or you do not have access to it.",
-                "invalid_request_error",
-                code="model_not_found",
-            ),
-        )
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return _invalid("'messages' must be a non-empty array.", "messages")
-    pending: set[str] = set()  # tool_call ids still waiting for their tool message
-    for i, message in enumerate(messages):
-        role = message.get("role") if isinstance(message, dict) else None
-        if role not in _ROLES:
-            return _invalid(f"Invalid value for 'messages[{i}].role'.", f"messages.[{i}].role")
-        assert isinstance(message, dict)
-        if role == "tool":
-            call_id = message.get("tool_call_id")
-            if call_id not in pending:
-                return _invalid(
-                    "Invalid parameter: messages with role 'tool' must be a response to a preceding "
-                    "message with 'tool_calls'.",
-                    f"messages.[{i}].role",
-                )
-            pending.discard(call_id)
-            continue
-        if pending:
-            return _invalid(
-                "An assistant message with 'tool_calls' must be followed by tool messages responding "
-                f"to each 'tool_call_id'. Missing: {', '.join(sorted(pending))}.",
-                f"messages.[{i}].role",
-            )
-        if role == "assistant":
-            for call in message.get("tool_calls") or ():
-                if not isinstance(call, dict) or not isinstance(call.get("id"), str):
-                    return _invalid(f"Invalid 'messages[{i}].tool_calls'.", f"messages.[{i}].tool_calls")
-                pending.add(call["id"])
-    tools = body.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            return _invalid("Invalid type for 'tools': expected an array.", "tools")
-        for i, tool in enumerate(tools):
-            function = tool.get("function") if isinstance(tool, dict) else None
-            if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
-                return _invalid(f"Invalid value for 'tools[{i}]'.", f"tools[{i}]")
-            if not isinstance(function.get("name"), str) or not function["name"]:
-                return _invalid(
-                    f"Missing required parameter: 'tools[{i}].function.name'.", f"tools[{i}].function.name"
-                )
-    return None
-
-
-# ---------------------------------------------------------------------- responses
-
-
-def _split(text: str, pieces: int) -> list[str]:
-    """``text`` in ``pieces`` roughly equal, non-empty parts (fewer if it is short)."""
-    pieces = max(1, min(pieces, len(text)))
-    size = -(-len(text) // pieces) if text else 0
-    return [text[i : i + size] for i in range(0, len(text), size)] if text else [""]
-
-
-def _deltas(events: Sequence[ScriptEvent]) -> tuple[list[dict[str, Any]], str]:
-    """The ``delta`` objects of a streamed reply (role first) and its ``finish_reason``."""
-    deltas: list[dict[str, Any]] = []
-    tool_index = 0
-    for event in events:
-        if isinstance(event, FakeToolCall):
-            call_id = event.id or "call_" + secrets.token_urlsafe(18)
-            deltas.append(
-                {
-                    "tool_calls": [
-                        {
-                            "index": tool_index,
-                            "id": call_id,
-                            "type": "function",
-                            "function": {"name": event.name, "arguments": ""},
-                        }
-                    ]
-                }
-            )
-            for piece in _split(event.arguments_json(), event.fragments):
-                deltas.append({"tool_calls": [{"index": tool_index, "function": {"arguments": piece}}]})
-            tool_index += 1
-        elif event:
-            deltas.append({"content": event})
-    if deltas and "tool_calls" in deltas[0]:
-        # A reply that starts with a tool call announces the role in the same chunk.
-        deltas[0] = {"role": "assistant", "content": None, **deltas[0]}
-    else:
-        deltas.insert(0, {"role": "assistant", "content": "", "refusal": None})
-    return deltas, ("tool_calls" if tool_index else "stop")
-
-
-def _usage(messages: list[dict[str, Any]], events: Sequence[ScriptEvent]) -> dict[str, int]:
-    # Assumption: a word is a token; only the shape matters here.
-    prompt = sum(len(message_text(m).split()) + 3 for m in messages)
-    completion = sum(
-        len(e.split()) if isinstance(e, str) else len(e.arguments_json()) // 4 + 1 for e in events
-    )
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _sse(payload: Any) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
 class _EventStream(Response):
     """A ``text/event-stream`` response that paces its events and watches for the client leaving.
 
@@ -555,7 +329,7 @@ class _EventStream(Response):
                     logger.info("fake OpenAI: dropping the connection after %d events", i)
                     return
                 if fault is not None and fault.kind == "stream_error" and i == fault.after_chunks:
-                    await send({"type": "http.response.body", "body": _sse(fault.body), "more_body": True})
+                    await send({"type": "http.response.body", "body": sse(fault.body), "more_body": True})
                     break
                 await send({"type": "http.response.body", "body": event, "more_body": True})
                 if event.startswith(b"data: [DONE]"):
@@ -572,6 +346,78 @@ class _EventStream(Response):
 
 
 # ---------------------------------------------------------------------------- app
+
+
+def _auth_error(state: FakeOpenAIState, request: Request) -> Response | None:
+    """OpenAI's 401 for a missing or wrong API key, else ``None``."""
+    allowed = state._authorized(request)
+    if allowed:
+        return None
+    if allowed is None:
+        body = error_body(
+            "You didn't provide an API key. You need to provide your API key in an Authorization "
+            "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            "invalid_request_error",
+        )
+    else:
+        _, _, token = request.headers.get("authorization", "").partition(" ")
+        body = error_body(
+            f"Incorrect API key provided: {mask_key(token.strip())}. You can find your API key "
+            "in your account settings.",
+            "invalid_request_error",
+            code="invalid_api_key",
+        )
+    return json_error(401, body)
+
+
+async def _script_events(
+    state: FakeOpenAIState, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+) -> list[ScriptEvent] | None:
+    """What the responder says to this request (``None`` if it raised)."""
+    try:
+        result = state.responder(messages, tools)
+        return list(await result if inspect.isawaitable(result) else result)
+    except Exception:
+        logger.exception("fake OpenAI: the responder failed")
+        return None
+
+
+async def _answer(
+    state: FakeOpenAIState, request: Request, record: RecordedChatRequest, body: Any
+) -> Response:
+    """The response to one ``POST /v1/chat/completions``: an error, a completion or an event stream."""
+    denied = _auth_error(state, request)
+    if denied is not None:
+        return denied
+    invalid = validate_request(body, state.models)
+    if invalid is not None:
+        return invalid
+    record.stream = bool(body.get("stream"))
+    fault = state._take_fault("status")
+    if fault is not None:
+        record.fault = fault
+        status = fault.status
+        return json_error(
+            status, fault.body if fault.body is not None else default_error(status), fault.headers
+        )
+    messages: list[dict[str, Any]] = body["messages"]
+    events = await _script_events(state, messages, body.get("tools") or [])
+    if events is None:
+        return json_error(500, default_error(500))
+    model = body["model"]
+    completion_id = "chatcmpl-" + secrets.token_urlsafe(21)
+    created = int(time.time())
+    headers = {"x-request-id": request_id(), "openai-processing-ms": "1"}
+    if not record.stream:
+        if state.first_token_delay > 0:
+            await asyncio.sleep(state.first_token_delay)
+        return JSONResponse(completion_body(completion_id, created, model, messages, events), headers=headers)
+
+    stream_fault = state._take_fault("drop", "stream_error")
+    record.fault = stream_fault
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    wire = stream_chunks(completion_id, created, model, messages, events, include_usage=include_usage)
+    return _EventStream(state, record, wire, stream_fault, headers)
 
 
 def create_fake_openai_app(
@@ -591,37 +437,17 @@ def create_fake_openai_app(
     app = FastAPI(title="callpipe fake OpenAI API", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.openai = st
 
-    def check_auth(request: Request) -> Response | None:
-        allowed = st._authorized(request)
-        if allowed:
-            return None
-        if allowed is None:
-            body = _error_body(
-                "You didn't provide an API key. You need to provide your API key in an Authorization "
-                "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-                "invalid_request_error",
-            )
-        else:
-            _, _, token = request.headers.get("authorization", "").partition(" ")
-            body = _error_body(
-                f"Incorrect API key provided: {_mask_key(token.strip())}. You can find your API key "
-                "in your account settings.",
-                "invalid_request_error",
-                code="invalid_api_key",
-            )
-        return _json_error(401, body)
-
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:
         st._record(request, None)
-        denied = check_auth(request)
+        denied = _auth_error(st, request)
         if denied is not None:
             return denied
         names = st.models if st.models is not None else ["gpt-4o-mini", "gpt-4o"]
         data = [
             {"id": n, "object": "model", "created": 1700000000, "owned_by": "callpipe-fake"} for n in names
         ]
-        return JSONResponse({"object": "list", "data": data}, headers={"x-request-id": _request_id()})
+        return JSONResponse({"object": "list", "data": data}, headers={"x-request-id": request_id()})
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -631,109 +457,9 @@ def create_fake_openai_app(
         except ValueError:
             body = None
         record = st._record(request, body)
-        response = await answer(request, record, body)
+        response = await _answer(st, request, record, body)
         if record.status_code is None:
             record.status_code = response.status_code
         return response
 
-    async def answer(request: Request, record: RecordedChatRequest, body: Any) -> Response:
-        denied = check_auth(request)
-        if denied is not None:
-            return denied
-        invalid = _validate(body, st.models)
-        if invalid is not None:
-            return invalid
-        record.stream = bool(body.get("stream"))
-        fault = st._take_fault("status")
-        if fault is not None:
-            record.fault = fault
-            status = fault.status
-            return _json_error(
-                status, fault.body if fault.body is not None else _default_error(status), fault.headers
-            )
-        messages: list[dict[str, Any]] = body["messages"]
-        tools: list[dict[str, Any]] = body.get("tools") or []
-        try:
-            result = st.responder(messages, tools)
-            events = list(await result if inspect.isawaitable(result) else result)
-        except Exception:
-            logger.exception("fake OpenAI: the responder failed")
-            return _json_error(500, _default_error(500))
-        model = body["model"]
-        completion_id = "chatcmpl-" + secrets.token_urlsafe(21)
-        created = int(time.time())
-        headers = {"x-request-id": _request_id(), "openai-processing-ms": "1"}
-        if not record.stream:
-            if st.first_token_delay > 0:
-                await asyncio.sleep(st.first_token_delay)
-            return JSONResponse(_completion(completion_id, created, model, messages, events), headers=headers)
-
-        stream_fault = st._take_fault("drop", "stream_error")
-        record.fault = stream_fault
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        base: dict[str, Any] = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "system_fingerprint": "fp_callpipe",
-        }
-        if include_usage:
-            base["usage"] = None
-        deltas, finish_reason = _deltas(events)
-        wire = [
-            _sse({**base, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]})
-            for d in deltas
-        ]
-        wire.append(
-            _sse(
-                {
-                    **base,
-                    "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}],
-                }
-            )
-        )
-        if include_usage:
-            wire.append(_sse({**base, "choices": [], "usage": _usage(messages, events)}))
-        wire.append(b"data: [DONE]\n\n")
-        return _EventStream(st, record, wire, stream_fault, headers)
-
     return app
-
-
-def _completion(
-    completion_id: str,
-    created: int,
-    model: str,
-    messages: list[dict[str, Any]],
-    events: Sequence[ScriptEvent],
-) -> dict[str, Any]:
-    text = "".join(e for e in events if isinstance(e, str))
-    calls = [
-        {
-            "id": e.id or "call_" + secrets.token_urlsafe(18),
-            "type": "function",
-            "function": {"name": e.name, "arguments": e.arguments_json()},
-        }
-        for e in events
-        if isinstance(e, FakeToolCall)
-    ]
-    message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
-    if calls:
-        message["tool_calls"] = calls
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": "fp_callpipe",
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": "tool_calls" if calls else "stop",
-            }
-        ],
-        "usage": _usage(messages, events),
-    }

@@ -55,6 +55,7 @@ def add_calls_parser(sub: Any) -> None:
     filters.add_argument("-q", "--text", help="text said in the call (case-insensitive)")
 
     calls = sub.add_parser("calls", help="read the call records (list, show, export)")
+    calls.set_defaults(run=run_calls)
     calls_sub = calls.add_subparsers(dest="calls_command", metavar="COMMAND", required=True)
     listing = calls_sub.add_parser("list", parents=[common, filters], help="the newest calls, a line each")
     listing.add_argument("--limit", type=int, default=20, help="calls to show (default 20, at most 500)")

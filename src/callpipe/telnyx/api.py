@@ -18,14 +18,9 @@ retrying a timed-out or ``5xx`` TeXML request could place a second call.
 from __future__ import annotations
 
 import asyncio
-import base64
-import email.utils
-import json
 import random
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -33,7 +28,22 @@ from urllib.parse import quote
 import httpx
 
 from callpipe import __version__
+from callpipe.telnyx.bodies import action_path, drop_none, encode_client_state, merge_extra, sip_headers
 from callpipe.telnyx.call_actions import CallActions, ClientState
+from callpipe.telnyx.errors import (
+    CALL_ALREADY_ENDED,
+    TelnyxAPIError,
+    TelnyxAuthError,
+    TelnyxConnectionError,
+    TelnyxError,
+    TelnyxErrorDetail,
+    TelnyxNotFoundError,
+    TelnyxRateLimitError,
+    TelnyxServerError,
+    TelnyxValidationError,
+    error_class,
+    parse_retry_after,
+)
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -53,223 +63,8 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.telnyx.com/v2"
 USER_AGENT = f"callpipe/{__version__}"
 
-#: Telnyx Call Control error code for a command sent to a call that is no longer active.
-CALL_ALREADY_ENDED = "90018"
-
 # Longest error body excerpt kept on an exception (non-JSON bodies can be whole HTML pages).
 _BODY_EXCERPT_CHARS = 300
-
-
-# --------------------------------------------------------------------------- errors
-
-
-@dataclass(frozen=True, slots=True)
-class TelnyxErrorDetail:
-    """One entry of Telnyx's ``{"errors": [...]}`` array (``code`` normalised to ``str``)."""
-
-    code: str | None = None
-    title: str | None = None
-    detail: str | None = None
-    source: dict[str, Any] | None = None
-    meta: dict[str, Any] | None = None
-
-    @classmethod
-    def from_wire(cls, item: Any) -> TelnyxErrorDetail:
-        """Build from one decoded JSON error object, tolerating missing or odd fields."""
-        if not isinstance(item, Mapping):
-            return cls(detail=str(item))
-        code = item.get("code")
-        source = item.get("source")
-        meta = item.get("meta")
-        return cls(
-            # Telnyx documents codes as strings but some endpoints send integers.
-            code=None if code is None else str(code),
-            title=_opt_str(item.get("title")),
-            detail=_opt_str(item.get("detail")),
-            source=dict(source) if isinstance(source, Mapping) else None,
-            meta=dict(meta) if isinstance(meta, Mapping) else None,
-        )
-
-    def describe(self) -> str:
-        """``[code] title: detail`` with the missing parts left out."""
-        text = ": ".join(p for p in (self.title, self.detail) if p)
-        if self.code:
-            text = f"[{self.code}] {text}" if text else f"[{self.code}]"
-        return text or "(no details)"
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-class TelnyxError(Exception):
-    """Base class of every error raised by :class:`TelnyxClient`."""
-
-
-class TelnyxAPIError(TelnyxError):
-    """Telnyx answered with an HTTP error status.
-
-    ``errors`` holds the parsed ``errors`` array (empty when the body was not Telnyx's JSON
-    error shape; ``body_excerpt`` then holds the start of the raw body).
-    """
-
-    def __init__(
-        self,
-        status_code: int,
-        errors: Sequence[TelnyxErrorDetail],
-        request_method: str,
-        request_path: str,
-        *,
-        body_excerpt: str | None = None,
-        retry_after: float | None = None,
-        attempts: int = 1,
-    ) -> None:
-        self.status_code = status_code
-        self.errors: list[TelnyxErrorDetail] = list(errors)
-        self.request_method = request_method
-        self.request_path = request_path
-        self.body_excerpt = body_excerpt
-        self.retry_after = retry_after
-        self.attempts = attempts
-        super().__init__(self._format())
-
-    @property
-    def codes(self) -> list[str]:
-        """The Telnyx error codes in the response, in order."""
-        return [e.code for e in self.errors if e.code]
-
-    def has_code(self, code: str | int) -> bool:
-        """Whether any error in the response carries ``code``."""
-        return str(code) in self.codes
-
-    def _format(self) -> str:
-        head = f"Telnyx API error {self.status_code} on {self.request_method} {self.request_path}"
-        if self.errors:
-            body = "; ".join(e.describe() for e in self.errors)
-        elif self.body_excerpt:
-            body = f"non-JSON error body: {self.body_excerpt!r}"
-        else:
-            body = "empty error body"
-        tail = f" (after {self.attempts} attempts)" if self.attempts > 1 else ""
-        return f"{head}: {body}{tail}"
-
-
-class TelnyxAuthError(TelnyxAPIError):
-    """401/403: the API key is wrong, revoked or lacks permission."""
-
-
-class TelnyxNotFoundError(TelnyxAPIError):
-    """404: unknown resource or URL."""
-
-
-class TelnyxValidationError(TelnyxAPIError):
-    """422: the request was understood but rejected (bad field, call already ended, ...)."""
-
-
-class TelnyxRateLimitError(TelnyxAPIError):
-    """429: too many requests, still throttled after the retries."""
-
-
-class TelnyxServerError(TelnyxAPIError):
-    """5xx: Telnyx-side failure, still failing after the retries."""
-
-
-class TelnyxConnectionError(TelnyxError):
-    """The request could not be completed at the transport level (after the retries)."""
-
-    def __init__(self, message: str, request_method: str, request_path: str, *, attempts: int) -> None:
-        self.request_method = request_method
-        self.request_path = request_path
-        self.attempts = attempts
-        super().__init__(message)
-
-
-def _error_class(status_code: int) -> type[TelnyxAPIError]:
-    if status_code in (401, 403):
-        return TelnyxAuthError
-    if status_code == 404:
-        return TelnyxNotFoundError
-    if status_code == 422:
-        return TelnyxValidationError
-    if status_code == 429:
-        return TelnyxRateLimitError
-    if status_code >= 500:
-        return TelnyxServerError
-    return TelnyxAPIError
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def encode_client_state(value: str | bytes | Mapping[str, Any] | None) -> str | None:
-    """Encode ``client_state`` the way Telnyx wants it: a base64 string.
-
-    ``bytes`` are base64-encoded, a mapping is encoded as compact JSON then base64; a ``str``
-    is taken to be base64 already and passed through unchanged.
-    """
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bytes | bytearray | memoryview):
-        raw = bytes(value)
-    elif isinstance(value, Mapping):
-        raw = json.dumps(dict(value), separators=(",", ":"), sort_keys=True).encode()
-    else:
-        raise TypeError(f"client_state must be str, bytes or a mapping, not {type(value).__name__}")
-    return base64.b64encode(raw).decode("ascii")
-
-
-def _quote_id(call_control_id: str) -> str:
-    # Ids look like "v3:<base64url>"; ':' is a legal path character and Telnyx's own docs
-    # leave it unescaped, everything else outside the unreserved set is escaped (incl. '/').
-    if not call_control_id:
-        raise ValueError("call_control_id must not be empty")
-    return quote(call_control_id, safe=":")
-
-
-def _custom_headers(headers: Mapping[str, str] | Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
-    # Telnyx takes SIP headers as [{"name": ..., "value": ...}]; a plain mapping is friendlier.
-    if isinstance(headers, Mapping):
-        return [{"name": str(k), "value": str(v)} for k, v in headers.items()]
-    return [dict(h) for h in headers]
-
-
-def _merge_extra(body: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    clash = sorted(k for k in extra if k in body)
-    if clash:
-        # A silent override of e.g. command_id would defeat idempotency; make it loud.
-        raise TypeError(f"extra fields duplicate explicit arguments: {', '.join(clash)}")
-    body.update(extra)
-    return body
-
-
-def _drop_none(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if v is not None}
-
-
-def _parse_retry_after(response: httpx.Response) -> float | None:
-    """Seconds to wait from ``Retry-After`` (seconds or HTTP date) or Telnyx's ``x-ratelimit-reset``."""
-    value = response.headers.get("retry-after")
-    if value is not None:
-        value = value.strip()
-        try:
-            seconds = float(value)
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(value)
-            except (TypeError, ValueError):
-                return None
-            seconds = when.timestamp() - time.time()
-        return max(0.0, seconds) if seconds == seconds else None  # NaN guard
-    # Telnyx documents x-ratelimit-reset as "time in seconds until the rate limit resets".
-    reset = response.headers.get("x-ratelimit-reset")
-    if reset is not None:
-        try:
-            seconds = float(reset.strip())
-        except ValueError:
-            return None
-        return max(0.0, seconds) if seconds == seconds else None
-    return None
-
 
 # Transport failures where the request provably never reached the server.
 _NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -352,7 +147,7 @@ class TelnyxClient(CallActions):
         stream_bidirectional_codec: str | None = None,
         stream_bidirectional_sampling_rate: int | None = None,
         stream_bidirectional_target_legs: str | None = None,
-        client_state: str | bytes | Mapping[str, Any] | None = None,
+        client_state: ClientState = None,
         answering_machine_detection: str | None = None,
         timeout_secs: int | None = None,
         webhook_url: str | None = None,
@@ -376,7 +171,7 @@ class TelnyxClient(CallActions):
             "answering_machine_detection": answering_machine_detection,
             "timeout_secs": timeout_secs,
             "webhook_url": webhook_url,
-            "custom_headers": None if custom_headers is None else _custom_headers(custom_headers),
+            "custom_headers": None if custom_headers is None else sip_headers(custom_headers),
         }
         if stream_url is not None:
             body.update(
@@ -387,7 +182,7 @@ class TelnyxClient(CallActions):
                 stream_bidirectional_sampling_rate=stream_bidirectional_sampling_rate,
                 stream_bidirectional_target_legs=stream_bidirectional_target_legs,
             )
-        body = _merge_extra(_drop_none(body), extra)
+        body = merge_extra(drop_none(body), extra)
         return await self._request_data("POST", "/calls", body)
 
     async def texml_call(
@@ -408,7 +203,7 @@ class TelnyxClient(CallActions):
         Returns the response object (Telnyx answers this endpoint without a ``data`` wrapper;
         one is unwrapped if present).
         """
-        body = _drop_none(
+        body = drop_none(
             {
                 "ApplicationSid": application_sid,
                 "To": to,
@@ -417,7 +212,7 @@ class TelnyxClient(CallActions):
                 "StatusCallback": status_callback,
             }
         )
-        body = _merge_extra(body, extra)
+        body = merge_extra(body, extra)
         path = f"/texml/Accounts/{quote(account_sid, safe='')}/Calls"
         # No command_id on this endpoint, so only provably-unsent failures are retried.
         return await self._request_data("POST", path, body, idempotent=False)
@@ -426,7 +221,7 @@ class TelnyxClient(CallActions):
         self,
         call_control_id: str,
         *,
-        client_state: str | bytes | Mapping[str, Any] | None = None,
+        client_state: ClientState = None,
         command_id: str | None = None,
     ) -> bool:
         """Hang up a call. Returns ``True`` if we hung it up, ``False`` if it had already ended.
@@ -434,14 +229,10 @@ class TelnyxClient(CallActions):
         A ``422`` carrying code ``90018`` ("Call has already ended") is not an error here: the
         caller hanging up first is the normal end of most calls.
         """
-        body = _drop_none(
-            {
-                "client_state": encode_client_state(client_state),
-                "command_id": command_id or str(uuid.uuid4()),
-            }
-        )
         try:
-            await self._request_data("POST", self._action_path(call_control_id, "hangup"), body)
+            await self._action(
+                call_control_id, "hangup", {}, client_state=client_state, command_id=command_id
+            )
         except TelnyxValidationError as exc:
             if exc.has_code(CALL_ALREADY_ENDED):
                 return False
@@ -454,12 +245,12 @@ class TelnyxClient(CallActions):
         *,
         to: str,
         from_: str | None = None,
-        client_state: str | bytes | Mapping[str, Any] | None = None,
+        client_state: ClientState = None,
         command_id: str | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
         """Transfer a call to ``to`` (``/actions/transfer``); returns the ``data`` object."""
-        body = _drop_none(
+        body = drop_none(
             {
                 "to": to,
                 "from": from_,
@@ -467,8 +258,8 @@ class TelnyxClient(CallActions):
                 "command_id": command_id or str(uuid.uuid4()),
             }
         )
-        body = _merge_extra(body, extra)
-        return await self._request_data("POST", self._action_path(call_control_id, "transfer"), body)
+        body = merge_extra(body, extra)
+        return await self._request_data("POST", action_path(call_control_id, "transfer"), body)
 
     async def send_dtmf(
         self,
@@ -476,19 +267,14 @@ class TelnyxClient(CallActions):
         digits: str,
         *,
         duration_millis: int | None = None,
-        client_state: str | bytes | Mapping[str, Any] | None = None,
+        client_state: ClientState = None,
         command_id: str | None = None,
     ) -> dict[str, Any]:
         """Play DTMF ``digits`` (0-9, A-D, *, #; ``w``/``W`` pause) into the call."""
-        body = _drop_none(
-            {
-                "digits": digits,
-                "duration_millis": duration_millis,
-                "client_state": encode_client_state(client_state),
-                "command_id": command_id or str(uuid.uuid4()),
-            }
+        fields = {"digits": digits, "duration_millis": duration_millis}
+        return await self._action(
+            call_control_id, "send_dtmf", fields, client_state=client_state, command_id=command_id
         )
-        return await self._request_data("POST", self._action_path(call_control_id, "send_dtmf"), body)
 
     async def _action(
         self,
@@ -499,21 +285,17 @@ class TelnyxClient(CallActions):
         client_state: ClientState = None,
         command_id: str | None = None,
     ) -> dict[str, Any]:
-        """One Call Control action (see :class:`~callpipe.telnyx.call_actions.CallActions`)."""
-        body = _drop_none(
+        """One Call Control action: implements :class:`~callpipe.telnyx.call_actions.ActionSender`."""
+        body = drop_none(
             {
                 **fields,
                 "client_state": encode_client_state(client_state),
                 "command_id": command_id or str(uuid.uuid4()),
             }
         )
-        return await self._request_data("POST", self._action_path(call_control_id, action), body)
+        return await self._request_data("POST", action_path(call_control_id, action), body)
 
     # ------------------------------------------------------------------ transport
-
-    @staticmethod
-    def _action_path(call_control_id: str, action: str) -> str:
-        return f"/calls/{_quote_id(call_control_id)}/actions/{action}"
 
     def _headers(self) -> dict[str, str]:
         return {
@@ -586,7 +368,7 @@ class TelnyxClient(CallActions):
             status = response.status_code
             if status < 300:
                 return response
-            retry_after = _parse_retry_after(response) if status == 429 else None
+            retry_after = parse_retry_after(response.headers) if status == 429 else None
             retryable = status == 429 or (status >= 500 and idempotent)
             if retryable and retries_left:
                 if retry_after is not None:
@@ -612,7 +394,7 @@ class TelnyxClient(CallActions):
             errors = [TelnyxErrorDetail.from_wire(item) for item in raw_errors]
         else:
             excerpt = response.text[:_BODY_EXCERPT_CHARS].strip() or None
-        exc = _error_class(response.status_code)(
+        exc = error_class(response.status_code)(
             response.status_code,
             errors,
             method,

@@ -10,12 +10,13 @@ checks the enumerated values locally, so a typo fails before a request is made.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "RECORD_CHANNELS",
     "RECORD_FORMATS",
     "SUPPRESSION_DIRECTIONS",
+    "ActionSender",
     "CallActions",
 ]
 
@@ -34,8 +35,8 @@ def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-class CallActions:
-    """Speak, play, bridge, stop streaming, record and denoise a live call."""
+class ActionSender(Protocol):
+    """What :class:`CallActions` needs from the class it is mixed into (``TelnyxClient``)."""
 
     async def _action(
         self,
@@ -46,10 +47,23 @@ class CallActions:
         client_state: ClientState = None,
         command_id: str | None = None,
     ) -> dict[str, Any]:
-        raise NotImplementedError  # TelnyxClient implements it
+        """Send ``POST /calls/{call_control_id}/actions/{action}`` with ``fields``; return ``data``.
+
+        ``None`` fields are left out; ``command_id`` defaults to a fresh one that every
+        retry of this one command re-sends.
+        """
+        ...
+
+
+class CallActions:
+    """Speak, play, bridge, stop streaming, record and denoise a live call.
+
+    A mixin: each method's ``self`` is an :class:`ActionSender`, so mypy checks that the
+    class it is mixed into implements ``_action``.
+    """
 
     async def speak(
-        self,
+        self: ActionSender,
         call_control_id: str,
         payload: str,
         *,
@@ -80,7 +94,7 @@ class CallActions:
         )
 
     async def playback_start(
-        self,
+        self: ActionSender,
         call_control_id: str,
         *,
         audio_url: str | None = None,
@@ -108,14 +122,14 @@ class CallActions:
         )
 
     async def playback_stop(
-        self, call_control_id: str, *, stop: str = "all", command_id: str | None = None
+        self: ActionSender, call_control_id: str, *, stop: str = "all", command_id: str | None = None
     ) -> dict[str, Any]:
         """Stop audio playback (``/actions/playback_stop``; ``stop`` is ``"all"`` or ``"current"``)."""
         fields = {"stop": _one_of("stop", stop, ("all", "current"))}
         return await self._action(call_control_id, "playback_stop", fields, command_id=command_id)
 
     async def bridge(
-        self,
+        self: ActionSender,
         call_control_id: str,
         other_call_control_id: str,
         *,
@@ -133,7 +147,11 @@ class CallActions:
         )
 
     async def streaming_stop(
-        self, call_control_id: str, *, stream_id: str | None = None, command_id: str | None = None
+        self: ActionSender,
+        call_control_id: str,
+        *,
+        stream_id: str | None = None,
+        command_id: str | None = None,
     ) -> dict[str, Any]:
         """Stop the call's media stream (``/actions/streaming_stop``); the call itself stays up."""
         return await self._action(
@@ -141,7 +159,7 @@ class CallActions:
         )
 
     async def record_start(
-        self,
+        self: ActionSender,
         call_control_id: str,
         *,
         format: str = "wav",
@@ -166,12 +184,14 @@ class CallActions:
             call_control_id, "record_start", fields, client_state=client_state, command_id=command_id
         )
 
-    async def record_stop(self, call_control_id: str, *, command_id: str | None = None) -> dict[str, Any]:
+    async def record_stop(
+        self: ActionSender, call_control_id: str, *, command_id: str | None = None
+    ) -> dict[str, Any]:
         """Stop the Telnyx-side recording (``/actions/record_stop``)."""
         return await self._action(call_control_id, "record_stop", {}, command_id=command_id)
 
     async def suppression_start(
-        self, call_control_id: str, *, direction: str = "inbound", command_id: str | None = None
+        self: ActionSender, call_control_id: str, *, direction: str = "inbound", command_id: str | None = None
     ) -> dict[str, Any]:
         """Start Telnyx's noise suppression (``/actions/suppression_start``).
 
@@ -181,7 +201,7 @@ class CallActions:
         return await self._action(call_control_id, "suppression_start", fields, command_id=command_id)
 
     async def suppression_stop(
-        self, call_control_id: str, *, command_id: str | None = None
+        self: ActionSender, call_control_id: str, *, command_id: str | None = None
     ) -> dict[str, Any]:
         """Stop noise suppression (``/actions/suppression_stop``)."""
         return await self._action(call_control_id, "suppression_stop", {}, command_id=command_id)

@@ -85,6 +85,9 @@ class RecordsOn:
         await self.store.start()
         freeze_startup_heap()  # as `callpipe serve` does once its store is up
 
+    def _store_ready(self) -> bool:
+        return self._started is not None and self._started.done() and self._started.exception() is None
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         from callpipe.records.model import CallRecord
         from callpipe.records.observer import CallObserver, current_observer
@@ -93,6 +96,11 @@ class RecordsOn:
             # Open the store (imports, migrations) at start-up, as `callpipe serve` does,
             # not under the first calls.
             self._started = asyncio.ensure_future(self._start_store())
+        if scope["type"] == "http" and scope["path"] == "/healthz" and not self._store_ready():
+            # Not healthy until the store is open: the load must not start during the
+            # migrations and first imports (a one-off start-up cost, not a call's).
+            await PlainTextResponse("starting", status_code=503)(scope, receive, send)
+            return
         if scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return

@@ -182,17 +182,38 @@ def verify_webhook(
     """
     if not signature_b64:
         raise WebhookVerificationError(WebhookFailure.MISSING_SIGNATURE, f"no {SIGNATURE_HEADER} header")
+    timestamp, sent_at = _parse_timestamp(timestamp)
+    signature = _decode_signature(signature_b64)
+    key = load_public_key(public_key)
+    try:
+        key.verify(signature, _signed_message(timestamp, raw_body))
+    except InvalidSignature:
+        raise WebhookVerificationError(
+            WebhookFailure.SIGNATURE_MISMATCH,
+            "signature does not match the body, timestamp and public key",
+        ) from None
+    if tolerance is not None:
+        _check_fresh(sent_at, tolerance, time.time() if now is None else now)
+
+
+def _parse_timestamp(timestamp: str | None) -> tuple[str, float]:
+    """The stripped header (what was signed) and its value in seconds; raise if absent or not a number."""
     if timestamp is None or not str(timestamp).strip():
         raise WebhookVerificationError(WebhookFailure.MISSING_TIMESTAMP, f"no {TIMESTAMP_HEADER} header")
     timestamp = str(timestamp).strip()
     try:
-        ts_value = float(timestamp)
+        sent_at = float(timestamp)
     except ValueError:
-        ts_value = math.nan
-    if not math.isfinite(ts_value):
+        sent_at = math.nan
+    if not math.isfinite(sent_at):
         raise WebhookVerificationError(
             WebhookFailure.BAD_TIMESTAMP, f"{TIMESTAMP_HEADER} is not a number: {timestamp[:40]!r}"
         )
+    return timestamp, sent_at
+
+
+def _decode_signature(signature_b64: str) -> bytes:
+    """The 64 signature bytes of the header; raise unless it is strict base64 of that length."""
     try:
         signature = base64.b64decode(signature_b64.strip(), validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -204,27 +225,22 @@ def verify_webhook(
             WebhookFailure.BAD_SIGNATURE_ENCODING,
             f"{SIGNATURE_HEADER} decodes to {len(signature)} bytes, an Ed25519 signature has 64",
         )
-    key = load_public_key(public_key)
-    try:
-        key.verify(signature, _signed_message(timestamp, raw_body))
-    except InvalidSignature:
+    return signature
+
+
+def _check_fresh(sent_at: float, tolerance: float, now: float) -> None:
+    """Raise if ``sent_at`` is more than ``tolerance`` seconds before or after ``now``."""
+    age = now - sent_at
+    if age > tolerance:
         raise WebhookVerificationError(
-            WebhookFailure.SIGNATURE_MISMATCH,
-            "signature does not match the body, timestamp and public key",
-        ) from None
-    if tolerance is not None:
-        current = time.time() if now is None else now
-        age = current - ts_value
-        if age > tolerance:
-            raise WebhookVerificationError(
-                WebhookFailure.TIMESTAMP_TOO_OLD,
-                f"timestamp is {age:.0f}s old, more than the {tolerance:.0f}s tolerance",
-            )
-        if -age > tolerance:
-            raise WebhookVerificationError(
-                WebhookFailure.TIMESTAMP_IN_FUTURE,
-                f"timestamp is {-age:.0f}s in the future, more than the {tolerance:.0f}s tolerance",
-            )
+            WebhookFailure.TIMESTAMP_TOO_OLD,
+            f"timestamp is {age:.0f}s old, more than the {tolerance:.0f}s tolerance",
+        )
+    if -age > tolerance:
+        raise WebhookVerificationError(
+            WebhookFailure.TIMESTAMP_IN_FUTURE,
+            f"timestamp is {-age:.0f}s in the future, more than the {tolerance:.0f}s tolerance",
+        )
 
 
 def verify_webhook_headers(

@@ -155,18 +155,13 @@ class VoicemailPolicy(FrameProcessor):
         if policy is None:
             await self.push_frame(frame, direction)
             return
+        await self._on_callee_frame(policy, frame, direction)
+
+    async def _on_callee_frame(self, policy: AmdPolicy, frame: Frame, direction: FrameDirection) -> None:
+        """A downstream frame other than audio once the policy runs: feed it, pass or hold it."""
         now = time.monotonic()
         if isinstance(frame, AnsweringMachineDetectionFrame):
-            was = policy.state
-            await self._apply(policy.on_result(frame.event_type, frame.result, now))
-            if (
-                was is not AmdState.MACHINE
-                and policy.state is AmdState.MACHINE
-                and isinstance(self.message, str)
-            ):
-                # A TTS that can (Piper) synthesizes the message during the box's greeting,
-                # so it starts right at the beep.
-                await self.push_frame(TTSPrefetchFrame(text=self.message))
+            await self._on_amd_result(policy, frame, now)
             await self.push_frame(frame, direction)  # bots may watch the results too
         elif isinstance(frame, TranscriptionFrame):
             acts, passes = policy.on_transcript(frame.text, now, spoken_at=self._speech_started_at)
@@ -188,6 +183,17 @@ class VoicemailPolicy(FrameProcessor):
                 await self.push_frame(frame, direction)
         else:
             await self.push_frame(frame, direction)
+
+    async def _on_amd_result(
+        self, policy: AmdPolicy, frame: AnsweringMachineDetectionFrame, now: float
+    ) -> None:
+        """Feed an AMD result to the policy; on a new "machine" let the TTS prepare the message."""
+        was = policy.state
+        await self._apply(policy.on_result(frame.event_type, frame.result, now))
+        if was is not AmdState.MACHINE and policy.state is AmdState.MACHINE and isinstance(self.message, str):
+            # A TTS that can (Piper) synthesizes the message during the box's greeting,
+            # so it starts right at the beep.
+            await self.push_frame(TTSPrefetchFrame(text=self.message))
 
     async def _start(self) -> None:
         now = time.monotonic()

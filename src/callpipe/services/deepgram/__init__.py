@@ -26,11 +26,8 @@ the bytes of 16 kHz PCM. Today the μ-law is re-encoded here from the PCM frame 
 another rate); passing the caller's PCMU payload straight from the serializer, with no
 transcoding at all, is a possible future optimisation.
 
-Wire facts used here (Deepgram's public docs): ``Authorization: Token <key>`` on the
-handshake; a rejected handshake is an HTTP error (401 for a bad key) with the reason in a
-``dg-error`` header; errors during a stream arrive as a WebSocket close frame whose
-reason carries a code such as ``NET-0001`` or ``DATA-0000``; ``Results`` carry
-``channel.alternatives[0].transcript``, ``is_final`` and ``speech_final``.
+The wire protocol (URL, control messages, results, handshake errors) is pure logic in
+:mod:`callpipe.services.deepgram.wire`.
 """
 
 from __future__ import annotations
@@ -43,8 +40,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
-from urllib.parse import urlencode
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -63,15 +59,22 @@ from callpipe.pipeline.frames import (
     UserStoppedSpeakingFrame,
 )
 from callpipe.pipeline.processor import FrameDirection
+from callpipe.services.deepgram.wire import (
+    CLOSE_STREAM,
+    KEEPALIVE,
+    PLAIN_CLOSE_CODES,
+    DeepgramEncoding,
+    Rejected,
+    handshake_error,
+    listen_url,
+    results_text,
+    websocket_root,
+)
 from callpipe.services.settings import DeepgramSTTSettings, STTSettings, base_url_from_env, pick
 from callpipe.services.stt import STTService
 
 logger = logging.getLogger("callpipe.services")
 
-DeepgramEncoding = Literal["linear16", "mulaw"]
-
-_KEEPALIVE = json.dumps({"type": "KeepAlive"})
-_CLOSE_STREAM = json.dumps({"type": "CloseStream"})
 # Audio queued while the socket is slow or down; beyond this the oldest is dropped.
 _MAX_BUFFER_SECS = 2.0
 # One binary message carries at most this much queued audio (catching up after a reconnect
@@ -81,24 +84,38 @@ _MAX_BACKOFF_SECS = 5.0
 # A connection that lasted this long (or delivered any message) was healthy: the attempt
 # counter starts again after it drops.
 _STABLE_SECS = 5.0
-# Close codes that mean "the connection went away", not "Deepgram reported an error".
-_PLAIN_CLOSE_CODES = frozenset({1000, 1001, 1005, 1006})
-# A rejected handshake with one of these statuses will not succeed on retry.
-_PERMANENT_STATUSES = frozenset({400, 401, 402, 403, 404})
 
 
-class _Rejected(Exception):
-    """The handshake was refused for a reason a retry cannot fix (bad key, bad parameters)."""
+def _apply_settings(
+    settings: STTSettings,
+    *,
+    language: str,
+    model: str,
+    endpointing_ms: int | None,
+    params: Mapping[str, str] | None,
+) -> tuple[str, str, int | None, Mapping[str, str] | None]:
+    """Pipecat's ``settings=``: its fields win over the keywords (language, model, endpointing, query)."""
+    language = pick(settings.language, language)
+    model = pick(settings.model, model)
+    if isinstance(settings, DeepgramSTTSettings):
+        if settings.endpointing is not None and settings.endpointing is not True:
+            endpointing_ms = None if settings.endpointing is False else int(settings.endpointing)
+        params = {**settings.query_params(), **(params or {})}
+    return language, model, endpointing_ms, params
 
 
-def _websocket_root(url: str) -> str:
-    """``wss://host`` from what a bot may pass: a bare host, an http(s) URL, or the full listen URL."""
-    if "://" not in url:
-        url = "wss://" + url
-    for http, ws in (("https://", "wss://"), ("http://", "ws://")):
-        if url.startswith(http):
-            url = ws + url[len(http) :]
-    return url.removesuffix("/v1/listen").rstrip("/")
+def _check_arguments(
+    encoding: str, sample_rate: int | None, api_key: str, keepalive_secs: float, reconnect_attempts: int
+) -> None:
+    """A clear ``ValueError`` for a constructor argument Deepgram or the service cannot use."""
+    if encoding not in ("linear16", "mulaw"):
+        raise ValueError(f"encoding must be 'linear16' or 'mulaw', got {encoding!r}")
+    if sample_rate is not None and sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if not api_key:
+        raise ValueError("a Deepgram API key is required")
+    if keepalive_secs <= 0 or reconnect_attempts < 0:
+        raise ValueError("keepalive_secs must be positive and reconnect_attempts not negative")
 
 
 class DeepgramSTTService(STTService):
@@ -138,27 +155,17 @@ class DeepgramSTTService(STTService):
         audio_passthrough: bool = False,
         name: str | None = None,
     ) -> None:
-        # Pipecat's shapes: settings win over keywords; no key or URL given means
-        # DEEPGRAM_API_KEY / DEEPGRAM_BASE_URL; Pipecat's ``base_url`` may be a bare host.
-        settings = settings or DeepgramSTTSettings()
-        language = pick(settings.language, language)
-        model = pick(settings.model, model)
-        if isinstance(settings, DeepgramSTTSettings):
-            if settings.endpointing is not None and settings.endpointing is not True:
-                endpointing_ms = None if settings.endpointing is False else int(settings.endpointing)
-            params = {**settings.query_params(), **(params or {})}
+        if settings is not None:
+            language, model, endpointing_ms, params = _apply_settings(
+                settings, language=language, model=model, endpointing_ms=endpointing_ms, params=params
+            )
+        # No key or URL given means DEEPGRAM_API_KEY / DEEPGRAM_BASE_URL; Pipecat's
+        # ``base_url`` may be a bare host.
         api_key = api_key if api_key is not None else os.environ.get("DEEPGRAM_API_KEY", "")
-        base_url = _websocket_root(base_url_from_env("DEEPGRAM_BASE_URL", base_url, "wss://api.deepgram.com"))
+        base_url = websocket_root(base_url_from_env("DEEPGRAM_BASE_URL", base_url, "wss://api.deepgram.com"))
         super().__init__(language=language, name=name)
         self.audio_passthrough = audio_passthrough
-        if encoding not in ("linear16", "mulaw"):
-            raise ValueError(f"encoding must be 'linear16' or 'mulaw', got {encoding!r}")
-        if sample_rate is not None and sample_rate <= 0:
-            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-        if not api_key:
-            raise ValueError("a Deepgram API key is required")
-        if keepalive_secs <= 0 or reconnect_attempts < 0:
-            raise ValueError("keepalive_secs must be positive and reconnect_attempts not negative")
+        _check_arguments(encoding, sample_rate, api_key, keepalive_secs, reconnect_attempts)
         self._api_key = api_key
         self.base_url = base_url
         self.model = model
@@ -197,19 +204,15 @@ class DeepgramSTTService(STTService):
     @property
     def url(self) -> str:
         """The ``/v1/listen`` URL with its query (the key travels in a header, never here)."""
-        params: dict[str, str] = {
-            "model": self.model,
-            "encoding": self.encoding,
-            "sample_rate": str(self.stream_sample_rate or self._default_rate()),
-            "channels": "1",
-            "interim_results": "true",
-            "endpointing": "false" if self.endpointing_ms is None else str(self.endpointing_ms),
-            "punctuate": "true",
-            "smart_format": "true",
-            "language": self.language,
-        }
-        params.update(self._extra_params)
-        return f"{self.base_url}/v1/listen?{urlencode(params)}"
+        return listen_url(
+            self.base_url,
+            model=self.model,
+            encoding=self.encoding,
+            sample_rate=self.stream_sample_rate or self._default_rate(),
+            endpointing_ms=self.endpointing_ms,
+            language=self.language,
+            extra_params=self._extra_params,
+        )
 
     @property
     def connected(self) -> bool:
@@ -304,13 +307,7 @@ class DeepgramSTTService(STTService):
                 max_size=2**22,
             )
         except InvalidStatus as exc:
-            response = exc.response
-            detail = response.headers.get("dg-error") or response.body.decode("utf-8", "replace")[:200]
-            status = response.status_code
-            if status in _PERMANENT_STATUSES:
-                what = "rejected the API key" if status in (401, 403) else "refused the stream"
-                raise _Rejected(f"Deepgram {what} (HTTP {status}): {detail.strip() or 'no detail'}") from None
-            raise ConnectionError(f"HTTP {status}: {detail.strip()}") from None
+            raise handshake_error(exc) from None
         self.connections += 1
         return ws
 
@@ -321,7 +318,7 @@ class DeepgramSTTService(STTService):
         while not self._stopping():
             try:
                 ws = await self._connect()
-            except _Rejected as exc:
+            except Rejected as exc:
                 await self._give_up(f"{self.name}: {exc}")
                 return
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
@@ -335,7 +332,7 @@ class DeepgramSTTService(STTService):
                     return
                 code, reason = ws.close_code, ws.close_reason
                 last_error = f"closed with code {code}{f' ({reason})' if reason else ''}"
-                if reason or code not in _PLAIN_CLOSE_CODES:
+                if reason or code not in PLAIN_CLOSE_CODES:
                     # Deepgram reports stream errors in the close frame (e.g. "NET-0001").
                     await self.push_error(f"{self.name}: Deepgram {last_error}")
                 healthy = self._received > 0 or time.monotonic() - started >= _STABLE_SECS
@@ -402,12 +399,12 @@ class DeepgramSTTService(STTService):
             if not self._audio:
                 if self._close_requested:
                     with contextlib.suppress(ConnectionClosed):
-                        await ws.send(_CLOSE_STREAM)
+                        await ws.send(CLOSE_STREAM)
                     return
                 idle = time.monotonic() - self._last_sent
                 if idle >= self.keepalive_secs:
                     try:
-                        await ws.send(_KEEPALIVE)
+                        await ws.send(KEEPALIVE)
                     except ConnectionClosed:
                         return
                     self.keepalives_sent += 1
@@ -447,10 +444,7 @@ class DeepgramSTTService(STTService):
             return
         kind = data.get("type")
         if kind == "Results":
-            channel = data.get("channel")
-            alternatives = channel.get("alternatives") if isinstance(channel, dict) else None
-            first = alternatives[0] if isinstance(alternatives, list) and alternatives else None
-            text = str(first.get("transcript") or "").strip() if isinstance(first, dict) else ""
+            text = results_text(data)
             if not text:
                 return
             if data.get("is_final"):
@@ -504,7 +498,7 @@ class DeepgramSTTService(STTService):
         if ws is None:
             return
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.send(_CLOSE_STREAM), 0.5)
+            await asyncio.wait_for(ws.send(CLOSE_STREAM), 0.5)
 
     async def _shutdown(self, *, graceful: bool) -> None:
         """Stop the stream; ``graceful`` sends queued audio and CloseStream, and waits

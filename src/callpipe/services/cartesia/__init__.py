@@ -95,6 +95,29 @@ class _Context:
     carry: bytes = b""
 
 
+def _check_arguments(
+    api_key: str,
+    voice_id: str | None,
+    encoding: str,
+    sample_rate: int,
+    reconnect_attempts: int,
+    response_timeout_secs: float,
+) -> None:
+    """A clear ``ValueError`` for a constructor argument Cartesia or the service cannot use."""
+    if not api_key:
+        raise ValueError("a Cartesia API key is required")
+    if not voice_id:
+        raise ValueError(
+            "a Cartesia voice is required: voice_id=... or settings=CartesiaTTSService.Settings(voice=...)"
+        )
+    if encoding not in ("pcm_s16le", "pcm_mulaw"):
+        raise ValueError(f"encoding must be 'pcm_s16le' or 'pcm_mulaw', got {encoding!r}")
+    if reconnect_attempts < 0 or response_timeout_secs <= 0:
+        raise ValueError("reconnect_attempts must not be negative and response_timeout_secs positive")
+    if sample_rate not in SUPPORTED_SAMPLE_RATES:
+        raise ValueError(f"Cartesia offers sample rates {SUPPORTED_SAMPLE_RATES}, not {sample_rate}")
+
+
 class CartesiaTTSService(TTSService):
     """Streaming speech synthesis with Cartesia's WebSocket API (one context per reply).
 
@@ -142,18 +165,7 @@ class CartesiaTTSService(TTSService):
         base_url = base_url_from_env("CARTESIA_BASE_URL", base_url or url, "wss://api.cartesia.ai")
         base_url = base_url.removesuffix("/tts/websocket")
         super().__init__(sample_rate=sample_rate, voice=voice_id or "", name=name)
-        if not api_key:
-            raise ValueError("a Cartesia API key is required")
-        if not voice_id:
-            raise ValueError(
-                "a Cartesia voice is required: voice_id=... or settings=CartesiaTTSService.Settings(voice=...)"
-            )
-        if encoding not in ("pcm_s16le", "pcm_mulaw"):
-            raise ValueError(f"encoding must be 'pcm_s16le' or 'pcm_mulaw', got {encoding!r}")
-        if reconnect_attempts < 0 or response_timeout_secs <= 0:
-            raise ValueError("reconnect_attempts must not be negative and response_timeout_secs positive")
-        if sample_rate not in SUPPORTED_SAMPLE_RATES:
-            raise ValueError(f"Cartesia offers sample rates {SUPPORTED_SAMPLE_RATES}, not {sample_rate}")
+        _check_arguments(api_key, voice_id, encoding, sample_rate, reconnect_attempts, response_timeout_secs)
         self._api_key = api_key
         self.voice_id = voice_id
         self.base_url = base_url

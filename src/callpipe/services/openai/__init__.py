@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ import httpx
 import openai
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk
-from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.chat.chat_completion_chunk import ChoiceDelta, ChoiceDeltaToolCall
 
 from callpipe.services.llm import LLMChunk, LLMContext, LLMService, ToolCall
 from callpipe.services.settings import LLMSettings, pick
@@ -77,6 +77,24 @@ class _PartialToolCall:
     id: str = ""
     name: str = ""
     arguments: str = ""
+
+
+def _merge_tool_fragments(
+    calls: dict[int, _PartialToolCall], fragments: Iterable[ChoiceDeltaToolCall]
+) -> None:
+    """Fold one delta's tool-call fragments into the calls being assembled, by index."""
+    for fragment in fragments:
+        call = calls.setdefault(fragment.index, _PartialToolCall())
+        if fragment.id and not call.id:
+            call.id = fragment.id
+        function = fragment.function
+        if function is not None:
+            if function.name and function.name != call.name:
+                # OpenAI sends the whole name once; tolerate servers that split it (and
+                # ones that repeat it).
+                call.name += function.name
+            if function.arguments:
+                call.arguments += function.arguments
 
 
 class OpenAILLMService(LLMService):
@@ -208,33 +226,14 @@ class OpenAILLMService(LLMService):
                     delta: ChoiceDelta | None = choice.delta
                     if delta is None:
                         continue
-                    for fragment in delta.tool_calls or ():
-                        call = calls.setdefault(fragment.index, _PartialToolCall())
-                        if fragment.id and not call.id:
-                            call.id = fragment.id
-                        function = fragment.function
-                        if function is not None:
-                            if function.name and function.name != call.name:
-                                # OpenAI sends the whole name once; tolerate servers that
-                                # split it (and ones that repeat it).
-                                call.name += function.name
-                            if function.arguments:
-                                call.arguments += function.arguments
+                    if delta.tool_calls:
+                        _merge_tool_fragments(calls, delta.tool_calls)
                     if delta.content:
                         yield delta.content
         except openai.APIError as exc:
             raise self._error(exc, streaming=True, received=received) from None
         except Exception as exc:
-            # Older SDKs (before 2.x) let transport errors out of the stream unwrapped.
-            if isinstance(exc, httpx.TimeoutException | TimeoutError):
-                what = "went silent mid-reply for" if received else "did not answer within"
-                raise OpenAILLMError(
-                    f"the LLM server at {self.base_url} {what} {self.timeout:g} s", retryable=True
-                ) from None
-            raise OpenAILLMError(
-                f"the LLM server at {self.base_url} broke off the reply: {self._redact(_describe(exc))}",
-                retryable=True,
-            ) from None
+            raise self._transport_error(exc, received=received) from None
         finally:
             # On interruption (CancelledError) too: close the HTTP stream now, which tells
             # the server to stop generating.
@@ -251,6 +250,18 @@ class OpenAILLMService(LLMService):
             )
 
     # ------------------------------------------------------------------ errors
+
+    def _transport_error(self, exc: Exception, *, received: bool) -> OpenAILLMError:
+        """A transport failure mid-stream (older SDKs, before 2.x, let these out unwrapped)."""
+        if isinstance(exc, httpx.TimeoutException | TimeoutError):
+            what = "went silent mid-reply for" if received else "did not answer within"
+            return OpenAILLMError(
+                f"the LLM server at {self.base_url} {what} {self.timeout:g} s", retryable=True
+            )
+        return OpenAILLMError(
+            f"the LLM server at {self.base_url} broke off the reply: {self._redact(_describe(exc))}",
+            retryable=True,
+        )
 
     def _redact(self, text: str) -> str:
         if len(self._api_key) >= _MIN_SECRET_LEN:

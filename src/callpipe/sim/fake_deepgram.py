@@ -254,6 +254,24 @@ def _refuse(state: FakeDeepgramState, status: int, error: str, headers: dict[str
     )
 
 
+def _handshake_refusal(
+    state: FakeDeepgramState, headers: dict[str, str], query: dict[str, str]
+) -> JSONResponse | None:
+    """Deepgram's HTTP refusal of a handshake (401 bad key, 503 fault, 400 bad query), else ``None``."""
+    scheme, _, key = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "token" or key.strip() != state.api_key:
+        return _refuse(state, 401, "Invalid credentials.", headers)
+    if state.reject_connections > 0:
+        state.reject_connections -= 1
+        return _refuse(state, 503, "Service temporarily unavailable.", headers)
+    encoding = query.get("encoding", "linear16")
+    rate_text = query.get("sample_rate", "")
+    if encoding not in _ENCODINGS or not rate_text.isdigit() or int(rate_text) <= 0:
+        error = f"unsupported encoding/sample_rate for this fake: {encoding!r}/{rate_text!r}"
+        return _refuse(state, 400, error, headers)
+    return None
+
+
 def create_fake_deepgram_app(
     api_key: str = "dg-test",
     *,
@@ -287,22 +305,12 @@ def create_fake_deepgram_app(
     async def listen(websocket: WebSocket) -> None:
         headers = {k.lower(): v for k, v in websocket.headers.items()}
         query = dict(websocket.query_params)
-        scheme, _, key = headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "token" or key.strip() != state.api_key:
-            await websocket.send_denial_response(_refuse(state, 401, "Invalid credentials.", headers))
-            return
-        if state.reject_connections > 0:
-            state.reject_connections -= 1
-            await websocket.send_denial_response(
-                _refuse(state, 503, "Service temporarily unavailable.", headers)
-            )
+        refusal = _handshake_refusal(state, headers, query)
+        if refusal is not None:
+            await websocket.send_denial_response(refusal)
             return
         encoding = query.get("encoding", "linear16")
         rate_text = query.get("sample_rate", "")
-        if encoding not in _ENCODINGS or not rate_text.isdigit() or int(rate_text) <= 0:
-            error = f"unsupported encoding/sample_rate for this fake: {encoding!r}/{rate_text!r}"
-            await websocket.send_denial_response(_refuse(state, 400, error, headers))
-            return
         endpointing_text = query.get("endpointing", "10")
         endpointing = None if endpointing_text == "false" else int(endpointing_text or 10)
         session = FakeDeepgramSession(

@@ -19,6 +19,11 @@ if TYPE_CHECKING:  # imported when run: building the parser must not load the si
 
 def register(sub: Any) -> None:
     """Add ``call`` and ``load`` to the ``callpipe`` parser's subparsers."""
+    _add_call_parser(sub)
+    _add_load_parser(sub)
+
+
+def _add_call_parser(sub: Any) -> None:
     call = sub.add_parser("call", help="place one simulated Telnyx call to a running bot")
     call.add_argument("url", help="the bot's WebSocket URL (ws://…/ws) or TeXML URL (http(s)://…/texml)")
     call.add_argument("--say", action="append", default=[], help="a line for the caller to say (needs TTS)")
@@ -59,6 +64,8 @@ def register(sub: Any) -> None:
     )
     call.set_defaults(run=run_call)
 
+
+def _add_load_parser(sub: Any) -> None:
     load = sub.add_parser("load", help="many simulated calls at once against a running bot")
     load.add_argument("url", help="the bot's WebSocket URL (ws://…/ws)")
     load.add_argument("--calls", type=int, default=10, help="concurrent calls (default 10)")

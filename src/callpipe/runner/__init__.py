@@ -99,17 +99,43 @@ async def parse_telephony_websocket(
     if websocket.client_state == WebSocketState.CONNECTING:
         await websocket.accept()
     stream = Stream(Role.APP, max_handshake_messages=max_messages)
+    await _read_handshake(websocket, stream, timeout)
+    if stream.start is None:
+        raise await _refuse(
+            websocket, f"no valid start message within {timeout:g}s / {max_messages} messages"
+        )
+    encoding = stream.start.media_format.encoding.upper()
+    if encoding not in SUPPORTED_ENCODINGS:
+        raise await _refuse(
+            websocket,
+            f"unsupported encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})",
+        )
+    call_data = _call_data_from_start(
+        stream.start, encoding, auth_token=stream.auth_token, query_params=websocket.query_params
+    )
+    websocket.state.callpipe_telephony = call_data
+    # The transport goes on with this machine: the stream's lifecycle is kept in one place.
+    websocket.state.callpipe_stream = stream
+    return "telnyx", TelnyxCallData(call_data)
+
+
+async def _read_handshake(websocket: WebSocket, stream: Stream, timeout: float) -> None:
+    """Feed ``stream`` messages until it streams, stops, times out or exceeds its handshake budget.
+
+    Raises (after closing the socket) for a disconnect, a message that breaks the protocol,
+    or another provider's handshake; the caller judges what ``stream.start`` holds then.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while stream.state is not State.STREAMING:
         remaining = deadline - loop.time()
         if remaining <= 0:
-            break
+            return
         try:
             async with asyncio.timeout(remaining):
                 message = await websocket.receive()
         except TimeoutError:
-            break
+            return
         if message["type"] == "websocket.disconnect":
             raise TelephonyHandshakeError("the stream closed before its start message")
         data: str | bytes = message.get("text") or message.get("bytes") or b""
@@ -117,25 +143,20 @@ async def parse_telephony_websocket(
             events = stream.receive(data)
         except StreamProtocolError as exc:
             if exc.kind == "handshake":
-                break
+                return
             raise await _refuse(websocket, _handshake_refusal(data, exc)) from None
         for event in events:
             if isinstance(event, protocol.UnknownEvent) and _provider_of(event.data) is not None:
                 raise await _refuse(websocket, _other_provider(_provider_of(event.data)))
         if stream.state is State.STOPPED:
-            break
-    if stream.start is None:
-        raise await _refuse(
-            websocket, f"no valid start message within {timeout:g}s / {max_messages} messages"
-        )
-    event = stream.start
-    encoding = event.media_format.encoding.upper()
-    if encoding not in SUPPORTED_ENCODINGS:
-        raise await _refuse(
-            websocket,
-            f"unsupported encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})",
-        )
-    call_data = TelnyxCallData(
+            return
+
+
+def _call_data_from_start(
+    event: protocol.StartEvent, encoding: str, *, auth_token: str | None, query_params: Mapping[str, str]
+) -> TelnyxCallData:
+    """What a bot learns about its call from the ``start`` message (and the socket's URL)."""
+    return TelnyxCallData(
         {
             "stream_id": event.stream_id,
             "call_control_id": event.call_control_id,
@@ -150,14 +171,10 @@ async def parse_telephony_websocket(
             "client_state": event.client_state,
             "tags": list(event.tags),
             "user_id": event.user_id,
-            "auth_token": stream.auth_token,
-            "query_params": dict(websocket.query_params),
+            "auth_token": auth_token,
+            "query_params": dict(query_params),
         }
     )
-    websocket.state.callpipe_telephony = call_data
-    # The transport goes on with this machine: the stream's lifecycle is kept in one place.
-    websocket.state.callpipe_stream = stream
-    return "telnyx", TelnyxCallData(call_data)
 
 
 def _other_provider(provider: str | None) -> str:

@@ -225,6 +225,40 @@ async def run_assistant(
 ) -> None:
     """Run the assistant for one call (``on_message`` sees every context message)."""
     config = config or AssistantConfig.from_env()
+    caller_number, caller_name = _identify_caller(runner_args, config)
+
+    from callpipe.services.assistant_realtime import assistant_mode, run_realtime_assistant
+
+    if assistant_mode() == "realtime":
+        client = _telnyx_client()
+        call = run_realtime_assistant(
+            runner_args,
+            config,
+            caller_name,
+            client=client,
+            log_message=_log_message,
+            on_message=on_message,
+            extra_processors=extra_processors,
+        )
+    else:
+        task, client = _pipeline_task(
+            runner_args,
+            config,
+            caller_number,
+            caller_name,
+            on_message=on_message,
+            extra_processors=extra_processors,
+        )
+        call = PipelineRunner().run(task)
+    try:
+        await call
+    finally:
+        if client is not None:
+            await client.aclose()
+
+
+def _identify_caller(runner_args: RunnerArguments, config: AssistantConfig) -> tuple[str, str]:
+    """The person's number and name (from the office's callers, or the dial's ``user.firstName``)."""
     call_data = runner_args.call_data
     caller_number = str(call_data.get("from", ""))
     if runner_args.direction == "outbound":
@@ -237,25 +271,33 @@ async def run_assistant(
     if isinstance(first_name, str) and first_name:
         caller_name = first_name
         config.office.callers.setdefault(caller_number, first_name)
+    return caller_number, caller_name
 
-    from callpipe.services.assistant_realtime import assistant_mode, run_realtime_assistant
 
-    if assistant_mode() == "realtime":
-        client = _telnyx_client()
-        try:
-            await run_realtime_assistant(
-                runner_args,
-                config,
-                caller_name,
-                client=client,
-                log_message=_log_message,
-                on_message=on_message,
-                extra_processors=extra_processors,
-            )
-        finally:
-            if client is not None:
-                await client.aclose()
-        return
+def _conversation(
+    config: AssistantConfig, caller_name: str, on_message: Callable[[Message], None] | None
+) -> LLMContext:
+    """The LLM context: the system prompt, the phone tools, and who hears each message."""
+    context = LLMContext(
+        messages=[{"role": "system", "content": config.system_prompt(caller_name)}],
+        tools=TelephonyTools.schemas(),
+    )
+    context.on_message(_log_message)
+    if on_message is not None:
+        context.on_message(on_message)
+    return context
+
+
+def _pipeline_task(
+    runner_args: RunnerArguments,
+    config: AssistantConfig,
+    caller_number: str,
+    caller_name: str,
+    *,
+    on_message: Callable[[Message], None] | None,
+    extra_processors: list[FrameProcessor] | None,
+) -> tuple[PipelineTask, Any]:
+    """The call's STT -> LLM -> TTS pipeline task, and the Telnyx client its tools use (or None)."""
     transport = create_telnyx_transport(runner_args, vad_params=VADParams(stop_secs=config.vad_stop_secs))
     outbound = runner_args.direction == "outbound"
     stt, llm, tts = (
@@ -264,15 +306,10 @@ async def run_assistant(
         choose_tts(),
     )
     client = _telnyx_client()
-    TelephonyTools(call_control_id=call_data.get("call_control_id"), client=client).register(llm)
-    context = LLMContext(
-        messages=[{"role": "system", "content": config.system_prompt(caller_name)}],
-        tools=TelephonyTools.schemas(),
+    TelephonyTools(call_control_id=runner_args.call_data.get("call_control_id"), client=client).register(llm)
+    aggregators = LLMContextAggregatorPair(
+        _conversation(config, caller_name, on_message), transcript_timeout_secs=config.transcript_timeout_secs
     )
-    context.on_message(_log_message)
-    if on_message is not None:
-        context.on_message(on_message)
-    aggregators = LLMContextAggregatorPair(context, transcript_timeout_secs=config.transcript_timeout_secs)
     # Dialled with AMD: the policy holds the greeting until it knows who answered.
     policy = VoicemailPolicy.for_call(
         runner_args,
@@ -305,11 +342,7 @@ async def run_assistant(
         async def greet(_transport: Any, _websocket: Any) -> None:
             await task.queue_frame(LLMRunFrame())
 
-    try:
-        await PipelineRunner().run(task)
-    finally:
-        if client is not None:
-            await client.aclose()
+    return task, client
 
 
 async def bot(runner_args: RunnerArguments) -> None:

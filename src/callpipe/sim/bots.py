@@ -173,6 +173,68 @@ class _HeardRecorder(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
+async def accept_telnyx_stream(websocket: WebSocket) -> dict[str, Any] | None:
+    """Accept ``websocket`` and read Telnyx's handshake: the call's data, or ``None`` if refused."""
+    await websocket.accept()
+    try:
+        _, call_data = await parse_telephony_websocket(websocket)
+    except TelephonyHandshakeError:
+        return None
+    return call_data
+
+
+def telnyx_serializer(
+    call_data: dict[str, Any], *, inbound_encoding: str, api_key: str | None, api_base_url: str | None
+) -> TelnyxFrameSerializer:
+    """The call's serializer, hanging up through the Call Control API when there is an ``api_key``."""
+    return TelnyxFrameSerializer(
+        stream_id=call_data["stream_id"],
+        outbound_encoding=call_data["outbound_encoding"],
+        inbound_encoding=inbound_encoding,
+        call_control_id=call_data["call_control_id"],
+        api_key=api_key,
+        params=TelnyxSerializerParams(auto_hang_up=bool(api_key), api_base_url=api_base_url),
+    )
+
+
+def _canned_transport(
+    websocket: WebSocket, call_data: dict[str, Any], config: CannedBotConfig
+) -> FastAPIWebsocketTransport:
+    serializer = telnyx_serializer(
+        call_data,
+        inbound_encoding=config.inbound_encoding,
+        api_key=config.api_key,
+        api_base_url=config.api_base_url,
+    )
+    return FastAPIWebsocketTransport(
+        websocket=websocket,
+        params=FastAPIWebsocketParams(
+            audio_in_enabled=True,
+            audio_out_enabled=True,
+            add_wav_header=False,
+            serializer=serializer,
+            vad_analyzer=SileroVADAnalyzer(params=config.vad_params),
+            audio_out_lead_secs=config.audio_out_lead_secs,
+            receive_timeout_secs=config.receive_timeout_secs,
+            media_reorder_frames=config.media_reorder_frames,
+        ),
+    )
+
+
+def _canned_task(pipeline: Pipeline, config: CannedBotConfig) -> PipelineTask:
+    return PipelineTask(
+        pipeline,
+        params=PipelineParams(
+            audio_in_sample_rate=config.sample_rate,
+            audio_out_sample_rate=config.sample_rate,
+            allow_interruptions=config.allow_interruptions,
+            interruption_min_secs=config.interruption_min_secs,
+            interruption_min_words=config.interruption_min_words,
+        ),
+        idle_timeout_secs=config.idle_timeout_secs,
+    )
+
+
 def create_canned_bot_app(config: CannedBotConfig) -> tuple[FastAPI, list[CannedBotCall]]:
     """A FastAPI app with ``/ws`` running the canned bot, built as Pipecat's Telnyx guide does.
 
@@ -183,34 +245,10 @@ def create_canned_bot_app(config: CannedBotConfig) -> tuple[FastAPI, list[Canned
 
     @app.websocket("/ws")
     async def websocket_endpoint(websocket: WebSocket) -> None:
-        await websocket.accept()
-        try:
-            _, call_data = await parse_telephony_websocket(websocket)
-        except TelephonyHandshakeError:
+        call_data = await accept_telnyx_stream(websocket)
+        if call_data is None:
             return
-        serializer = TelnyxFrameSerializer(
-            stream_id=call_data["stream_id"],
-            outbound_encoding=call_data["outbound_encoding"],
-            inbound_encoding=config.inbound_encoding,
-            call_control_id=call_data["call_control_id"],
-            api_key=config.api_key,
-            params=TelnyxSerializerParams(
-                auto_hang_up=bool(config.api_key), api_base_url=config.api_base_url
-            ),
-        )
-        transport = FastAPIWebsocketTransport(
-            websocket=websocket,
-            params=FastAPIWebsocketParams(
-                audio_in_enabled=True,
-                audio_out_enabled=True,
-                add_wav_header=False,
-                serializer=serializer,
-                vad_analyzer=SileroVADAnalyzer(params=config.vad_params),
-                audio_out_lead_secs=config.audio_out_lead_secs,
-                receive_timeout_secs=config.receive_timeout_secs,
-                media_reorder_frames=config.media_reorder_frames,
-            ),
-        )
+        transport = _canned_transport(websocket, call_data, config)
         responder = CannedReplyProcessor(
             config.reply, config.sample_rate, greeting=config.greeting, reply_words=config.reply_words
         )
@@ -223,19 +261,8 @@ def create_canned_bot_app(config: CannedBotConfig) -> tuple[FastAPI, list[Canned
         pipeline = Pipeline(
             [transport.input(), *before, responder, transport.output(), *after, _HeardRecorder(heard)]
         )
-        task = PipelineTask(
-            pipeline,
-            params=PipelineParams(
-                audio_in_sample_rate=config.sample_rate,
-                audio_out_sample_rate=config.sample_rate,
-                allow_interruptions=config.allow_interruptions,
-                interruption_min_secs=config.interruption_min_secs,
-                interruption_min_words=config.interruption_min_words,
-            ),
-            idle_timeout_secs=config.idle_timeout_secs,
-        )
         try:
-            await PipelineRunner().run(task)
+            await PipelineRunner().run(_canned_task(pipeline, config))
         finally:
             call.finished.set()
 

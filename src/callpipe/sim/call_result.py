@@ -102,14 +102,13 @@ class CallResult:
 
     def stereo_pcm(self) -> bytes:
         """Caller (left) and bot (right) interleaved, PCM16 at :attr:`stereo_rate`."""
-        left = np.frombuffer(_at_rate(self.caller_track, self.sample_rate, self.stereo_rate), dtype=np.int16)
-        right = np.frombuffer(
-            _at_rate(self.bot_track, self.bot_sample_rate, self.stereo_rate), dtype=np.int16
-        )
-        n = max(len(left), len(right))
-        stereo = np.zeros((n, 2), dtype=np.int16)
-        stereo[: len(left), 0] = left
-        stereo[: len(right), 1] = right
+        channels = [
+            np.frombuffer(_at_rate(pcm, rate, self.stereo_rate), dtype=np.int16)
+            for pcm, rate in ((self.caller_track, self.sample_rate), (self.bot_track, self.bot_sample_rate))
+        ]
+        stereo = np.zeros((max(len(channel) for channel in channels), 2), dtype=np.int16)
+        for index, channel in enumerate(channels):
+            stereo[: len(channel), index] = channel
         return stereo.tobytes()
 
     def write_wav(self, path: str) -> None:

@@ -169,6 +169,78 @@ def _turns_until(deadline: float, audio: bytes, rate: int, quiet_secs: float) ->
         yield CallerTurn(audio=audio, sample_rate=rate, quiet_secs=quiet_secs, text="load turn")
 
 
+class _LoadRun:
+    """The callers of one :func:`run_load`: their results and the live progress counts."""
+
+    def __init__(
+        self,
+        config: LoadConfig,
+        caller_factory: Callable[[int], SimulatedCaller] | None,
+    ) -> None:
+        self.config = config
+        self.caller_factory = caller_factory
+        self.results: list[CallResult | BaseException] = []
+        self.state = {"started": 0, "active": 0, "finished": 0, "failed": 0}
+        self.t0 = time.monotonic()
+
+    def make_caller(self, index: int) -> SimulatedCaller:
+        """The ``index``-th caller: from the factory, or a plain unrecorded one."""
+        if self.caller_factory is not None:
+            return self.caller_factory(index)
+        config = self.config
+        return SimulatedCaller(
+            config.url,
+            encoding=config.encoding,
+            record=False,
+            max_call_secs=config.duration + config.ramp + 30,
+            from_number=f"+1555{index:07d}",
+        )
+
+    async def one_call(self, index: int) -> None:
+        """Start at the caller's place in the ramp, talk for the run's duration, keep the result."""
+        config, state = self.config, self.state
+        await asyncio.sleep(config.ramp * index / max(1, config.calls))
+        state["started"] += 1
+        state["active"] += 1
+        deadline = time.monotonic() + config.duration
+        turns = _turns_until(deadline, config.turn_audio, config.turn_sample_rate, config.quiet_secs)
+        try:
+            result = await self.make_caller(index).run(turns, hang_up_after_secs=config.hang_up_after_secs)
+            self.results.append(result)
+            if result.errors or result.closed_by == "bot":
+                state["failed"] += 1
+        except Exception as exc:
+            self.results.append(exc)
+            state["failed"] += 1
+        finally:
+            state["active"] -= 1
+            state["finished"] += 1
+
+    async def show_progress(self, progress: Callable[[LoadProgress], None]) -> None:
+        """Report progress every half second until cancelled."""
+        total = self.config.ramp + self.config.duration
+        while True:
+            progress(LoadProgress(elapsed=time.monotonic() - self.t0, total_secs=total, **self.state))
+            await asyncio.sleep(0.5)
+
+    async def sample_server(self, sampler: ProcessSampler, report: LoadReport) -> None:
+        """Measure the server's CPU and peak memory into ``report`` over the steady part of the run."""
+        config = self.config
+        # Measure over the steady part: after the ramp, for the rest of the calls' duration.
+        await asyncio.sleep(config.ramp + 0.5)
+        cpu_start, wall_start = sampler.cpu_seconds(), time.monotonic()
+        report.server_rss_start = report.server_rss_start or sampler.rss_bytes()
+        peak = 0
+        end = self.t0 + config.ramp + config.duration - 0.5
+        while time.monotonic() < end:
+            peak = max(peak, sampler.rss_bytes())
+            await asyncio.sleep(0.25)
+        report.server_cpu_seconds = sampler.cpu_seconds() - cpu_start
+        report.steady_seconds = time.monotonic() - wall_start
+        report.server_cpu_percent = 100 * report.server_cpu_seconds / max(report.steady_seconds, 1e-9)
+        report.server_rss_peak = peak
+
+
 async def run_load(
     config: LoadConfig,
     *,
@@ -180,71 +252,16 @@ async def run_load(
     sampler = ProcessSampler(config.server_pid) if config.server_pid else None
     clock = OutputClock.for_running_loop()
     late0, ticks0 = clock.late_ticks, clock.ticks
-    results: list[CallResult | BaseException] = []
-    state = {"started": 0, "active": 0, "finished": 0, "failed": 0}
-    t0 = time.monotonic()
-
-    def make_caller(index: int) -> SimulatedCaller:
-        if caller_factory is not None:
-            return caller_factory(index)
-        return SimulatedCaller(
-            config.url,
-            encoding=config.encoding,
-            record=False,
-            max_call_secs=config.duration + config.ramp + 30,
-            from_number=f"+1555{index:07d}",
-        )
-
-    async def one_call(index: int) -> None:
-        await asyncio.sleep(config.ramp * index / max(1, config.calls))
-        state["started"] += 1
-        state["active"] += 1
-        deadline = time.monotonic() + config.duration
-        turns = _turns_until(deadline, config.turn_audio, config.turn_sample_rate, config.quiet_secs)
-        try:
-            result = await make_caller(index).run(turns, hang_up_after_secs=config.hang_up_after_secs)
-            results.append(result)
-            if result.errors or result.closed_by == "bot":
-                state["failed"] += 1
-        except Exception as exc:
-            results.append(exc)
-            state["failed"] += 1
-        finally:
-            state["active"] -= 1
-            state["finished"] += 1
-
-    async def sample_server() -> None:
-        assert sampler is not None
-        # Measure over the steady part: after the ramp, for the rest of the calls' duration.
-        await asyncio.sleep(config.ramp + 0.5)
-        cpu_start, wall_start = sampler.cpu_seconds(), time.monotonic()
-        report.server_rss_start = report.server_rss_start or sampler.rss_bytes()
-        peak = 0
-        end = t0 + config.ramp + config.duration - 0.5
-        while time.monotonic() < end:
-            peak = max(peak, sampler.rss_bytes())
-            await asyncio.sleep(0.25)
-        report.server_cpu_seconds = sampler.cpu_seconds() - cpu_start
-        report.steady_seconds = time.monotonic() - wall_start
-        report.server_cpu_percent = 100 * report.server_cpu_seconds / max(report.steady_seconds, 1e-9)
-        report.server_rss_peak = peak
-
-    async def show_progress() -> None:
-        assert progress is not None
-        total = config.ramp + config.duration
-        while True:
-            progress(LoadProgress(elapsed=time.monotonic() - t0, total_secs=total, **state))
-            await asyncio.sleep(0.5)
-
+    run = _LoadRun(config, caller_factory)
     if sampler is not None:
         report.server_rss_start = sampler.rss_bytes()
     helpers = []
     if sampler is not None:
-        helpers.append(asyncio.ensure_future(sample_server()))
+        helpers.append(asyncio.ensure_future(run.sample_server(sampler, report)))
     if progress is not None:
-        helpers.append(asyncio.ensure_future(show_progress()))
+        helpers.append(asyncio.ensure_future(run.show_progress(progress)))
     try:
-        await asyncio.gather(*(one_call(i) for i in range(config.calls)))
+        await asyncio.gather(*(run.one_call(i) for i in range(config.calls)))
         if sampler is not None:
             await asyncio.wait_for(helpers[0], timeout=5)
     finally:
@@ -252,7 +269,7 @@ async def run_load(
             helper.cancel()
     report.generator_late_ticks = clock.late_ticks - late0
     report.generator_ticks = clock.ticks - ticks0
-    _collect(report, results)
+    _collect(report, run.results)
     return report
 
 

@@ -30,11 +30,10 @@ from callpipe.pipeline.pipeline import Pipeline
 from callpipe.pipeline.task import PipelineParams, PipelineRunner, PipelineTask
 from callpipe.records.model import CallRecord
 from callpipe.records.observer import CallObserver, current_observer
-from callpipe.runner import TelephonyHandshakeError, parse_telephony_websocket
 from callpipe.services.openai_realtime import OpenAIRealtimeService
+from callpipe.sim.bots import accept_telnyx_stream, telnyx_serializer
 from callpipe.telnyx import protocol
 from callpipe.transports.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
-from callpipe.transports.serializers import TelnyxFrameSerializer, TelnyxSerializerParams
 
 __all__ = ["PhoneLine", "RealtimeBotCall", "create_realtime_bot_app"]
 
@@ -70,18 +69,15 @@ def create_realtime_bot_app(
 
     @app.websocket("/ws")
     async def websocket_endpoint(websocket: WebSocket) -> None:
-        await websocket.accept()
-        try:
-            _, call_data = await parse_telephony_websocket(websocket)
-        except TelephonyHandshakeError:
+        call_data = await accept_telnyx_stream(websocket)
+        if call_data is None:
             return
-        serializer = TelnyxFrameSerializer(
-            stream_id=call_data["stream_id"],
-            outbound_encoding=call_data["outbound_encoding"],
+        # The realtime model speaks the call's own codec both ways.
+        serializer = telnyx_serializer(
+            call_data,
             inbound_encoding=call_data["outbound_encoding"],
-            call_control_id=call_data["call_control_id"],
             api_key=api_key,
-            params=TelnyxSerializerParams(auto_hang_up=bool(api_key), api_base_url=api_base_url),
+            api_base_url=api_base_url,
         )
         transport = FastAPIWebsocketTransport(
             websocket=websocket,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from callpipe.server import app as app_module
+from callpipe.server import state as state_module
 from callpipe.server.app import ServerState
 from callpipe.server.control import sign_forward, verify_forward
 from callpipe.server.health import readiness
@@ -26,7 +26,7 @@ def _state(**settings: object) -> ServerState:
 
 def test_a_dial_rate_below_one_per_second_still_lets_dials_through(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
-    monkeypatch.setattr(app_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(state_module.time, "monotonic", lambda: now[0])
     state = _state(dial_rate_per_sec=0.5)  # one dial every two seconds
     assert state.take_dial_token()
     assert not state.take_dial_token()
@@ -40,7 +40,7 @@ def test_a_dial_rate_below_one_per_second_still_lets_dials_through(monkeypatch: 
 
 
 def test_the_dial_burst_is_the_rate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app_module.time, "monotonic", lambda: 50.0)
+    monkeypatch.setattr(state_module.time, "monotonic", lambda: 50.0)
     state = _state(dial_rate_per_sec=3)
     assert [state.take_dial_token() for _ in range(4)] == [True, True, True, False]
 

@@ -21,7 +21,7 @@ from callpipe.store.base import CallFilter, CallStore
 from callpipe.store.queries import MAX_LIMIT, CursorError, parse_iso8601
 
 if TYPE_CHECKING:
-    from callpipe.server.app import ServerState
+    from callpipe.server.state import ServerState
 
 __all__ = ["recording_url", "router"]
 

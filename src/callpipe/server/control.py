@@ -42,7 +42,7 @@ from callpipe.telnyx.api import TelnyxError
 from callpipe.transports.fastapi import transport_for_call
 
 if TYPE_CHECKING:
-    from callpipe.server.app import ServerState
+    from callpipe.server.state import ServerState
 
 __all__ = [
     "FORWARD_HEADER",

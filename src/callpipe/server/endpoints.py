@@ -24,7 +24,7 @@ from callpipe.store.base import CallStore
 from callpipe.telnyx.webhooks import DEFAULT_TOLERANCE, parse_webhook_event
 
 if TYPE_CHECKING:
-    from callpipe.server.app import ServerState
+    from callpipe.server.state import ServerState
 
 __all__ = [
     "MAX_FORM_BYTES",

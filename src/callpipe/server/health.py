@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from callpipe import metrics
 
 if TYPE_CHECKING:
-    from callpipe.server.app import ServerState
+    from callpipe.server.state import ServerState
 
 __all__ = ["health_router", "readiness", "start_metrics_listener"]
 

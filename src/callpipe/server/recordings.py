@@ -35,7 +35,7 @@ from callpipe.server.control import FORWARD_HEADER, sign_forward, verify_forward
 from callpipe.server.records import recording_dir
 
 if TYPE_CHECKING:
-    from callpipe.server.app import ServerState
+    from callpipe.server.state import ServerState
 
 __all__ = ["SERVED_BY_HEADER", "add_internal_route", "recording_response"]
 

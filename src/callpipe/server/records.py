@@ -1,8 +1,8 @@
 """How ``callpipe serve`` gives every call a record: the observer's creation and its end.
 
-``_run_bot`` calls :func:`open_record` before the bot runs (it sets the observer in the
-call's context, where the pipeline's parts find it, and on ``runner_args.record``) and
-:func:`close_record` when the bot is done, with what ended it.
+``run_bot`` (:mod:`callpipe.server.routes.media`) calls :func:`open_record` before the bot
+runs (it sets the observer in the call's context, where the pipeline's parts find it, and
+on ``runner_args.record``) and :func:`close_record` when the bot is done, with what ended it.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from callpipe.records.sink import NullSink, RecordSink
 from callpipe.runner import RunnerArguments
 
 if TYPE_CHECKING:
-    from callpipe.server.app import ServerState
     from callpipe.server.settings import ServerSettings
+    from callpipe.server.state import ServerState
 
 __all__ = ["close_record", "open_record", "record_unanswered", "recording_dir"]
 
@@ -28,7 +28,7 @@ logger = logging.getLogger("callpipe.server")
 
 DEFAULT_DATA_DIR = "./callpipe-data"
 
-# What ``_run_bot`` saw end the bot -> (end_reason, hangup_by) when nothing more precise
+# What ``run_bot`` saw end the bot -> (end_reason, hangup_by) when nothing more precise
 # was noted during the call (a ``stop`` from Telnyx, ``end_call``, a transfer, ...).
 _OUTCOMES: dict[str, tuple[str, str | None]] = {
     "completed": ("bot_ended", "bot"),
@@ -87,7 +87,7 @@ def open_record(state: ServerState, runner_args: RunnerArguments, ccid: str) -> 
 
 
 async def close_record(observer: CallObserver, outcome: str, error: BaseException | None = None) -> None:
-    """The bot is done (``outcome`` as ``_run_bot`` saw it): finish the record."""
+    """The bot is done (``outcome`` as ``run_bot`` saw it): finish the record."""
     if error is not None:
         observer.error("bot_exception", f"{type(error).__name__}: {error}")
         if outcome == "error":

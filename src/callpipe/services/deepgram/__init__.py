@@ -59,6 +59,7 @@ from callpipe.pipeline.frames import (
     UserStoppedSpeakingFrame,
 )
 from callpipe.pipeline.processor import FrameDirection
+from callpipe.services.deepgram.turn_latency import SpeechToFinal
 from callpipe.services.deepgram.wire import (
     CLOSE_STREAM,
     KEEPALIVE,
@@ -193,8 +194,7 @@ class DeepgramSTTService(STTService):
         self._failed = False
         self._last_sent = time.monotonic()
         self._received = 0
-        self._speech_ended_at: float | None = None  # speech ended; its final is awaited
-        self._turn_final_at: float | None = None  # a final arrived during this turn
+        self._turn_latency = SpeechToFinal()
         # Counters, for logs and tests.
         self.connections = 0
         self.keepalives_sent = 0
@@ -246,10 +246,11 @@ class DeepgramSTTService(STTService):
             self._closing = True
             await self._send_close_stream_now()
         elif isinstance(frame, UserStartedSpeakingFrame):
-            self._speech_ended_at = None
-            self._turn_final_at = None
+            self._turn_latency.speech_started()
         elif isinstance(frame, UserStoppedSpeakingFrame):
-            await self._on_speech_end(frame.speech_ended_at or time.monotonic())
+            latency = self._turn_latency.speech_ended(frame.speech_ended_at or time.monotonic())
+            if latency is not None:
+                await self._report_ttfb(latency)
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
             self._start()
@@ -448,7 +449,9 @@ class DeepgramSTTService(STTService):
             if not text:
                 return
             if data.get("is_final"):
-                await self._on_final(time.monotonic())
+                latency = self._turn_latency.final(time.monotonic())
+                if latency is not None:
+                    await self._report_ttfb(latency)
                 await self.push_transcription(text, final=True)
             else:
                 await self.push_transcription(text, final=False)
@@ -464,25 +467,7 @@ class DeepgramSTTService(STTService):
     # --------------------------------------------------------------------- metrics
 
     # TTFB for streaming STT: from the end of the caller's speech (the VAD's
-    # ``speech_ended_at``) to the final transcript that covers it. Deepgram's endpointing
-    # often finalises before the VAD reports the stop (its stop window is usually longer),
-    # so a final that came after the speech ended but before the stop event is reported
-    # when the stop arrives; otherwise the next final is waited for.
-
-    async def _on_speech_end(self, ended_at: float) -> None:
-        final_at = self._turn_final_at
-        self._turn_final_at = None
-        if final_at is not None and final_at >= ended_at:
-            await self._report_ttfb(final_at - ended_at)
-        else:
-            self._speech_ended_at = ended_at
-
-    async def _on_final(self, now: float) -> None:
-        if self._speech_ended_at is not None:
-            ended_at, self._speech_ended_at = self._speech_ended_at, None
-            await self._report_ttfb(now - ended_at)
-        else:
-            self._turn_final_at = now
+    # ``speech_ended_at``) to the final transcript that covers it (see turn_latency.py).
 
     async def _report_ttfb(self, value: float) -> None:
         if not self.metrics_enabled:

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from callpipe.server import control
 from callpipe.server.api_calls import router as calls_router
 from callpipe.server.health import health_router
 from callpipe.server.lifespan import app_lifespan
 from callpipe.server.routes.dial_out import dial_out_router
 from callpipe.server.routes.media import media_router
+from callpipe.server.routes.operator import control_router
 from callpipe.server.routes.telnyx import telnyx_router
 from callpipe.server.settings import ServerSettings
 
@@ -87,7 +87,7 @@ def create_app(
     )
     app.state.callpipe = state
     app.include_router(health_router(state))
-    app.include_router(control.control_router(state))
+    app.include_router(control_router(state))
     app.include_router(calls_router)
     from callpipe.console import mount_console
 

@@ -31,7 +31,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.background import BackgroundTask
 
 from callpipe.records.model import CallRecord
-from callpipe.server.control import FORWARD_HEADER, sign_forward, verify_forward
+from callpipe.server.forward_signing import FORWARD_HEADER, sign_forward, verify_forward
 from callpipe.server.records import recording_dir
 
 if TYPE_CHECKING:

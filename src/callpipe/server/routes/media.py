@@ -22,7 +22,8 @@ from callpipe import metrics
 from callpipe.log import call_id
 from callpipe.records.observer import CallObserver
 from callpipe.runner import RunnerArguments, TelephonyHandshakeError, parse_telephony_websocket
-from callpipe.server import control, stream_options
+from callpipe.server import stream_options
+from callpipe.server.delivery import spawn_in_background
 from callpipe.server.endpoints import claim_stream_token
 from callpipe.server.records import close_record, open_record
 from callpipe.server.settings import ServerSettings
@@ -210,8 +211,7 @@ def _start_call_actions(state: ServerState, ccid: str, observer: CallObserver | 
         settings.telnyx_recording == "off" and settings.telnyx_noise_suppression == "off"
     ):
         return
-    control._spawn(
-        state,
+    spawn_in_background(
         start_call_actions(
             state.telnyx,
             ccid,

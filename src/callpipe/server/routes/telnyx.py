@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from callpipe.server import control
+from callpipe.server.delivery import ControlEvent, dispatch, spawn_hangup
 from callpipe.server.endpoints import receive_webhook, serve_answer, serve_texml
 from callpipe.server.records import record_stream_failed, record_unanswered
 from callpipe.server.state import ServerState
@@ -57,15 +57,15 @@ async def handle_webhook(state: ServerState, event_type: str, ccid: str, payload
     caller = transfer_of(payload.get("client_state"))
     if caller is not None and caller != ccid:
         # An agent leg of a warm transfer: its events belong to the caller's call.
-        leg = control.ControlEvent(kind="transfer_leg", event_type=event_type, payload=payload)
-        await control.dispatch(state, caller, leg)
+        leg = ControlEvent(kind="transfer_leg", event_type=event_type, payload=payload)
+        await dispatch(state, caller, leg)
         return
-    event = control.ControlEvent(kind="webhook", event_type=event_type, payload=payload)
-    result = await control.dispatch(state, ccid, event)
+    event = ControlEvent(kind="webhook", event_type=event_type, payload=payload)
+    result = await dispatch(state, ccid, event)
     if result == "not_found" and event_type == "streaming.failed":
         # The stream never reached a bot (or its instance is gone): record why, end the call.
         record_stream_failed(state, ccid, payload)
         if state.telnyx is not None:
-            control.spawn_hangup(state, ccid)
+            spawn_hangup(state, ccid)
     if result == "not_found" and event_type == "call.hangup" and not record_unanswered(state, ccid, payload):
         logger.info("call.hangup for %s: no live call here or elsewhere", ccid)

@@ -335,13 +335,8 @@ async def fetch_texml(
         connection_id=connection_id,
         extra=extra_params,
     )
-    # Assumption: Telnyx asks for XML and follows redirects (the docs do not say).
-    headers = {"Accept": "application/xml, text/xml", "User-Agent": "callpipe-sim (TeXML)"}
     form = urlencode(params).encode() if verb == "POST" else b""
-    if verb == "POST":
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
-    if signing_key is not None:
-        headers.update(sign_webhook(form, signing_key))
+    headers = _request_headers(verb, form, signing_key)
     client = http if http is not None else httpx.AsyncClient(follow_redirects=True)
     try:
         if verb == "POST":
@@ -354,6 +349,24 @@ async def fetch_texml(
     finally:
         if http is None:
             await client.aclose()
+    return _parse_response(url, response)
+
+
+def _request_headers(
+    verb: str, form: bytes, signing_key: str | bytes | Ed25519PrivateKey | None
+) -> dict[str, str]:
+    """The headers of a TeXML fetch: what it accepts, its form body, Telnyx's signature."""
+    # Assumption: Telnyx asks for XML and follows redirects (the docs do not say).
+    headers = {"Accept": "application/xml, text/xml", "User-Agent": "callpipe-sim (TeXML)"}
+    if verb == "POST":
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    if signing_key is not None:
+        headers.update(sign_webhook(form, signing_key))
+    return headers
+
+
+def _parse_response(url: str, response: httpx.Response) -> TeXMLInstructions:
+    """The TeXML in a fetch's response; :class:`TeXMLFetchError` if it is not a 2xx with XML."""
     body = response.content
     if not 200 <= response.status_code < 300:
         raise TeXMLFetchError(
@@ -430,12 +443,39 @@ async def place_texml_call(
         method=method,
         signing_key=signing_key,
     )
+    caller = _caller_for_stream(
+        texml_url,
+        instructions,
+        call_sid=sid,
+        from_number=from_number,
+        to_number=to_number,
+        client_state=client_state,
+        call_codec=call_codec,
+        call_sample_rate=call_sample_rate,
+        caller_options=caller_options,
+    )
+    return instructions, caller
+
+
+def _caller_for_stream(
+    texml_url: str,
+    instructions: TeXMLInstructions,
+    *,
+    call_sid: str,
+    from_number: str,
+    to_number: str,
+    client_state: str | None,
+    call_codec: str | None,
+    call_sample_rate: int | None,
+    caller_options: dict[str, Any],
+) -> SimulatedCaller:
+    """The caller the ``<Stream>`` asks for; :class:`TeXMLError` if it cannot be simulated."""
     stream = instructions.stream
     try:
         own: dict[str, Any] = (
             {"out_encoding": stream.encoding, "out_sample_rate": stream.sample_rate} if call_codec else {}
         )
-        caller = SimulatedCaller(
+        return SimulatedCaller(
             stream.url,
             encoding=call_codec or stream.encoding,
             sample_rate=call_sample_rate if call_codec else stream.sample_rate,
@@ -444,9 +484,8 @@ async def place_texml_call(
             to_number=to_number,
             custom_parameters=instructions.custom_parameters,
             client_state=client_state,
-            call_control_id=sid,
+            call_control_id=call_sid,
             **caller_options,
         )
     except ValueError as exc:
         raise TeXMLError(f"cannot simulate the <Stream> in {texml_url}: {exc}") from exc
-    return instructions, caller

@@ -11,7 +11,7 @@ the webhooks: ``call.speak.*``, ``call.bridged``, ``call.recording.saved``...).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,7 +32,7 @@ from callpipe.sim.fake_api.state import (
 __all__ = ["ACTIONS", "add_action_routes"]
 
 _OK: _Result = (200, {"data": {"result": "ok"}})
-_Handle = Callable[[Request, _Handler | None, tuple[str, str] | None], Any]
+_Handle = Callable[[Request, _Handler | None, tuple[str, str] | None], Awaitable[Response]]
 
 
 def _enum(body: dict[str, Any], name: str, allowed: tuple[str, ...], *, required: bool) -> _Result | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from callpipe.sim.fake_api.actions import add_action_routes
+from callpipe.sim.fake_api.actions import _Handle, add_action_routes
 from callpipe.sim.fake_api.agent import FakeAgent
 from callpipe.sim.fake_api.callees import Callees
 from callpipe.sim.fake_api.session import DEFAULT_MAX_CALL_SECS, CalleeScript
@@ -82,50 +83,59 @@ def create_fake_telnyx_app(
     )
     app.state.telnyx = st
     app.state.simulator = sim
+    _add_routes(app, st, functools.partial(_handle_request, st))
+    return app
 
-    async def handle(
-        request: Request, handler: _Handler | None, idem_key: tuple[str, str] | None
-    ) -> Response:
-        """The common pipeline: record -> fault -> auth -> parse -> (idempotent) handler."""
-        raw = await request.body()
-        try:
-            parsed: Any = json.loads(raw) if raw else {}
-        except ValueError:
-            parsed = None
-        record = st._record(request, raw, parsed)
-        fault = st._take_fault(request.method, request.scope["path"])
-        record.fault = fault
-        if fault is not None and fault.delay > 0:
-            await asyncio.sleep(fault.delay)
-        response: Response
-        if fault is not None and fault.status is not None and not fault.after:
-            response = fault.response()
-        elif not st._authorized(request):
-            response = JSONResponse({"errors": [AUTH_FAILED]}, status_code=401)
-        elif handler is None:
-            response = JSONResponse({"errors": [NOT_FOUND]}, status_code=404)
-        elif not isinstance(parsed, dict):
-            bad = {
-                "code": "10015",
-                "title": "Bad Request",
-                "detail": "The request body must be a JSON object.",
-            }
-            response = JSONResponse({"errors": [bad]}, status_code=400)
+
+async def _handle_request(
+    st: FakeTelnyxState, request: Request, handler: _Handler | None, idem_key: tuple[str, str] | None
+) -> Response:
+    """The common pipeline: record -> fault -> auth -> parse -> (idempotent) handler."""
+    raw = await request.body()
+    try:
+        parsed: Any = json.loads(raw) if raw else {}
+    except ValueError:
+        parsed = None
+    record = st._record(request, raw, parsed)
+    fault = st._take_fault(request.method, request.scope["path"])
+    record.fault = fault
+    if fault is not None and fault.delay > 0:
+        await asyncio.sleep(fault.delay)
+    response: Response
+    if fault is not None and fault.status is not None and not fault.after:
+        response = fault.response()
+    elif not st._authorized(request):
+        response = JSONResponse({"errors": [AUTH_FAILED]}, status_code=401)
+    elif handler is None:
+        response = JSONResponse({"errors": [NOT_FOUND]}, status_code=404)
+    elif not isinstance(parsed, dict):
+        response = JSONResponse({"errors": [_NOT_AN_OBJECT]}, status_code=400)
+    else:
+        events: list[FakeCallEvent] = []
+        body = parsed
+        if idem_key is not None:
+            command_id = body.get("command_id")
+            key = (idem_key[0], idem_key[1], command_id if isinstance(command_id, str) else "")
+            (status, payload), record.deduplicated = st._idempotent(key, lambda: handler(body, events))
         else:
-            events: list[FakeCallEvent] = []
-            body = parsed
-            if idem_key is not None:
-                command_id = body.get("command_id")
-                key = (idem_key[0], idem_key[1], command_id if isinstance(command_id, str) else "")
-                (status, payload), record.deduplicated = st._idempotent(key, lambda: handler(body, events))
-            else:
-                status, payload = handler(body, events)
-            await st._emit(events)
-            response = JSONResponse(payload, status_code=status)
-            if fault is not None and fault.status is not None and fault.after:
-                response = fault.response()
-        record.status_code = response.status_code
-        return response
+            status, payload = handler(body, events)
+        await st._emit(events)
+        response = JSONResponse(payload, status_code=status)
+        if fault is not None and fault.status is not None and fault.after:
+            response = fault.response()
+    record.status_code = response.status_code
+    return response
+
+
+_NOT_AN_OBJECT = {
+    "code": "10015",
+    "title": "Bad Request",
+    "detail": "The request body must be a JSON object.",
+}
+
+
+def _add_routes(app: FastAPI, st: FakeTelnyxState, handle: _Handle) -> None:
+    """Route dials, TeXML calls and call actions through ``handle``; everything else to a 404."""
 
     @app.post(f"{API_PREFIX}/calls")
     async def dial(request: Request) -> Response:
@@ -161,8 +171,6 @@ def create_fake_telnyx_app(
     @app.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def fallback(request: Request, rest: str) -> Response:
         return await handle(request, None, None)
-
-    return app
 
 
 # --------------------------------------------------------------------------- standalone
@@ -205,23 +213,8 @@ def serve_fake_telnyx(
         state.simulator.callee_codec = callee_codec
         state.simulator.callee_sample_rate = callee_sample_rate
         state.simulator.agents.update(agents or {})  # warm-transfer agents (agent.py)
-    # Bind first so the announced port is the real one (also for port=0).
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    bound_port = sock.getsockname()[1]
-    shown_host = f"[{host}]" if ":" in host else host
-    announce(f"fake Telnyx API: http://{shown_host}:{bound_port}/v2 (API key: {api_key})")
-    announce(f"webhook public key (base64): {state.webhook_public_key}")
-    target = webhook_url or "none by default (only to a dial's own webhook_url)"
-    announce(f"webhooks: {target}")
-    if callees is not None and (callees.by_number or callees.default != "human"):
-        shown = ", ".join(f"{n}={k}" for n, k in callees.by_number.items())
-        announce(f"callees: {shown or '-'} (others: {callees.default})")
+    sock = _bind(host, port)
+    _announce(announce, state, host, sock.getsockname()[1], api_key, webhook_url, callees)
     config = uvicorn.Config(app, log_level=log_level, lifespan="on")
     try:
         # uvicorn shuts down gracefully on Ctrl-C (lifespan included), then re-raises it.
@@ -229,3 +222,35 @@ def serve_fake_telnyx(
             uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind first so the announced port is the real one (also for port=0)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _announce(
+    announce: Callable[[str], None],
+    state: FakeTelnyxState,
+    host: str,
+    port: int,
+    api_key: str,
+    webhook_url: str | None,
+    callees: Callees | None,
+) -> None:
+    """Say where the fake listens, its key, its webhook key and target, and its callees."""
+    shown_host = f"[{host}]" if ":" in host else host
+    announce(f"fake Telnyx API: http://{shown_host}:{port}/v2 (API key: {api_key})")
+    announce(f"webhook public key (base64): {state.webhook_public_key}")
+    target = webhook_url or "none by default (only to a dial's own webhook_url)"
+    announce(f"webhooks: {target}")
+    if callees is not None and (callees.by_number or callees.default != "human"):
+        shown = ", ".join(f"{n}={k}" for n, k in callees.by_number.items())
+        announce(f"callees: {shown or '-'} (others: {callees.default})")

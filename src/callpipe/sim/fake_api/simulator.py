@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from callpipe.sim.caller import SimulatedCaller
+from callpipe.sim.caller import CallerTurn, CallResult, SimulatedCaller
 from callpipe.sim.fake_api.actions import ACTIONS
 from callpipe.sim.fake_api.agent import AgentCallees, FakeAgent, _AgentLeg
 from callpipe.sim.fake_api.callees import Callees
@@ -353,6 +353,21 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
         if call.is_alive and not await self._stays_up(session):
             self._end(session, "callee" if closed_by == "caller" else "caller")
 
+    async def _callee_turns(
+        self, session: FakeCallSession, caller: SimulatedCaller
+    ) -> tuple[list[CallerTurn], float]:
+        """What the callee says and how long it waits before hanging up (its plan may listen to ``caller``)."""
+        call = session.call
+        if "sim_turns" in call.params:  # an inbound caller's own script (place_inbound_call)
+            return list(call.params["sim_turns"]), self.callee_silence_secs
+        turns = list(self.callee_script(call)) if self.callee_script is not None else []
+        plan = session.callee
+        if plan is None:
+            return turns, self.callee_silence_secs
+        await plan.prepare(call, turns)
+        caller.on_event = plan.on_caller_event
+        return plan.turns, plan.hang_up_after_secs
+
     async def _stream(
         self,
         session: FakeCallSession,
@@ -384,19 +399,8 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
             self._stream_failed(session, "unsupported_codec")
             return ""
         session.caller = caller
-        hang_up_after = self.callee_silence_secs
         plan = session.callee
-        if "sim_turns" in call.params:  # an inbound caller's own script (place_inbound_call)
-            turns = list(call.params["sim_turns"])
-        else:
-            turns = list(self.callee_script(call)) if self.callee_script is not None else []
-            if plan is not None:
-                await plan.prepare(call, turns)
-                turns, hang_up_after, caller.on_event = (
-                    plan.turns,
-                    plan.hang_up_after_secs,
-                    plan.on_caller_event,
-                )
+        turns, hang_up_after = await self._callee_turns(session, caller)
         run = asyncio.ensure_future(caller.run(turns, hang_up_after_secs=hang_up_after))
         session._run_task = run
         # streaming.started once the WebSocket is up (SimulatedCaller sets .result then).
@@ -412,6 +416,12 @@ class FakeTelnyxSimulator(SimulatorWebhooks, AgentCallees):
         await asyncio.wait({run})  # wait without cancelling the callee if we are cancelled
         if plan is not None:
             plan.stopped()
+        return self._stream_outcome(session, url, caller, run)
+
+    def _stream_outcome(
+        self, session: FakeCallSession, url: str, caller: SimulatedCaller, run: asyncio.Future[CallResult]
+    ) -> str:
+        """Record how the finished stream went; its ``closed_by`` ("" if it failed)."""
         try:
             result = run.result()
         except Exception as exc:

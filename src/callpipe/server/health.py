@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from callpipe import metrics
+from callpipe.server.api_key import api_key_denial
 
 if TYPE_CHECKING:
     from callpipe.server.state import ServerState
@@ -65,16 +65,14 @@ def health_router(state: ServerState) -> APIRouter:
     @router.get("/metrics")
     async def metrics_endpoint(request: Request) -> Response:
         """Prometheus metrics, behind the API key (or unauthenticated on METRICS_PORT)."""
-        expected = state.settings.secret("callpipe_api_key")
-        if not expected:
-            return _error(
-                503, "metrics_disabled", "/metrics needs CALLPIPE_API_KEY here, or set METRICS_PORT"
-            )
-        auth = request.headers.get("authorization", "")
-        if not auth.startswith("Bearer ") or not hmac.compare_digest(auth[7:].encode(), expected.encode()):
-            return _error(
-                401, "unauthorized", "a valid 'Authorization: Bearer <CALLPIPE_API_KEY>' is required"
-            )
+        denied = api_key_denial(
+            request,
+            state.settings.secret("callpipe_api_key"),
+            disabled_code="metrics_disabled",
+            disabled_detail="/metrics needs CALLPIPE_API_KEY here, or set METRICS_PORT",
+        )
+        if denied is not None:
+            return denied
         return Response(metrics.REGISTRY.render(), media_type=metrics.CONTENT_TYPE)
 
     return router
@@ -91,7 +89,3 @@ def start_metrics_listener(host: str, port: int) -> Any:
     )
     logger.info("metrics on http://%s:%d/metrics", host, server.server_port)
     return server
-
-
-def _error(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "detail": detail}}, status_code=status)

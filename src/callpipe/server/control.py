@@ -12,6 +12,11 @@ Loops are impossible by construction: the internal listener only ever delivers l
 (a forwarded event is never forwarded again). Every step is bounded by
 ``FORWARD_TIMEOUT_SECS`` and every failure is logged and counted
 (``callpipe_forwarded_events_total``).
+
+This module holds the listener and the forwarding client (:class:`ControlPlane`); what an
+event does to a call is :mod:`callpipe.server.delivery`, the forwards' signature
+:mod:`callpipe.server.forward_signing`, the operator's API
+:mod:`callpipe.server.routes.operator`.
 """
 
 from __future__ import annotations

@@ -321,8 +321,10 @@ async def test_odd_length_l16_audio_is_dropped_and_the_call_goes_on(
         await raw.say(speech_8k)
         await raw.wait_for_reply()
         await _wait_for(lambda: call.responder.turns == 1, 2, "one answered turn")
-        assert call.transport.input()._guard.total == 2
-        assert call.transport.input().messages_received == raw.sent
+        # The reply can come before the caller's last frames are read: wait for them too.
+        inp = call.transport.input()
+        await _wait_for(lambda: inp.messages_received == raw.sent, 3, f"all {raw.sent} messages received")
+        assert inp._guard.total == 2
         assert not call.finished.is_set()
 
     dropped = _dropped(callpipe_log)
@@ -647,8 +649,9 @@ async def test_both_tracks_the_bot_hears_only_the_caller(speech_8k: bytes) -> No
         await raw.say(speech_8k)  # the caller's own track
         await raw.wait_for_reply()
         await _wait_for(lambda: call.responder.turns == 1, 2, "one answered turn")
-        assert call.transport.input().messages_received == raw.sent
-        assert call.transport.input()._guard.total == 0
+        inp = call.transport.input()
+        await _wait_for(lambda: inp.messages_received == raw.sent, 3, f"all {raw.sent} messages received")
+        assert inp._guard.total == 0
 
 
 async def test_reorder_window_takes_shuffled_duplicated_and_lost_frames(speech_8k: bytes) -> None:

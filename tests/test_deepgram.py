@@ -241,7 +241,8 @@ async def test_dropped_stream_reconnects_and_later_transcripts_work(
         # when it dropped may be lost, so the interrupted utterance may or may not count.
         heard = len(h.finals())
         await h.utterance()
-        await wait_until(lambda: len(h.finals()) == heard + 1)
+        # ">=": the interrupted utterance's final, if any, may still land after ``heard``.
+        await wait_until(lambda: len(h.finals()) >= heard + 1)
         assert state.sessions[1].audio_secs >= 1.0
         await h.end()
     finally:

@@ -237,11 +237,6 @@ async def _run_call(served: Served, speech: bytes) -> tuple[CallResult, CallReco
 
 
 @pytest.mark.slow
-# One rerun, checks unchanged: in two full clean-clone suites (2026-12-02) one case found
-# bot audio in the recording just after the barge-in (sample positions vs the record's
-# wall-clock times under a loaded loop); every case passes alone. A real regression fails
-# both runs. The alignment under load is still to be explained (see the #9 notes).
-@pytest.mark.flaky(reruns=1)
 async def test_a_call_leaves_a_full_record_and_a_stereo_recording(
     served: Served, speech_8k: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:

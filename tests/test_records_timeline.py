@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -221,6 +222,76 @@ async def test_recorder_cut_drops_bot_audio_that_had_not_played(tmp_path: Path) 
     kept = recorder._bot
     assert [at for at, _ in kept] == [T0, T0 + 0.02, T0 + 0.04]
     assert len(kept[2][1]) == 80  # half a chunk played
+
+
+def _tone(codec: Any, level: int, secs: float) -> list[bytes]:
+    frame = codec.encode((np.ones(160, dtype=np.int16) * level).tobytes())
+    return [frame] * round(secs / 0.02)
+
+
+def _recorded(path: Path) -> Any:
+    with wave.open(str(path)) as wav:
+        return np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16).reshape(-1, 2)
+
+
+@pytest.mark.parametrize(
+    ("stream_start", "first_caller_sample"),
+    [
+        (-0.3, 0),  # the stream began 0.3 s before the record opened: its first 0.3 s is cut
+        (0.2, 1600),  # it began 0.2 s after: the left channel starts with 0.2 s of silence
+    ],
+)
+def test_the_caller_channel_is_kept_on_the_record_clock(
+    tmp_path: Path, stream_start: float, first_caller_sample: int
+) -> None:
+    # The bot's audio is placed by the clock; the caller's must be too, or the bot side
+    # shifts against it (bot audio heard after a barge-in, in the full-call test).
+    codec = get_codec("PCMU")
+    recorder = CallRecorder(tmp_path / "a.wav", caller_codec=codec, bot_codec=codec, started=T0)
+    before = max(0.0, -stream_start)
+    for frame in _tone(codec, 1000, before) + _tone(codec, 5000, 1.0 - stream_start - before):
+        recorder.caller(frame)  # everything the stream sent by T0 + 1 s
+    for i, frame in enumerate(_tone(codec, 3000, 0.2)):
+        recorder.bot(frame, T0 + 0.5 + i * 0.02)
+    future = recorder._flush(final=False, now=T0 + 1.0)
+    assert future is not None
+    future.result()
+    for frame in _tone(codec, 5000, 1.0):
+        recorder.caller(frame)
+    future = recorder._flush(final=True, now=T0 + 2.0)
+    assert future is not None
+    future.result()
+    frames = _recorded(tmp_path / "a.wav")
+    assert len(frames) == 16000
+    left = np.abs(frames[:, 0].astype(np.int32))
+    assert (left[:first_caller_sample] == 0).all()
+    assert (np.abs(left[first_caller_sample:] - 5000) < 200).all()  # no pre-start audio kept
+    right = np.abs(frames[:, 1].astype(np.int32))
+    assert (right[4000:5600] > 2800).all() and not right[:4000].any() and not right[5600:].any()
+
+
+def test_a_caller_backlog_read_late_trims_once_the_lead_shows(tmp_path: Path) -> None:
+    codec = get_codec("PCMU")
+    recorder = CallRecorder(tmp_path / "a.wav", caller_codec=codec, bot_codec=codec, started=T0)
+    # The stream began 0.1 s before the record, but only 0.5 s had been read by the first
+    # flush (a stalled loop): no lead shows yet, so the left channel starts padded...
+    for frame in _tone(codec, 5000, 0.5):
+        recorder.caller(frame)
+    future = recorder._flush(final=False, now=T0 + 1.0)
+    assert future is not None
+    future.result()
+    # ...then the backlog is read: 1.6 s received by T0 + 1.5 s shows the 0.1 s lead.
+    for frame in _tone(codec, 5000, 1.1):
+        recorder.caller(frame)
+    recorder.bot(_tone(codec, 3000, 0.02)[0], T0 + 1.2)
+    future = recorder._flush(final=True, now=T0 + 1.5)
+    assert future is not None
+    future.result()
+    frames = _recorded(tmp_path / "a.wav")
+    # 0.5 s padded, then 1.6 s of caller audio less 0.6 s trimmed (the lead went -0.5 s to +0.1 s).
+    assert len(frames) == 12000
+    assert not frames[:4000, 0].any() and (np.abs(frames[4000:, 0].astype(np.int32)) > 4800).all()
+    assert (np.abs(frames[9600:9760, 1].astype(np.int32)) > 2800).all()
 
 
 def test_turn_latency_feeds_one_histogram_per_stage() -> None:

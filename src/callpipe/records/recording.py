@@ -72,11 +72,14 @@ def _wav_header(rate: int, data_bytes: int) -> bytes:
 class WavWriter:
     """Appends stereo frames to a WAV file; only ever called from one thread at a time.
 
-    ``write(caller, bot, pad_to, final)``: ``caller`` is caller PCM (mono int16 at
-    ``rate``) continuing the left channel; ``bot`` a list of ``(sample position, PCM)``
+    ``write(caller, bot, pad_to, final, shift)``: ``caller`` is caller PCM (mono int16
+    at ``rate``) continuing the left channel; ``bot`` a list of ``(sample position, PCM)``
     for the right channel; ``pad_to`` a position the left channel must at least reach
-    (silence fills a stall). Right-channel audio past the left channel's end waits for
-    the next write (or is written by the final one).
+    (silence fills a stall); ``shift`` moves the caller's audio to keep it on the
+    recording's clock: a positive shift drops that many caller samples (from this write
+    on), a negative one, given before anything was written, starts the left channel with
+    that much silence. Right-channel audio past the left channel's end waits for the next
+    write (or is written by the final one).
     """
 
     def __init__(self, path: Path, rate: int) -> None:
@@ -85,6 +88,7 @@ class WavWriter:
         self.written = 0  # stereo frames in the file
         self._left = np.zeros(0, dtype=np.int16)  # caller audio not yet written
         self._right: list[tuple[int, npt.NDArray[np.int16]]] = []  # bot audio not yet written
+        self._skip = 0  # caller samples still to drop (a shift larger than one write's audio)
         self._file: BinaryIO | None = None
 
     def open(self) -> BinaryIO:
@@ -96,10 +100,12 @@ class WavWriter:
             self._file.flush()
         return self._file
 
-    def write(self, caller: bytes, bot: list[tuple[int, bytes]], pad_to: int, final: bool) -> None:
+    def write(
+        self, caller: bytes, bot: list[tuple[int, bytes]], pad_to: int, final: bool, shift: int = 0
+    ) -> None:
         """Append what is complete; with ``final``, everything, and close the file."""
         file = self.open()
-        left = np.frombuffer(caller, dtype=np.int16)
+        left = self._shifted(np.frombuffer(caller, dtype=np.int16), shift)
         if len(self._left):
             left = np.concatenate([self._left, left])
         missing = pad_to - (self.written + len(left))
@@ -138,6 +144,14 @@ class WavWriter:
         file.flush()
         if final:
             self.close()
+
+    def _shifted(self, caller: npt.NDArray[np.int16], shift: int) -> npt.NDArray[np.int16]:
+        if shift < 0 and self.written == 0 and not len(self._left):
+            return np.concatenate([np.zeros(-shift, dtype=np.int16), caller])
+        self._skip += max(0, shift)
+        drop = min(self._skip, len(caller))
+        self._skip -= drop
+        return caller[drop:]
 
     def close(self) -> None:
         """Close the file (idempotent)."""
@@ -178,6 +192,7 @@ class CallRecorder:
         self._started = started
         self._caller = bytearray()
         self._caller_samples = 0  # caller samples handed to the writer or buffered
+        self._lead: int | None = None  # caller samples the stream had sent at ``started``
         self._bot: list[tuple[float, bytes]] = []  # (play time, encoded payload)
         self._pending: concurrent.futures.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -226,14 +241,11 @@ class CallRecorder:
             self._flush(final=False)
         self._timer = asyncio.get_running_loop().call_later(FLUSH_SECS, self._tick)
 
-    def _take(self, now: float, final: bool) -> tuple[bytes, list[tuple[int, bytes]], int]:
+    def _take(self, now: float, final: bool) -> tuple[bytes, list[tuple[int, bytes]], int, int]:
         caller = bytes(self._caller)
         self._caller.clear()
-        samples = len(caller) * (self.rate // 50) // max(1, self._caller_chunk)
-        # No lead-in: Telnyx streams media from the ``start`` message on, and the call's
-        # clock (``started``) starts right after it, so the caller's first frame is at 0
-        # even when the pipeline reads the first second as a backlog.
-        self._caller_samples += samples
+        self._caller_samples += len(caller) * (self.rate // 50) // max(1, self._caller_chunk)
+        shift = self._align(now)
         due = [item for item in self._bot if item[0] <= now]
         self._bot = self._bot[len(due) :]
         bot = [(max(0, int((at - self._started) * self.rate)), payload) for at, payload in due]
@@ -242,21 +254,45 @@ class CallRecorder:
         # not missing, so nothing is padded mid-call. At the end, a stream that stopped
         # early is filled up to the call's end.
         pad_to = int((now - self._started) * self.rate) if final else 0
-        return caller, bot, pad_to
+        return caller, bot, pad_to, shift
 
-    def _flush(self, *, final: bool) -> concurrent.futures.Future[None] | None:
+    def _align(self, now: float) -> int:
+        """How far to shift the caller's audio so that sample 0 is ``started``.
+
+        The bot's audio is placed by the clock, the caller's by counting samples, and the
+        stream starts before the record does (Telnyx streams from its ``start`` message;
+        the record opens once that is parsed and the stream's token checked, later under
+        load). A real-time stream has sent at most ``(now - t0) * rate`` samples by
+        ``now``, so ``received - (now - started) * rate`` is a lower bound of what it had
+        sent at ``started``: the largest bound seen so far is the caller's lead, and the
+        caller's audio is shifted by it (trimmed, or padded if the stream began later).
+        A lead that grows later (a backlog read late, a sender's faster clock) trims a
+        little more then; a smaller one changes nothing.
+        """
+        lead = self._caller_samples - int((now - self._started) * self.rate)
+        if self._lead is None:
+            self._lead = lead
+            return lead
+        if lead <= self._lead:
+            return 0
+        shift, self._lead = lead - self._lead, lead
+        return shift
+
+    def _flush(self, *, final: bool, now: float | None = None) -> concurrent.futures.Future[None] | None:
         if self.failed:
             return None
-        now = time.monotonic()
-        caller, bot, pad_to = self._take(now, final)
-        self._pending = _EXECUTOR.submit(self._write, caller, bot, pad_to, final)
+        now = time.monotonic() if now is None else now
+        caller, bot, pad_to, shift = self._take(now, final)
+        self._pending = _EXECUTOR.submit(self._write, caller, bot, pad_to, final, shift)
         return self._pending
 
-    def _write(self, caller: bytes, bot: list[tuple[int, bytes]], pad_to: int, final: bool) -> None:
+    def _write(
+        self, caller: bytes, bot: list[tuple[int, bytes]], pad_to: int, final: bool, shift: int
+    ) -> None:
         try:
             pcm = self._caller_decoder.decode(caller) if caller else b""
             decoded = [(pos, self._bot_decoder.decode(payload)) for pos, payload in self._merge(bot)]
-            self._writer.write(pcm, decoded, pad_to, final)
+            self._writer.write(pcm, decoded, pad_to, final, shift)
         except Exception:
             self.failed = True
             logger.exception("recording to %s failed; the call goes on without it", self.path)

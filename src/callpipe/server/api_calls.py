@@ -6,7 +6,6 @@ when no key is configured (the records hold personal data; they are never open).
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -16,6 +15,8 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
 from callpipe.records.model import END_REASONS, CallRecord
+from callpipe.server.api_key import api_key_denial
+from callpipe.server.endpoints import error
 from callpipe.server.recordings import recording_response
 from callpipe.store.base import CallFilter, CallStore
 from callpipe.store.queries import MAX_LIMIT, CursorError, parse_iso8601
@@ -31,9 +32,11 @@ router = APIRouter(prefix="/api/calls")
 
 
 class _ApiError(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.response = JSONResponse({"error": {"code": code, "detail": detail}}, status_code=status)
+    """A refused request; ``response`` is its answer."""
+
+    def __init__(self, response: JSONResponse) -> None:
+        super().__init__(response.status_code)
+        self.response = response
 
 
 def recording_url(record: CallRecord) -> str | None:
@@ -45,14 +48,16 @@ def recording_url(record: CallRecord) -> str | None:
 
 def _store(request: Request) -> CallStore:
     state: ServerState = request.app.state.callpipe
-    expected = state.settings.secret("callpipe_api_key")
-    if not expected:
-        raise _ApiError(503, "api_disabled", "the calls API needs CALLPIPE_API_KEY to be set")
-    auth = request.headers.get("authorization", "")
-    if not auth.startswith("Bearer ") or not hmac.compare_digest(auth[7:].encode(), expected.encode()):
-        raise _ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <CALLPIPE_API_KEY>' is required")
+    denial = api_key_denial(
+        request,
+        state.settings.secret("callpipe_api_key"),
+        disabled_code="api_disabled",
+        disabled_detail="the calls API needs CALLPIPE_API_KEY to be set",
+    )
+    if denial is not None:
+        raise _ApiError(denial)
     if state.store is None:
-        raise _ApiError(503, "records_off", "call records are off on this server (RECORDS=off)")
+        raise _ApiError(error(503, "records_off", "call records are off on this server (RECORDS=off)"))
     return state.store
 
 
@@ -63,7 +68,7 @@ def _time(params: Any, name: str) -> float | None:
     try:
         return parse_iso8601(text, name)
     except ValueError as exc:
-        raise _ApiError(422, "bad_time", str(exc)) from None
+        raise _ApiError(error(422, "bad_time", str(exc))) from None
 
 
 def _filter(request: Request) -> CallFilter:
@@ -71,15 +76,15 @@ def _filter(request: Request) -> CallFilter:
     try:
         limit = int(params.get("limit", "50"))
     except ValueError:
-        raise _ApiError(422, "bad_limit", "limit must be an integer") from None
+        raise _ApiError(error(422, "bad_limit", "limit must be an integer")) from None
     if not 1 <= limit <= MAX_LIMIT:
-        raise _ApiError(422, "bad_limit", f"limit must be between 1 and {MAX_LIMIT}")
+        raise _ApiError(error(422, "bad_limit", f"limit must be between 1 and {MAX_LIMIT}"))
     direction = params.get("direction") or None
     if direction not in (None, "inbound", "outbound"):
-        raise _ApiError(422, "bad_direction", "direction must be 'inbound' or 'outbound'")
+        raise _ApiError(error(422, "bad_direction", "direction must be 'inbound' or 'outbound'"))
     end_reason = params.get("end_reason") or None
     if end_reason is not None and end_reason not in END_REASONS:
-        raise _ApiError(422, "bad_end_reason", f"end_reason must be one of {', '.join(END_REASONS)}")
+        raise _ApiError(error(422, "bad_end_reason", f"end_reason must be one of {', '.join(END_REASONS)}"))
     return CallFilter(
         direction=direction,
         number=params.get("number") or None,
@@ -94,10 +99,7 @@ def _filter(request: Request) -> CallFilter:
 
 def _unavailable(exc: Exception) -> JSONResponse:
     logger.warning("calls API: the store failed (%s)", type(exc).__name__)
-    return JSONResponse(
-        {"error": {"code": "store_unavailable", "detail": "the call store is not answering; try again"}},
-        status_code=503,
-    )
+    return error(503, "store_unavailable", "the call store is not answering; try again")
 
 
 @router.get("")
@@ -109,7 +111,7 @@ async def list_calls(request: Request) -> Response:
     except _ApiError as exc:
         return exc.response
     except CursorError as exc:
-        return JSONResponse({"error": {"code": "bad_cursor", "detail": str(exc)}}, status_code=400)
+        return error(400, "bad_cursor", str(exc))
     except (SQLAlchemyError, OSError) as exc:
         return _unavailable(exc)
     items = [record.to_json(full=False, recording_url=recording_url(record)) for record in page.calls]
@@ -120,7 +122,7 @@ async def _record(request: Request, call_control_id: str) -> CallRecord:
     store = _store(request)
     record = await store.get_call(call_control_id)
     if record is None:
-        raise _ApiError(404, "not_found", f"no call {call_control_id!r} in the records")
+        raise _ApiError(error(404, "not_found", f"no call {call_control_id!r} in the records"))
     return record
 
 

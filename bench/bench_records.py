@@ -58,8 +58,9 @@ def one_call(seconds: int, directory: Path) -> float:
                 observer.word_heard(word)
             observer.reply_ended()
             observer.bot_stopped()
-        caller, bot, pad = recorder._take(base + second + 1.0, False)
-        recorder._write(caller, bot, pad, False)  # (in the writer's thread in a real call)
+        # (in the writer's thread in a real call)
+        caller, bot, pad, shift = recorder._take(base + second + 1.0, False)
+        recorder._write(caller, bot, pad, False, shift)
         msgspec.json.encode(observer.record)  # the store's two flushes per second
         msgspec.json.encode(observer.record)
     return time.process_time() - started

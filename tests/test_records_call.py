@@ -309,7 +309,7 @@ def _check_recording(
 
     def rms(channel: int, start: float, end: float) -> float:
         a, b = int((start - record.started_at) * 8000), int((end - record.started_at) * 8000)
-        part = stereo[a:b, channel]
+        part = stereo[max(0, a) : max(0, a, b), channel]  # (an empty window, never a wrapped one)
         return float(np.sqrt(np.mean(part**2))) if len(part) else 0.0
 
     cut_at = cut_turn.ended_at

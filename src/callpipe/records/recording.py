@@ -8,8 +8,9 @@ Split in two so the audio path stays cheap:
 
 * :class:`CallRecorder` lives on the event loop. Per 20 ms frame it only appends the
   *encoded* wire payload to a buffer (caller) or a list (bot, with its play time).
-  About once a second a timer hands what has accumulated to the writer.
-* :class:`WavWriter` runs in a worker thread: it decodes, lays the bot's chunks on the
+  Once a second one timer per event loop hands what every call has accumulated to the
+  writer thread as *one* job (not one timer, job and thread hand-off per call).
+* :class:`WavWriter` runs in that thread: it decodes, lays the bot's chunks on the
   caller's timeline, interleaves and appends to the file, and rewrites the RIFF and
   ``data`` sizes after every flush, so a ``kill -9`` leaves a file that plays up to about
   the last second. Nothing of the call is held in memory beyond that second.
@@ -26,7 +27,7 @@ import re
 import struct
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +40,9 @@ __all__ = ["CallRecorder", "WavWriter", "recording_path"]
 logger = logging.getLogger("callpipe.records")
 
 FLUSH_SECS = 1.0
-_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="callpipe-recording")
+# One thread: jobs run in order (a call's final write after its last batch), and the
+# work is a few syscalls and small NumPy steps per call-second, never parallel under the GIL.
+_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="callpipe-recording")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -47,6 +50,9 @@ def recording_path(directory: str | Path, call_control_id: str, started_at: floa
     """``DIR/YYYY-MM-DD/<call id>.wav`` (the id made safe for a file name)."""
     day = time.strftime("%Y-%m-%d", time.gmtime(started_at))
     return Path(directory) / day / f"{_UNSAFE.sub('_', call_control_id)[:120]}.wav"
+
+
+_HEADER_BYTES = 44
 
 
 def _wav_header(rate: int, data_bytes: int) -> bytes:
@@ -95,9 +101,9 @@ class WavWriter:
         """Create the file with an empty WAV header (done by the first write otherwise)."""
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "wb")  # noqa: SIM115 - kept open for the whole call
+            # Unbuffered: every write is a positioned os.pwrite of a whole flush.
+            self._file = open(self.path, "wb", buffering=0)  # noqa: SIM115 - kept open for the whole call
             self._file.write(_wav_header(self.rate, 0))
-            self._file.flush()
         return self._file
 
     def write(
@@ -132,16 +138,12 @@ class WavWriter:
         frames = np.empty(2 * count, dtype=np.int16)
         frames[0::2] = left[:count]
         frames[1::2] = right
-        file.write(frames.tobytes())
+        # Two positioned writes, no seeks: the audio, then the header with the new sizes,
+        # so that the file is valid up to here if the process dies between or after them.
+        fd = file.fileno()
+        os.pwrite(fd, frames.data, _HEADER_BYTES + self.written * 4)
         self.written = end
-        # Sizes first in the file, so that it is valid up to here if the process dies now.
-        data_bytes = self.written * 4
-        file.seek(4)
-        file.write(struct.pack("<I", 36 + data_bytes))
-        file.seek(40)
-        file.write(struct.pack("<I", data_bytes))
-        file.seek(0, os.SEEK_END)
-        file.flush()
+        os.pwrite(fd, _wav_header(self.rate, self.written * 4), 0)
         if final:
             self.close()
 
@@ -194,15 +196,15 @@ class CallRecorder:
         self._caller_samples = 0  # caller samples handed to the writer or buffered
         self._lead: int | None = None  # caller samples the stream had sent at ``started``
         self._bot: list[tuple[float, bytes]] = []  # (play time, encoded payload)
-        self._pending: concurrent.futures.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._flusher: _LoopFlusher | None = None
         self._closed = False
         self.failed = False
 
     def start(self) -> None:
-        """Create the file (in the writer's thread) and arm the flush timer (on the running loop)."""
-        self._pending = _EXECUTOR.submit(self._open)
-        self._timer = asyncio.get_running_loop().call_later(FLUSH_SECS, self._tick)
+        """Create the file (in the writer's thread); flush with the running loop's others."""
+        _EXECUTOR.submit(self._open)
+        self._flusher = _LoopFlusher.of(asyncio.get_running_loop())
+        self._flusher.add(self)
 
     def _open(self) -> None:
         try:
@@ -232,14 +234,6 @@ class CallRecorder:
         self._bot = kept
 
     # ------------------------------------------------------------- flushing
-
-    def _tick(self) -> None:
-        self._timer = None
-        if self._closed:
-            return
-        if self._pending is None or self._pending.done():
-            self._flush(final=False)
-        self._timer = asyncio.get_running_loop().call_later(FLUSH_SECS, self._tick)
 
     def _take(self, now: float, final: bool) -> tuple[bytes, list[tuple[int, bytes]], int, int]:
         caller = bytes(self._caller)
@@ -283,8 +277,7 @@ class CallRecorder:
             return None
         now = time.monotonic() if now is None else now
         caller, bot, pad_to, shift = self._take(now, final)
-        self._pending = _EXECUTOR.submit(self._write, caller, bot, pad_to, final, shift)
-        return self._pending
+        return _EXECUTOR.submit(self._write, caller, bot, pad_to, final, shift)
 
     def _write(
         self, caller: bytes, bot: list[tuple[int, bytes]], pad_to: int, final: bool, shift: int
@@ -319,11 +312,9 @@ class CallRecorder:
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-        previous = self._pending
-        if previous is not None and not previous.done():
-            await asyncio.wrap_future(previous)
+        if self._flusher is not None:
+            self._flusher.remove(self)
+        # The one writer thread runs jobs in order: this comes after any batch in flight.
         future = self._flush(final=True)
         if future is not None:
             await asyncio.wrap_future(future)
@@ -332,3 +323,60 @@ class CallRecorder:
     def duration_secs(self) -> float:
         """Seconds written to the file so far."""
         return self._writer.written / self.rate
+
+
+_Batch = list[tuple[CallRecorder, tuple[bytes, list[tuple[int, bytes]], int, int]]]
+
+
+class _LoopFlusher:
+    """Once a second, every live recording of one event loop, flushed as one writer job.
+
+    If the previous job is still running (a slow disk), the tick is skipped: the calls
+    keep buffering (about a second of encoded audio each) and the next tick takes it all.
+    """
+
+    _by_loop: ClassVar[dict[asyncio.AbstractEventLoop, _LoopFlusher]] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.recorders: dict[CallRecorder, None] = {}  # insertion-ordered set
+        self._timer: asyncio.TimerHandle | None = None
+        self._pending: concurrent.futures.Future[None] | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _LoopFlusher:
+        """The loop's flusher (made on first use, dropped when its last recording closes)."""
+        flusher = cls._by_loop.get(loop)
+        if flusher is None:
+            flusher = cls._by_loop[loop] = cls(loop)
+        return flusher
+
+    def add(self, recorder: CallRecorder) -> None:
+        """Flush ``recorder`` with the others from the next tick on."""
+        self.recorders[recorder] = None
+        if self._timer is None:
+            self._timer = self.loop.call_later(FLUSH_SECS, self._tick)
+
+    def remove(self, recorder: CallRecorder) -> None:
+        """``recorder`` is closing (it writes its own final flush)."""
+        self.recorders.pop(recorder, None)
+        if not self.recorders:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._by_loop.get(self.loop) is self:
+                del self._by_loop[self.loop]
+
+    def _tick(self) -> None:
+        self._timer = self.loop.call_later(FLUSH_SECS, self._tick)
+        if self._pending is not None and not self._pending.done():
+            return
+        now = time.monotonic()
+        batch: _Batch = [(r, r._take(now, False)) for r in self.recorders if not r.failed]
+        if batch:
+            self._pending = _EXECUTOR.submit(_write_batch, batch)
+
+
+def _write_batch(batch: _Batch) -> None:
+    for recorder, (caller, bot, pad_to, shift) in batch:
+        recorder._write(caller, bot, pad_to, False, shift)  # each catches its own failure

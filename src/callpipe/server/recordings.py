@@ -27,11 +27,12 @@ from urllib.parse import quote
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from callpipe.records.model import CallRecord
+from callpipe.records.model import IN_PROGRESS, CallRecord
 from callpipe.server.forward_signing import FORWARD_HEADER, sign_forward, verify_forward
+from callpipe.server.recording_file import attachment, recording_file_response
 from callpipe.server.records import recording_dir
 
 if TYPE_CHECKING:
@@ -113,8 +114,12 @@ async def recording_response(
             return await _proxy(state, request, record.call_control_id, owner, url, filename)
     local = local or await _file(path)
     if local is not None:
-        return FileResponse(
-            local, media_type="audio/wav", filename=filename, headers={SERVED_BY_HEADER: here}
+        return recording_file_response(
+            local,
+            live=record.end_reason == IN_PROGRESS,
+            range_requested="range" in request.headers,
+            filename=filename,
+            headers={SERVED_BY_HEADER: here},
         )
     if owner and owner != here and store is not None:
         why = (
@@ -133,16 +138,6 @@ async def recording_response(
         404,
         "recording_missing",
         "the recording file is not on this server's disk (deleted by retention, or the disk was lost)",
-    )
-
-
-def _attachment(filename: str) -> str:
-    # As Starlette's FileResponse writes it, so a proxied answer names the file the same.
-    quoted = quote(filename)
-    return (
-        f"attachment; filename*=utf-8''{quoted}"
-        if quoted != filename
-        else f'attachment; filename="{filename}"'
     )
 
 
@@ -185,7 +180,7 @@ async def _proxy(
             await close()
 
     passed = {k: v for k, v in upstream.headers.items() if k.lower() in _PASSED_BACK}
-    passed["content-disposition"] = _attachment(filename)
+    passed["content-disposition"] = attachment(filename)
     return StreamingResponse(
         body(),
         status_code=upstream.status_code,
@@ -208,4 +203,10 @@ def add_internal_route(app: FastAPI, state: ServerState, secret: str) -> None:
         if record is None or path is None:
             return _error(404, "recording_missing", "no recording of this call on this instance's disk")
         here = store.instance_id if store is not None else ""
-        return FileResponse(path, media_type="audio/wav", headers={SERVED_BY_HEADER: here})
+        return recording_file_response(
+            path,
+            live=record.end_reason == IN_PROGRESS,
+            range_requested="range" in request.headers,
+            filename=None,
+            headers={SERVED_BY_HEADER: here},
+        )

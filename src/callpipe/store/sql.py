@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import Insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -259,19 +261,24 @@ class SqlCallStore:
         return await queries.purge_older_than(self.engine, time.time() - self.retention_days * 86400)
 
 
-async def _upsert(conn: AsyncConnection, rows: Rows) -> None:
-    """Insert or update ``calls`` rows; a finished row never goes back to in progress."""
-    if not rows:
-        return
-    insert = postgresql.insert(calls) if conn.dialect.name == "postgresql" else sqlite.insert(calls)
+@functools.cache
+def _upsert_statement(dialect: str) -> Insert:
+    # Built once per dialect: the writer runs this every half second on the event loop,
+    # and building the construct costs more than looking up its compiled form.
+    insert = postgresql.insert(calls) if dialect == "postgresql" else sqlite.insert(calls)
     excluded = insert.excluded
     columns = [c.name for c in calls.columns if c.name != "call_control_id"]
-    stmt = insert.on_conflict_do_update(
+    return insert.on_conflict_do_update(
         index_elements=[calls.c.call_control_id],
         set_={name: excluded[name] for name in columns},
         where=(calls.c.end_reason == IN_PROGRESS) | (excluded.end_reason != IN_PROGRESS),
     )
-    await conn.execute(stmt, rows)
+
+
+async def _upsert(conn: AsyncConnection, rows: Rows) -> None:
+    """Insert or update ``calls`` rows; a finished row never goes back to in progress."""
+    if rows:
+        await conn.execute(_upsert_statement(conn.dialect.name), rows)
 
 
 def _safe_url(url: str) -> str:

@@ -99,8 +99,9 @@ class Outbox:
 
     def release_held(self) -> None:
         """Send the frame held back to be reordered, if any (the call is ending)."""
-        if self._held_media is not None:
-            self.send_nowait(self._held_media)
+        held, self._held_media = self._held_media, None
+        if held is not None:
+            self.send_nowait(held)
 
     async def flush(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for what is queued to be written."""

@@ -76,8 +76,12 @@ class PhonePlayback:
             turn.first_bot_audio_received_at = now
 
     def receive_mark(self, name: str) -> None:
-        """Echo the mark once what is buffered before it has played (at once if nothing is)."""
-        if self.queued_bytes == 0:
+        """Echo the mark once what is buffered before it has played (at once if nothing is).
+
+        A mark still queued (its audio played, not yet popped) is echoed first: marks are
+        echoed in the order they were sent, as Telnyx does.
+        """
+        if not self._queue:
             self._echo_mark(name)
         else:
             self._queue.append(("mark", name))

@@ -59,6 +59,7 @@ from callpipe.pipeline.frames import (
     UserStoppedSpeakingFrame,
 )
 from callpipe.pipeline.processor import FrameDirection
+from callpipe.services.deepgram.options import apply_settings, check_arguments
 from callpipe.services.deepgram.turn_latency import SpeechToFinal
 from callpipe.services.deepgram.wire import (
     CLOSE_STREAM,
@@ -71,7 +72,7 @@ from callpipe.services.deepgram.wire import (
     results_text,
     websocket_root,
 )
-from callpipe.services.settings import DeepgramSTTSettings, STTSettings, base_url_from_env, pick
+from callpipe.services.settings import DeepgramSTTSettings, STTSettings, base_url_from_env
 from callpipe.services.stt import STTService
 
 logger = logging.getLogger("callpipe.services")
@@ -85,38 +86,6 @@ _MAX_BACKOFF_SECS = 5.0
 # A connection that lasted this long (or delivered any message) was healthy: the attempt
 # counter starts again after it drops.
 _STABLE_SECS = 5.0
-
-
-def _apply_settings(
-    settings: STTSettings,
-    *,
-    language: str,
-    model: str,
-    endpointing_ms: int | None,
-    params: Mapping[str, str] | None,
-) -> tuple[str, str, int | None, Mapping[str, str] | None]:
-    """Pipecat's ``settings=``: its fields win over the keywords (language, model, endpointing, query)."""
-    language = pick(settings.language, language)
-    model = pick(settings.model, model)
-    if isinstance(settings, DeepgramSTTSettings):
-        if settings.endpointing is not None and settings.endpointing is not True:
-            endpointing_ms = None if settings.endpointing is False else int(settings.endpointing)
-        params = {**settings.query_params(), **(params or {})}
-    return language, model, endpointing_ms, params
-
-
-def _check_arguments(
-    encoding: str, sample_rate: int | None, api_key: str, keepalive_secs: float, reconnect_attempts: int
-) -> None:
-    """A clear ``ValueError`` for a constructor argument Deepgram or the service cannot use."""
-    if encoding not in ("linear16", "mulaw"):
-        raise ValueError(f"encoding must be 'linear16' or 'mulaw', got {encoding!r}")
-    if sample_rate is not None and sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    if not api_key:
-        raise ValueError("a Deepgram API key is required")
-    if keepalive_secs <= 0 or reconnect_attempts < 0:
-        raise ValueError("keepalive_secs must be positive and reconnect_attempts not negative")
 
 
 class DeepgramSTTService(STTService):
@@ -157,7 +126,7 @@ class DeepgramSTTService(STTService):
         name: str | None = None,
     ) -> None:
         if settings is not None:
-            language, model, endpointing_ms, params = _apply_settings(
+            language, model, endpointing_ms, params = apply_settings(
                 settings, language=language, model=model, endpointing_ms=endpointing_ms, params=params
             )
         # No key or URL given means DEEPGRAM_API_KEY / DEEPGRAM_BASE_URL; Pipecat's
@@ -166,7 +135,7 @@ class DeepgramSTTService(STTService):
         base_url = websocket_root(base_url_from_env("DEEPGRAM_BASE_URL", base_url, "wss://api.deepgram.com"))
         super().__init__(language=language, name=name)
         self.audio_passthrough = audio_passthrough
-        _check_arguments(encoding, sample_rate, api_key, keepalive_secs, reconnect_attempts)
+        check_arguments(encoding, sample_rate, api_key, keepalive_secs, reconnect_attempts)
         self._api_key = api_key
         self.base_url = base_url
         self.model = model

@@ -51,6 +51,7 @@ def create_app(reply: bytes, greeting: bytes | None, stop_secs: float) -> FastAP
             sample_rate=SAMPLE_RATE,
             vad_params=VADParams(stop_secs=stop_secs),
             api_key=None,
+            keep_calls=False,  # a server that runs for the whole benchmark keeps no calls
         )
     )
 

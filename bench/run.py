@@ -21,63 +21,36 @@ Results go to stdout and, between markers, into docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import datetime
 import json
-import os
-import platform
-import shutil
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
-import wave
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "bench"
-DATA = BENCH / "data"
+from harness import (  # first: it re-runs this script under ./.venv if callpipe's dependencies are missing
+    BENCH,
+    ROOT,
+    STOP_SECS,
+    CapacitySearch,
+    Framework,
+    bot_server,
+    caller_turn,
+    describe,
+    load,
+    log,
+    machine,
+    passes,
+    percentile,
+    pin_load_generator,
+)
+from records_capacity import compare_records
+
 PIPECAT_VENV = BENCH / ".venv-pipecat"
 PIPECAT_SPEC = "pipecat-ai[websocket,silero,runner]==1.14.0"
 DOCS = ROOT / "docs" / "benchmarks.md"
 MARK_BEGIN = "<!-- bench:begin -->"
 MARK_END = "<!-- bench:end -->"
-STOP_SECS = 0.2
-GAP_LIMIT = 0.040
-LATENCY_LIMIT = STOP_SECS + 0.150
-
-sys.path.insert(0, str(ROOT / "src"))
-
-
-def _reexec_in_project_venv() -> None:
-    """Run under ``./.venv`` (made by ``scripts/test.sh`` or ``scripts/demo.sh``) if this
-    python lacks callpipe's dependencies, so ``python3 bench/run.py`` is the one command."""
-    try:
-        import uvicorn  # noqa: F401
-    except ModuleNotFoundError:
-        venv_python = ROOT / ".venv" / "bin" / "python"
-        if not venv_python.exists() or Path(sys.prefix).resolve() == venv_python.parents[1].resolve():
-            raise SystemExit(
-                "bench/run.py needs callpipe's dependencies: run `bash scripts/test.sh` once "
-                "(it creates ./.venv), or activate a venv with `pip install -e .[dev,local]`"
-            ) from None
-        os.execv(str(venv_python), [str(venv_python), *sys.argv])
-
-
-_reexec_in_project_venv()
-
-from callpipe.server.background import free_port  # noqa: E402
-from callpipe.sim.load import LoadConfig, LoadReport, ProcessSampler, percentile, run_load  # noqa: E402
-
-
-def log(message: str) -> None:
-    """Progress to stderr (the tables go to stdout)."""
-    print(message, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------ set-up
@@ -95,130 +68,6 @@ def ensure_pipecat_venv() -> Path:
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", PIPECAT_SPEC], check=True)
     return python
-
-
-def read_wav(path: Path) -> tuple[bytes, int]:
-    """PCM16 mono and sample rate."""
-    with wave.open(str(path), "rb") as wav:
-        return wav.readframes(wav.getnframes()), wav.getframerate()
-
-
-@dataclass
-class Framework:
-    """One side of the comparison."""
-
-    name: str
-    python: str
-    bot: Path
-    extra: tuple[str, ...] = ()
-
-
-@contextlib.contextmanager
-def bot_server(framework: Framework, cpu: int | None) -> Iterator[tuple[str, int]]:
-    """Start the framework's bot server; yield (ws url, pid); stop it afterwards."""
-    port = free_port()
-    command = [
-        framework.python,
-        str(framework.bot),
-        "--port",
-        str(port),
-        "--reply",
-        str(DATA / "reply_8k.wav"),
-        "--greeting",
-        str(DATA / "greeting_8k.wav"),
-        "--stop-secs",
-        str(STOP_SECS),
-        *framework.extra,
-    ]
-    if cpu is not None and shutil.which("taskset"):
-        command = ["taskset", "-c", str(cpu), *command]
-    process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"{framework.name} bot exited: {process.stderr.read() if process.stderr else ''}"
-                )
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{framework.name} bot did not start") from None
-                time.sleep(0.2)
-        yield f"ws://127.0.0.1:{port}/ws", process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-# ------------------------------------------------------------------------ load
-
-
-def load(url: str, pid: int, calls: int, duration: float, turn: bytes) -> LoadReport:
-    """One load level against a running server (bounded in time)."""
-    config = LoadConfig(
-        url=url,
-        calls=calls,
-        duration=duration,
-        ramp=min(4.0, 0.5 + calls * 0.02),
-        turn_audio=turn,
-        server_pid=pid,
-    )
-    return asyncio.run(run_load(config))
-
-
-def wait_quiet(pids: list[int], limit: float = 20.0, busy_share: float = 0.03) -> None:
-    """Wait (at most ``limit`` s) until the servers use under ``busy_share`` of a core.
-
-    A server keeps working after its callers hang up (closing calls, writing records and
-    recordings); the next level must not start while that work shares its core.
-    """
-    samplers = [ProcessSampler(pid) for pid in pids]
-    deadline = time.monotonic() + limit
-    before = sum(s.cpu_seconds() for s in samplers)
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = sum(s.cpu_seconds() for s in samplers)
-        if now - before < busy_share * 0.5:
-            return
-        before = now
-    log(f"    (servers still busy after {limit:.0f} s; going on)")
-
-
-def passes(report: LoadReport) -> bool:
-    """The on-time criterion for 'max concurrent calls'."""
-    p95 = percentile(report.response_latencies, 95)
-    gap99 = percentile(report.gaps, 99) or 0.0
-    return (
-        report.failed == 0
-        and report.unanswered_turns == 0
-        and p95 is not None
-        and p95 < LATENCY_LIMIT
-        and gap99 < GAP_LIMIT
-        and not report.generator_overloaded
-    )
-
-
-def describe(report: LoadReport) -> str:
-    """One line for the log."""
-    p50 = percentile(report.response_latencies, 50)
-    p95 = percentile(report.response_latencies, 95)
-    gap99 = percentile(report.gaps, 99) or 0.0
-    cpu = report.server_cpu_percent or 0.0
-    overloaded = " GENERATOR-OVERLOADED" if report.generator_overloaded else ""
-    return (
-        f"{report.calls:4d} calls: ok {report.ok} failed {report.failed} unanswered {report.unanswered_turns}"
-        f" p50 {1000 * (p50 or 0):.0f} ms p95 {1000 * (p95 or 0):.0f} ms gap99 {1000 * gap99:.0f} ms"
-        f" cpu {cpu:.0f}%{overloaded}"
-    )
 
 
 def max_calls(url: str, pid: int, turn: bytes, duration: float, start: int, limit: int) -> tuple[int, bool]:
@@ -252,18 +101,6 @@ def ratio(ours: float | None, theirs: float | None, higher_is_better: bool) -> s
     return f"{value:.1f}x"
 
 
-def machine() -> str:
-    """CPU model, cores and memory."""
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}, {platform.system()}"
-
-
 def main() -> int:
     """Run everything and print/record the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -279,15 +116,18 @@ def main() -> int:
     parser.add_argument(
         "--tries", type=int, default=2, help="with --records: runs per level, best one counts (default 2)"
     )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="with --records: whole comparisons, each with fresh servers; the worst counts (default 1)",
+    )
     args = parser.parse_args()
     if args.records:
         return compare_records(args)
 
-    turn, _ = read_wav(ROOT / "src" / "callpipe" / "sim" / "data" / "caller_8k.wav")
-    two_cpus = (os.cpu_count() or 1) >= 2
-    server_cpu = 0 if two_cpus else None
-    if two_cpus:
-        os.sched_setaffinity(0, {1})  # the load generator stays off the server's core
+    turn = caller_turn()
+    server_cpu = pin_load_generator()  # the load generator stays off the server's core
 
     frameworks = [Framework("callpipe", sys.executable, BENCH / "callpipe_bot.py")]
     if args.only != "callpipe":
@@ -324,120 +164,6 @@ def main() -> int:
     if not args.no_docs and len(results) == 2:
         update_docs(table)
         log(f"updated {DOCS.relative_to(ROOT)}")
-    return 0
-
-
-class CapacitySearch:
-    """Doubling then bisecting for the largest N that passes, fed one level at a time.
-
-    A state machine, so that two configurations can be searched in lock-step (each level
-    run for one, then the other, under the same machine conditions).
-    """
-
-    def __init__(self, start: int, limit: int, *, resolution: float = 0.1, max_bisections: int = 3) -> None:
-        self.limit = limit
-        self.resolution = resolution  # stop once the bracket is this fraction of the best
-        self.max_bisections = max_bisections
-        self.best = 0
-        self.low = 0
-        self.high: int | None = None
-        self.level: int | None = start
-        self.bisections = 0
-        self.capped = False
-
-    def feed(self, passed: bool, overloaded: bool = False) -> None:
-        """The result of the level just run; sets :attr:`level` to the next one (``None``: done)."""
-        assert self.level is not None
-        n = self.level
-        if overloaded:
-            self.capped = True
-            self.high = n if self.high is None else min(self.high, n)
-        elif passed:
-            self.best = self.low = n
-        else:
-            self.high = n if self.high is None else min(self.high, n)
-        if self.high is None and not overloaded:
-            self.level = n * 2 if n * 2 <= self.limit else None
-            return
-        close_enough = self.high is not None and self.high - self.low <= max(
-            2, int(self.low * self.resolution)
-        )
-        if self.high is None or self.bisections >= self.max_bisections or close_enough:
-            self.level = None
-            return
-        self.bisections += 1
-        self.level = (self.low + self.high) // 2
-
-
-def compare_records(args: argparse.Namespace) -> int:
-    """Capacity (calls on time per process) with records and recordings off vs on.
-
-    Both servers run at once, pinned to the same core (an idle server costs nothing), and
-    the two searches advance in lock-step: every load level is run for "off" and then for
-    "on", so both see the same machine, each run only once both servers are idle (the
-    other's calls closed and their records written). A level passes if any of ``--tries`` runs passes
-    (a stray stall from another process fails one run; a real limit fails them all).
-    """
-    import tempfile
-
-    turn, _ = read_wav(ROOT / "src" / "callpipe" / "sim" / "data" / "caller_8k.wav")
-    two_cpus = (os.cpu_count() or 1) >= 2
-    server_cpu = 0 if two_cpus else None
-    if two_cpus:
-        os.sched_setaffinity(0, {1})
-    labels = ("off", "on")
-    # Finer than the side-by-side search: the figure is compared at 10%, so bisect to 5%.
-    searches = {
-        label: CapacitySearch(10, args.max_limit, resolution=0.05, max_bisections=5) for label in labels
-    }
-    measured: dict[int, dict[str, tuple[bool, float | None]]] = {}  # level -> label -> (passed, CPU)
-    with (
-        tempfile.TemporaryDirectory(prefix="callpipe-bench-records-") as directory,
-        contextlib.ExitStack() as stack,
-    ):
-        servers = {}
-        for label, extra in (("off", ()), ("on", ("--records", directory))):
-            fw = Framework("callpipe", sys.executable, BENCH / "callpipe_bot.py", extra)
-            servers[label] = stack.enter_context(bot_server(fw, server_cpu))
-        while any(s.level is not None for s in searches.values()):
-            for label in labels:
-                search = searches[label]
-                if search.level is None:
-                    continue
-                url, pid = servers[label]
-                passed = overloaded = False
-                for attempt in range(args.tries):
-                    wait_quiet([pid for _, pid in servers.values()])
-                    report = load(url, pid, search.level, args.duration, turn)
-                    log(f"    records {label:3s} try {attempt + 1}: {describe(report)}")
-                    overloaded = report.generator_overloaded
-                    passed = passes(report)
-                    if passed or overloaded:
-                        break
-                measured.setdefault(search.level, {})[label] = (passed, report.cpu_per_call_second)
-                search.feed(passed, overloaded)
-        recordings = list(Path(directory).glob("recordings/*/*.wav"))
-        log(f"  ({len(recordings)} recordings written)")
-    found = {label: searches[label].best for label in labels}
-    capped = [label for label in labels if searches[label].capped]
-    change = (found["on"] - found["off"]) / max(1, found["off"]) * 100
-    note = f" (load-generator limit: {', '.join(capped)})" if capped else ""
-    print(
-        f"max concurrent calls on time: records off {found['off']}, on {found['on']} ({change:+.0f}%){note}"
-    )
-    print(f"each level: best of {args.tries} runs of {args.duration:.0f} s, off and on alternately")
-    print("| calls | off: on time, CPU per call-second | on: on time, CPU per call-second |")
-    print("|---:|---|---|")
-    for level in sorted(measured):
-        cells = []
-        for label in labels:
-            if label not in measured[level]:
-                cells.append("-")
-                continue
-            ok, cpu = measured[level][label]
-            cells.append(f"{'yes' if ok else 'no'}, {'-' if cpu is None else f'{cpu * 1000:.2f} ms'}")
-        print(f"| {level} | {cells[0]} | {cells[1]} |")
-    print(f"machine: {machine()}; {datetime.date.today().isoformat()}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The capacity search of ``bench/run.py`` (pure logic, no servers)."""
+"""The capacity search of ``bench/run.py`` (``bench/harness.py``; pure logic, no servers)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench_run() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "harness.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["bench_run"] = module

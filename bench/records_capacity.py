@@ -1,0 +1,143 @@
+"""Capacity with call records and recordings off vs on: ``python3 bench/run.py --records``.
+
+One *run* starts two fresh canned-bot servers (``bench/callpipe_bot.py``, the second with
+``--records DIR``), both pinned to the same core (an idle server costs nothing), and
+searches each one's max concurrent calls on time in lock-step: every load level is run
+for "off" and then for "on", so both see the same machine, and each only once both
+servers are idle (the other's calls closed and their records written). A level passes if
+any of ``--tries`` attempts passes (a stray stall from another process fails one attempt;
+a real limit fails them all).
+
+One server process is a noisy instrument (two fresh "off" servers have differed by 6
+points of CPU at the same load, docs/benchmarks.md), so ``--runs N`` repeats the whole
+run with new processes and reports every run's change and the worst.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import (
+    BENCH,
+    CapacitySearch,
+    Framework,
+    bot_server,
+    caller_turn,
+    describe,
+    load,
+    log,
+    machine,
+    passes,
+    pin_load_generator,
+    wait_quiet,
+)
+
+LABELS = ("off", "on")
+
+
+@dataclass
+class RecordsRun:
+    """One run's result: the capacity found per label and, per level, (passed, CPU per call-second)."""
+
+    found: dict[str, int]
+    capped: list[str]
+    measured: dict[int, dict[str, tuple[bool, float | None]]] = field(default_factory=dict)
+    recordings: int = 0
+
+    @property
+    def change(self) -> float:
+        """Records on vs off, in percent of off."""
+        return (self.found["on"] - self.found["off"]) / max(1, self.found["off"]) * 100
+
+
+def run_once(args: argparse.Namespace, turn: bytes, server_cpu: int | None) -> RecordsRun:
+    """Start both servers, search both capacities in lock-step, stop the servers."""
+    # Finer than the side-by-side search: the figure is compared at 10%, so bisect to 5%.
+    searches = {
+        label: CapacitySearch(10, args.max_limit, resolution=0.05, max_bisections=5) for label in LABELS
+    }
+    measured: dict[int, dict[str, tuple[bool, float | None]]] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="callpipe-bench-records-") as directory,
+        contextlib.ExitStack() as stack,
+    ):
+        servers = {}
+        for label, extra in (("off", ()), ("on", ("--records", directory))):
+            fw = Framework("callpipe", sys.executable, BENCH / "callpipe_bot.py", extra)
+            servers[label] = stack.enter_context(bot_server(fw, server_cpu))
+        pids = [pid for _, pid in servers.values()]
+        while any(s.level is not None for s in searches.values()):
+            for label in LABELS:
+                search = searches[label]
+                if search.level is None:
+                    continue
+                url, pid = servers[label]
+                passed = overloaded = False
+                for attempt in range(args.tries):
+                    wait_quiet(pids)
+                    report = load(url, pid, search.level, args.duration, turn)
+                    log(f"    records {label:3s} try {attempt + 1}: {describe(report)}")
+                    overloaded = report.generator_overloaded
+                    passed = passes(report)
+                    if passed or overloaded:
+                        break
+                measured.setdefault(search.level, {})[label] = (passed, report.cpu_per_call_second)
+                search.feed(passed, overloaded)
+        recordings = len(list(Path(directory).glob("recordings/*/*.wav")))
+    return RecordsRun(
+        found={label: searches[label].best for label in LABELS},
+        capped=[label for label in LABELS if searches[label].capped],
+        measured=measured,
+        recordings=recordings,
+    )
+
+
+def print_run(run: RecordsRun, tries: int, duration: float) -> None:
+    """One run's figure and its table of levels."""
+    note = f" (load-generator limit: {', '.join(run.capped)})" if run.capped else ""
+    print(
+        f"max concurrent calls on time: records off {run.found['off']}, on {run.found['on']}"
+        f" ({run.change:+.0f}%){note}; {run.recordings} recordings written"
+    )
+    print(f"each level: best of {tries} runs of {duration:.0f} s, off and on alternately")
+    print("| calls | off: on time, CPU per call-second | on: on time, CPU per call-second |")
+    print("|---:|---|---|")
+    for level in sorted(run.measured):
+        cells = []
+        for label in LABELS:
+            if label not in run.measured[level]:
+                cells.append("-")
+                continue
+            ok, cpu = run.measured[level][label]
+            cells.append(f"{'yes' if ok else 'no'}, {'-' if cpu is None else f'{cpu * 1000:.2f} ms'}")
+        print(f"| {level} | {cells[0]} | {cells[1]} |")
+
+
+def summary(runs: list[RecordsRun]) -> str:
+    """Every run's off/on/change and the worst change (what the 10% criterion is judged on)."""
+    cells = ", ".join(f"{r.found['off']} vs {r.found['on']} ({r.change:+.0f}%)" for r in runs)
+    worst = min(r.change for r in runs)
+    return f"{len(runs)} runs, records off vs on: {cells}; worst {worst:+.0f}%"
+
+
+def compare_records(args: argparse.Namespace) -> int:
+    """``--runs`` runs of :func:`run_once`, each printed, then the summary; exit 0."""
+    turn = caller_turn()
+    server_cpu = pin_load_generator()
+    runs: list[RecordsRun] = []
+    for index in range(args.runs):
+        if args.runs > 1:
+            log(f"== run {index + 1} of {args.runs}")
+        runs.append(run_once(args, turn, server_cpu))
+        print_run(runs[-1], args.tries, args.duration)
+        sys.stdout.flush()
+    if len(runs) > 1:
+        print(summary(runs))
+    print(f"machine: {machine()}; {datetime.date.today().isoformat()}")
+    return 0

@@ -246,6 +246,10 @@ class _LoadRun:
         report.server_rss_peak = peak
 
 
+# A full collection waits for this many young (generation 1) ones: none in a bounded run.
+_NO_FULL_COLLECTIONS = 1_000_000
+
+
 async def run_load(
     config: LoadConfig,
     *,
@@ -260,10 +264,6 @@ async def run_load(
         return await _run_load(report, config, progress, caller_factory)
     finally:
         gc.set_threshold(*thresholds)
-
-
-# A full collection waits for this many young (generation 1) ones: none in a bounded run.
-_NO_FULL_COLLECTIONS = 1_000_000
 
 
 async def _run_load(

@@ -218,10 +218,27 @@ async def test_recorder_cut_drops_bot_audio_that_had_not_played(tmp_path: Path) 
     recorder = CallRecorder(path, caller_codec=codec, bot_codec=codec, started=T0)
     for i in range(10):
         recorder.bot(chunk, T0 + i * 0.02)
+    recorder.bot(chunk, T0 + 0.5)  # a second reply, after a pause
+    assert [(at, len(audio)) for at, audio in recorder._bot] == [(T0, 1600), (T0 + 0.5, 160)]
     recorder.cut(T0 + 0.05)  # mid-way through the third chunk
-    kept = recorder._bot
-    assert [at for at, _ in kept] == [T0, T0 + 0.02, T0 + 0.04]
-    assert len(kept[2][1]) == 80  # half a chunk played
+    assert [(at, len(audio)) for at, audio in recorder._bot] == [(T0, 400)]  # 2.5 chunks played
+    # New audio that starts where the cut audio would have gone on is a new run, not more of it.
+    recorder.bot(chunk, T0 + 0.2)
+    assert [(at, len(audio)) for at, audio in recorder._bot] == [(T0, 400), (T0 + 0.2, 160)]
+
+
+def test_a_flush_takes_only_the_bot_audio_that_has_played(tmp_path: Path) -> None:
+    codec = get_codec("PCMU")
+    chunk = codec.encode((np.ones(160, dtype=np.int16) * 3000).tobytes())
+    recorder = CallRecorder(tmp_path / "a.wav", caller_codec=codec, bot_codec=codec, started=T0)
+    for i in range(10):  # 0.2 s of reply, sent ahead of time
+        recorder.bot(chunk, T0 + 0.9 + i * 0.02)
+    _, bot, _, _ = recorder._take(T0 + 1.0, False)
+    assert [(pos, len(audio)) for pos, audio in bot] == [(7200, 800)]  # 0.1 s had played
+    recorder.cut(T0 + 1.05)  # a barge-in after the flush still cuts what had not played
+    _, bot, _, _ = recorder._take(T0 + 2.0, False)
+    assert [(pos, len(audio)) for pos, audio in bot] == [(8000, 400)]
+    assert recorder._bot == []
 
 
 def _tone(codec: Any, level: int, secs: float) -> list[bytes]:

@@ -7,8 +7,9 @@ played is cut out. 16-bit PCM WAV at the call's wire rate.
 Split in two so the audio path stays cheap:
 
 * :class:`CallRecorder` lives on the event loop. Per 20 ms frame it only appends the
-  *encoded* wire payload to a buffer (caller) or a list (bot, with its play time).
-  Once a second one timer per event loop hands what every call has accumulated to the
+  *encoded* wire payload to a buffer: the caller's, or the bot's current run (chunks that
+  play back to back, with the play time of the first). Once a second one timer per event
+  loop hands what every call has accumulated and has played by then to the
   writer thread as *one* job (not one timer, job and thread hand-off per call).
 * :class:`WavWriter` runs in that thread: it decodes, lays the bot's chunks on the
   caller's timeline, interleaves and appends to the file, and rewrites the RIFF and
@@ -27,7 +28,7 @@ import re
 import struct
 import time
 from pathlib import Path
-from typing import BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +41,8 @@ __all__ = ["CallRecorder", "WavWriter", "recording_path"]
 logger = logging.getLogger("callpipe.records")
 
 FLUSH_SECS = 1.0
+# Bot chunks this close in time are one run (the output's clock is exact; floats are not).
+_CONTIGUOUS_SECS = 0.0005
 # One thread: jobs run in order (a call's final write after its last batch), and the
 # work is a few syscalls and small NumPy steps per call-second, never parallel under the GIL.
 _EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="callpipe-recording")
@@ -177,8 +180,8 @@ class _Decoder:
 class CallRecorder:
     """The loop side of one call's recording: buffers payloads, flushes about every second.
 
-    ``caller(payload)`` and ``bot(payload, plays_at)`` are the only per-frame calls: a
-    bytes append and a list append. ``cut(now)`` drops bot audio that has not played yet
+    ``caller(payload)`` and ``bot(payload, plays_at)`` are the only per-frame calls: two
+    buffer appends. ``cut(now)`` drops bot audio that has not played yet
     (barge-in). ``close()`` writes the rest and closes the file.
     """
 
@@ -195,7 +198,9 @@ class CallRecorder:
         self._caller = bytearray()
         self._caller_samples = 0  # caller samples handed to the writer or buffered
         self._lead: int | None = None  # caller samples the stream had sent at ``started``
-        self._bot: list[tuple[float, bytes]] = []  # (play time, encoded payload)
+        # Runs of contiguous bot audio: [play time of the first byte, encoded payload].
+        self._bot: list[list[Any]] = []
+        self._bot_end = 0.0  # when the last run stops playing
         self._flusher: _LoopFlusher | None = None
         self._closed = False
         self.failed = False
@@ -221,17 +226,33 @@ class CallRecorder:
 
     def bot(self, payload: bytes, plays_at: float) -> None:
         """One chunk of bot audio sent to the caller, which plays at ``plays_at``."""
-        self._bot.append((plays_at, payload))
+        # A reply's chunks play back to back: appended to one run, so that the once-a-
+        # second flush and the decoder handle a run, not fifty chunks.
+        runs = self._bot
+        if runs and abs(plays_at - self._bot_end) < _CONTIGUOUS_SECS:
+            runs[-1][1] += payload
+        else:
+            runs.append([plays_at, bytearray(payload)])
+        self._bot_end = plays_at + len(payload) / self._bot_byte_rate
 
     def cut(self, now: float) -> None:
         """A barge-in cleared the caller's playback at ``now``: drop what had not played."""
-        kept: list[tuple[float, bytes]] = []
+        kept: list[list[Any]] = []
         for plays_at, payload in self._bot:
             if plays_at >= now:
                 break
-            played = round((now - plays_at) * self._bot_byte_rate)
-            kept.append((plays_at, payload[: played - played % 2] if played < len(payload) else payload))
+            played = self._played_bytes(plays_at, now)
+            if played < len(payload):
+                del payload[played:]
+            kept.append([plays_at, payload])
         self._bot = kept
+        # New audio continues a kept run only if it starts where that run now ends.
+        self._bot_end = kept[-1][0] + len(kept[-1][1]) / self._bot_byte_rate if kept else float("-inf")
+
+    def _played_bytes(self, plays_at: float, now: float) -> int:
+        """How much of a run that started at ``plays_at`` has played by ``now`` (whole samples)."""
+        played = round((now - plays_at) * self._bot_byte_rate)
+        return played - played % 2
 
     # ------------------------------------------------------------- flushing
 
@@ -240,9 +261,24 @@ class CallRecorder:
         self._caller.clear()
         self._caller_samples += len(caller) * (self.rate // 50) // max(1, self._caller_chunk)
         shift = self._align(now)
-        due = [item for item in self._bot if item[0] <= now]
-        self._bot = self._bot[len(due) :]
-        bot = [(max(0, int((at - self._started) * self.rate)), payload) for at, payload in due]
+        bot: list[tuple[int, bytes]] = []
+        runs = self._bot
+        # Only what has played by now: a barge-in after this flush can still cut the rest.
+        while runs and runs[0][0] <= now:
+            at, payload = runs[0]
+            played = self._played_bytes(at, now)
+            whole = played >= len(payload)
+            if whole:
+                del runs[0]
+                taken = bytes(payload)
+            else:  # still playing: the rest stays, starting where this part ends
+                taken = bytes(payload[:played])
+                del payload[:played]
+                runs[0][0] = at + played / self._bot_byte_rate
+            if taken:
+                bot.append((max(0, round((at - self._started) * self.rate)), taken))
+            if not whole:
+                break
         # The caller's stream is the clock (Telnyx sends audio every 20 ms, silence
         # included): audio that arrives late after a stall on this side was only delayed,
         # not missing, so nothing is padded mid-call. At the end, a stream that stopped
@@ -284,28 +320,13 @@ class CallRecorder:
     ) -> None:
         try:
             pcm = self._caller_decoder.decode(caller) if caller else b""
-            decoded = [(pos, self._bot_decoder.decode(payload)) for pos, payload in self._merge(bot)]
+            decoded = [(pos, self._bot_decoder.decode(payload)) for pos, payload in bot]
             self._writer.write(pcm, decoded, pad_to, final, shift)
         except Exception:
             self.failed = True
             logger.exception("recording to %s failed; the call goes on without it", self.path)
             with contextlib.suppress(Exception):
                 self._writer.close()
-
-    def _merge(self, bot: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-        # The output sends a reply's chunks back to back: decode each run of contiguous
-        # chunks in one call (a second of audio is 50 chunks) rather than chunk by chunk.
-        per_byte = self.rate / self._bot_byte_rate
-        runs: list[tuple[int, list[bytes], int]] = []
-        for pos, payload in bot:
-            if runs:
-                start, parts, size = runs[-1]
-                if abs(pos - (start + int(size * per_byte))) <= 1:
-                    parts.append(payload)
-                    runs[-1] = (start, parts, size + len(payload))
-                    continue
-            runs.append((pos, [payload], len(payload)))
-        return [(start, b"".join(parts)) for start, parts, _ in runs]
 
     async def close(self) -> None:
         """Write what is left (waiting for the writer) and close the file."""

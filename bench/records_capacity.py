@@ -10,7 +10,9 @@ a real limit fails them all).
 
 One server process is a noisy instrument (two fresh "off" servers have differed by 6
 points of CPU at the same load, docs/benchmarks.md), so ``--runs N`` repeats the whole
-run with new processes and reports every run's change and the worst.
+run with new processes and reports every run's change, the median and the worst.
+``--same`` starts the second server with records off too (an A/A run): the spread of
+its changes is the instrument's own, what an A/B change must be read against.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import statistics
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -68,7 +71,8 @@ def run_once(args: argparse.Namespace, turn: bytes, server_cpu: int | None) -> R
         contextlib.ExitStack() as stack,
     ):
         servers = {}
-        for label, extra in (("off", ()), ("on", ("--records", directory))):
+        second: tuple[str, ...] = () if args.same else ("--records", directory)
+        for label, extra in (("off", ()), ("on", second)):
             fw = Framework("callpipe", sys.executable, BENCH / "callpipe_bot.py", extra)
             servers[label] = stack.enter_context(bot_server(fw, server_cpu))
         pids = [pid for _, pid in servers.values()]
@@ -98,11 +102,12 @@ def run_once(args: argparse.Namespace, turn: bytes, server_cpu: int | None) -> R
     )
 
 
-def print_run(run: RecordsRun, tries: int, duration: float) -> None:
-    """One run's figure and its table of levels."""
+def print_run(run: RecordsRun, tries: int, duration: float, same: bool = False) -> None:
+    """One run's figure and its table of levels (``same``: an A/A run, both servers off)."""
     note = f" (load-generator limit: {', '.join(run.capped)})" if run.capped else ""
+    second = "second server, also off" if same else "on"
     print(
-        f"max concurrent calls on time: records off {run.found['off']}, on {run.found['on']}"
+        f"max concurrent calls on time: records off {run.found['off']}, {second} {run.found['on']}"
         f" ({run.change:+.0f}%){note}; {run.recordings} recordings written"
     )
     print(f"each level: best of {tries} runs of {duration:.0f} s, off and on alternately")
@@ -119,11 +124,13 @@ def print_run(run: RecordsRun, tries: int, duration: float) -> None:
         print(f"| {level} | {cells[0]} | {cells[1]} |")
 
 
-def summary(runs: list[RecordsRun]) -> str:
-    """Every run's off/on/change and the worst change (what the 10% criterion is judged on)."""
+def summary(runs: list[RecordsRun], same: bool = False) -> str:
+    """Every run's off/on/change, the median change and the worst."""
     cells = ", ".join(f"{r.found['off']} vs {r.found['on']} ({r.change:+.0f}%)" for r in runs)
     worst = min(r.change for r in runs)
-    return f"{len(runs)} runs, records off vs on: {cells}; worst {worst:+.0f}%"
+    median = statistics.median(r.change for r in runs)
+    what = "records off vs off (A/A)" if same else "records off vs on"
+    return f"{len(runs)} runs, {what}: {cells}; median {median:+.0f}%, worst {worst:+.0f}%"
 
 
 def compare_records(args: argparse.Namespace) -> int:
@@ -135,9 +142,9 @@ def compare_records(args: argparse.Namespace) -> int:
         if args.runs > 1:
             log(f"== run {index + 1} of {args.runs}")
         runs.append(run_once(args, turn, server_cpu))
-        print_run(runs[-1], args.tries, args.duration)
+        print_run(runs[-1], args.tries, args.duration, args.same)
         sys.stdout.flush()
     if len(runs) > 1:
-        print(summary(runs))
+        print(summary(runs, args.same))
     print(f"machine: {machine()}; {datetime.date.today().isoformat()}")
     return 0

@@ -120,7 +120,12 @@ def main() -> int:
         "--runs",
         type=int,
         default=1,
-        help="with --records: whole comparisons, each with fresh servers; the worst counts (default 1)",
+        help="with --records: whole comparisons, each with fresh servers (default 1)",
+    )
+    parser.add_argument(
+        "--same",
+        action="store_true",
+        help="with --records: the second server has records off too (A/A: the instrument's spread)",
     )
     args = parser.parse_args()
     if args.records:

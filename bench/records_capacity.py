@@ -4,9 +4,9 @@ One *run* starts two fresh canned-bot servers (``bench/callpipe_bot.py``, the se
 ``--records DIR``), both pinned to the same core (an idle server costs nothing), and
 searches each one's max concurrent calls on time in lock-step: every load level is run
 for both, one after the other and in turns ("off" first, then "on" first), so both see
-the same machine, and each only once both servers are idle (the other's calls closed and their records written). A level passes if
-any of ``--tries`` attempts passes (a stray stall from another process fails one attempt;
-a real limit fails them all).
+the same machine, and each only once both servers are idle (the other's calls closed and
+their records written). A level passes if any of ``--tries`` attempts passes (a stray
+stall from another process fails one attempt; a real limit fails them all).
 
 One server process is a noisy instrument (two fresh "off" servers have differed by 6
 points of CPU at the same load, docs/benchmarks.md), so ``--runs N`` repeats the whole

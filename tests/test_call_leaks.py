@@ -61,8 +61,10 @@ def _holders(obj: Any) -> list[str]:
     return sorted({type(referrer).__qualname__ for referrer in gc.get_referrers(obj)})
 
 
-async def test_finished_calls_leave_no_objects_behind(tmp_path: Path, speech_8k: bytes) -> None:
-    kept: list[weakref.ref[Any]] = []
+async def _serve_calls(
+    tmp_path: Path, speech_8k: bytes, kept: list[weakref.ref[Any]], *, calls: int, freed: Any
+) -> None:
+    """Serve ``calls`` real calls, then, with the server still up, run ``freed()``."""
     port = free_port()
     settings = ServerSettings(
         public_url=f"http://127.0.0.1:{port}",
@@ -75,19 +77,52 @@ async def test_finished_calls_leave_no_objects_behind(tmp_path: Path, speech_8k:
         async with httpx.AsyncClient(
             base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}
         ) as http:
-            for _ in range(3):
+            for _ in range(calls):
                 ccid = f"v3:leak-{uuid.uuid4().hex[:8]}"
                 caller = SimulatedCaller(f"{server.ws_url}/ws", call_control_id=ccid, record=False)
                 await asyncio.wait_for(
                     caller.run([CallerTurn(audio=speech_8k, text="hello")], hang_up_after_secs=0.3), 30
                 )
                 await _ended(http, ccid)
-            assert len(kept) == 15
+            assert len(kept) == 5 * calls
             # Still serving: only what the running server holds can keep a call alive.
-            for _ in range(50):
-                gc.collect()
-                if all(ref() is None for ref in kept):
-                    break
-                await asyncio.sleep(0.05)  # a call's last task may still be finishing
-            alive = {type(obj).__qualname__: _holders(obj) for ref in kept if (obj := ref()) is not None}
-            assert alive == {}, alive
+            await freed()
+
+
+def _alive(kept: list[weakref.ref[Any]]) -> dict[str, list[str]]:
+    return {type(obj).__qualname__: _holders(obj) for ref in kept if (obj := ref()) is not None}
+
+
+async def test_finished_calls_leave_no_objects_behind(tmp_path: Path, speech_8k: bytes) -> None:
+    kept: list[weakref.ref[Any]] = []
+
+    async def freed() -> None:
+        for _ in range(50):
+            gc.collect()
+            if all(ref() is None for ref in kept):
+                break
+            await asyncio.sleep(0.05)  # a call's last task may still be finishing
+        assert _alive(kept) == {}
+
+    await _serve_calls(tmp_path, speech_8k, kept, calls=3, freed=freed)
+
+
+async def test_a_finished_call_is_freed_by_reference_counting(tmp_path: Path, speech_8k: bytes) -> None:
+    """No cycle holds a call's pipeline, task, processors, transport or record: they go as
+    soon as the call ends, not at the next full collection (which walks the whole heap
+    while every live call waits)."""
+    kept: list[weakref.ref[Any]] = []
+
+    async def freed() -> None:
+        for _ in range(100):
+            if all(ref() is None for ref in kept):
+                break
+            await asyncio.sleep(0.05)  # a call's last task may still be finishing
+        assert _alive(kept) == {}
+
+    gc.collect()
+    gc.disable()
+    try:
+        await _serve_calls(tmp_path, speech_8k, kept, calls=2, freed=freed)
+    finally:
+        gc.enable()

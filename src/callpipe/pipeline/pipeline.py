@@ -9,6 +9,10 @@ from callpipe.pipeline.frames import Frame
 from callpipe.pipeline.processor import FrameDirection, FrameProcessor
 
 
+async def _nowhere(frame: Frame, direction: FrameDirection) -> None:
+    """Where a released pipeline's ends forward to."""
+
+
 class _Edge(FrameProcessor):
     """One end of a pipeline: forwards what reaches it to a callback (no queue)."""
 
@@ -18,6 +22,10 @@ class _Edge(FrameProcessor):
 
     async def queue_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM) -> None:
         await self._forward(frame, direction)
+
+    def _release(self) -> None:
+        super()._release()
+        self._forward = _nowhere  # a bound method of the pipeline: a cycle
 
 
 class Pipeline(FrameProcessor):
@@ -50,6 +58,11 @@ class Pipeline(FrameProcessor):
         for processor in self._processors:
             result.extend(processor.processors_within())
         return result
+
+    def _release(self) -> None:
+        super()._release()
+        self._source._release()
+        self._sink._release()
 
     async def queue_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM) -> None:
         # A pipeline does no work of its own: hand the frame straight to the right end.

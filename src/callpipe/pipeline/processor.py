@@ -20,6 +20,7 @@ import inspect
 import itertools
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -37,6 +38,20 @@ logger = logging.getLogger("callpipe.pipeline")
 _processor_ids = itertools.count(1)
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
+ObjectT = TypeVar("ObjectT")
+
+
+def weak_back_reference(obj: ObjectT) -> ObjectT:
+    """``obj`` through a weak proxy (``obj`` itself if it already is one).
+
+    For the references that close a cycle (a transport's halves back to the transport), once
+    the call is over: a finished call is then freed by reference counting at once, instead
+    of waiting, heap and all, for a full garbage collection (a stall of every live call).
+    """
+    if isinstance(obj, weakref.ProxyType | weakref.CallableProxyType):
+        return obj
+    proxy: ObjectT = weakref.proxy(obj)
+    return proxy
 
 
 class FrameDirection(enum.Enum):
@@ -102,6 +117,12 @@ class EventHandlerMixin:
         except Exception:
             logger.exception("event handler %s for %s failed", event_name, type(self).__name__)
 
+    def _drop_event_handlers(self) -> None:
+        # Handlers are closures that mostly refer back to this object (or its call): at the
+        # end of a call they go, so that the call's objects are no cycle.
+        for handlers in self._event_handlers.values():
+            handlers.clear()
+
     async def wait_for_event_handlers(self, timeout: float = 5.0) -> None:
         """Wait (bounded) for running async event handlers to finish."""
         if self._handler_tasks:
@@ -150,6 +171,16 @@ class FrameProcessor(EventHandlerMixin):
     def processors_within(self) -> list[FrameProcessor]:
         """This processor and, for containers like a pipeline, every processor inside."""
         return [self]
+
+    def _release(self) -> None:
+        """The pipeline has finished (its task calls this): drop what links the call's objects
+        into cycles (the neighbours, the event handlers), so that they are freed at once.
+
+        A subclass that holds a reference back to an object holding it overrides this.
+        """
+        self._prev = None
+        self._next = None
+        self._drop_event_handlers()
 
     # ---------------------------------------------------------------- settings
 

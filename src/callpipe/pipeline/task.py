@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +62,7 @@ class _TaskSource(FrameProcessor):
 
     def __init__(self, task: PipelineTask) -> None:
         super().__init__(name=f"{task.name}:source")
-        self._task = task
+        self._task: PipelineTask = weakref.proxy(task)  # the task owns this (no cycle)
 
     async def queue_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM) -> None:
         if direction is FrameDirection.DOWNSTREAM:
@@ -75,7 +76,7 @@ class _TaskSink(FrameProcessor):
 
     def __init__(self, task: PipelineTask) -> None:
         super().__init__(name=f"{task.name}:sink")
-        self._task = task
+        self._task: PipelineTask = weakref.proxy(task)  # the task owns this (no cycle)
 
     async def queue_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM) -> None:
         self._task._on_downstream_frame(frame)
@@ -153,7 +154,11 @@ class PipelineTask(EventHandlerMixin):
         self._finish(None)
 
     async def run(self) -> None:
-        """Run the pipeline until it ends; then clean every processor up."""
+        """Run the pipeline until it ends; then clean every processor up.
+
+        A pipeline runs once: at its end the task unlinks its processors (see
+        :meth:`_release_call`).
+        """
         if self._running:
             raise RuntimeError(f"{self.name} is already running")
         self._running = True
@@ -181,17 +186,34 @@ class PipelineTask(EventHandlerMixin):
             await asyncio.shield(self.cancel("runner cancelled"))
             raise
         finally:
-            if self._idle_handle is not None:
-                self._idle_handle.cancel()
-            for task in list(self._background):
-                task.cancel()
-            for processor in processors:
-                try:
-                    await processor.cleanup()
-                except Exception:
-                    logger.exception("%s cleanup failed", processor.name)
-            await self._call_event_handler("on_pipeline_finished", self._final_frame)
-            await self.wait_for_event_handlers()
+            try:
+                await self._clean_up(processors)
+            finally:
+                self._release_call(processors)
+
+    async def _clean_up(self, processors: list[FrameProcessor]) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        for task in list(self._background):
+            task.cancel()
+        for processor in processors:
+            try:
+                await processor.cleanup()
+            except Exception:
+                logger.exception("%s cleanup failed", processor.name)
+        await self._call_event_handler("on_pipeline_finished", self._final_frame)
+        await self.wait_for_event_handlers()
+
+    def _release_call(self, processors: list[FrameProcessor]) -> None:
+        """Unlink the finished call's objects, so reference counting frees them at once.
+
+        A pipeline is a doubly linked chain, and handlers and transports refer back to
+        what holds them: left as they are, every finished call would wait for a full
+        garbage collection, whose pause (it walks the whole heap) every live call hears.
+        """
+        for processor in (self._source, *processors, self._sink):
+            processor._release()
+        self._drop_event_handlers()
 
     # ----------------------------------------------------------------- internals
 

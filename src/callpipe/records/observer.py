@@ -145,13 +145,19 @@ class CallObserver:
         self._wall_offset = time.time() - self.started
         if not record.started_at:
             record.started_at = self.to_wall(self.started)
+        # Not the bound ``self.to_wall``: the timeline must not refer back to the observer,
+        # so a finished call's objects are freed by reference counting (no full collection).
         self.timeline = Timeline(
-            record, started=self.started, to_wall=self.to_wall, on_latency=stats.turn_latency
+            record, started=self.started, to_wall=self._wall_offset.__add__, on_latency=stats.turn_latency
         )
-        self.fields = RecordFields(self)
         self._end: tuple[str, str | None] | None = None
         self._dropped_events = 0
         self._finished = False
+
+    @property
+    def fields(self) -> RecordFields:
+        """``runner_args.record``: the bot's own fields in this call's record."""
+        return RecordFields(self)
 
     def to_wall(self, monotonic: float) -> float:
         """A ``time.monotonic()`` stamp as UNIX seconds."""

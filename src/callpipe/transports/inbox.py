@@ -88,18 +88,21 @@ class CallInbox:
 
     async def _run(self) -> None:
         pending = self._pending
-        while not self._closed:
-            await self._wake.wait()
-            self._wake.clear()
-            while pending:
-                coro = pending.popleft()
-                try:
-                    await coro
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    logger.exception("%s: an event failed in the call's pipeline", self.name)
-            self._idle.set()
+        try:
+            while not self._closed:
+                await self._wake.wait()
+                self._wake.clear()
+                while pending:
+                    coro = pending.popleft()
+                    try:
+                        await coro
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        logger.exception("%s: an event failed in the call's pipeline", self.name)
+                self._idle.set()
+        finally:
+            self._task = None  # the task refers to this inbox: no cycle once it has ended
 
     def close(self) -> None:
         """Drop what is pending and stop the task (unless it is the one calling)."""

@@ -34,7 +34,7 @@ from callpipe.pipeline.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from callpipe.pipeline.processor import FrameDirection, FrameProcessor
+from callpipe.pipeline.processor import FrameDirection, FrameProcessor, weak_back_reference
 from callpipe.records import observer as records
 from callpipe.telnyx import protocol
 from callpipe.telnyx.reorder import Gap, ReorderBuffer, order_key
@@ -164,6 +164,12 @@ class FastAPIWebsocketInputTransport(FrameProcessor):
                 self._flood.dropped,
                 self._flood.dropped_secs,
             )
+
+    def _release(self) -> None:
+        super()._release()
+        self._transport._drop_event_handlers()
+        self._transport = weak_back_reference(self._transport)
+        self._receive_task = None
 
     # ------------------------------------------------------------------ reading
 

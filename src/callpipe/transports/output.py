@@ -40,7 +40,7 @@ from callpipe.pipeline.frames import (
     TTSTextFrame,
     UserStoppedSpeakingFrame,
 )
-from callpipe.pipeline.processor import FrameDirection, FrameProcessor
+from callpipe.pipeline.processor import FrameDirection, FrameProcessor, weak_back_reference
 from callpipe.records import observer as records
 from callpipe.telnyx.stream import Clear, Mark, Media, SendEvent, State
 from callpipe.transports.clock import OutputClock
@@ -488,3 +488,9 @@ class FastAPIWebsocketOutputTransport(FrameProcessor):
         self._inbox.close()
         await self._transport.close(CLOSE_NORMAL, "pipeline finished")
         await super().cleanup()
+
+    def _release(self) -> None:
+        super()._release()
+        self._transport = weak_back_reference(self._transport)
+        self._send_task = None
+        self._context = None

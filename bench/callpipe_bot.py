@@ -28,7 +28,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from callpipe.audio.vad import SileroVADModel, VADParams
-from callpipe.server.heap import freeze_startup_heap
+from callpipe.server.heap import freeze_startup_heap, space_full_collections
 from callpipe.sim.bots import CannedBotConfig, create_canned_bot_app
 
 SAMPLE_RATE = 8000
@@ -133,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     greeting = read_pcm(args.greeting) if args.greeting else None
     SileroVADModel.shared()  # load the VAD model now, not on the first call
     freeze_startup_heap()  # as `callpipe serve` does once its models are loaded
+    space_full_collections()  # and as it does at start-up
     app: Any = create_app(reply, greeting, args.stop_secs)
     if args.records:
         app = RecordsOn(app, Path(args.records))

@@ -72,6 +72,8 @@ class Framework:
     python: str
     bot: Path
     extra: tuple[str, ...] = ()
+    # A checkout whose ``src`` the bot imports callpipe from (another tree's code).
+    source: Path | None = None
 
 
 @contextlib.contextmanager
@@ -93,8 +95,11 @@ def bot_server(framework: Framework, cpu: int | None) -> Iterator[tuple[str, int
     ]
     if cpu is not None and shutil.which("taskset"):
         command = ["taskset", "-c", str(cpu), *command]
+    env = None
+    if framework.source is not None:
+        env = {**os.environ, "PYTHONPATH": str(framework.source / "src")}
     process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
         deadline = time.monotonic() + 60

@@ -13,6 +13,8 @@ points of CPU at the same load, docs/benchmarks.md), so ``--runs N`` repeats the
 run with new processes and reports every run's change, the median and the worst.
 ``--same`` starts the second server with records off too (an A/A run): the spread of
 its changes is the instrument's own, what an A/B change must be read against.
+``--against CHECKOUT`` runs the second server from another checkout's code, records off
+on both: a change's capacity against its base's, measured the same way.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ from harness import (
 )
 
 LABELS = ("off", "on")
+# Below this many calls the once-a-second work is shared by few calls: CPU per call-second
+# there says little about capacity.
+CPU_MIN_CALLS = 40
 
 
 @dataclass
@@ -57,6 +62,54 @@ class RecordsRun:
     def change(self) -> float:
         """Records on vs off, in percent of off."""
         return (self.found["on"] - self.found["off"]) / max(1, self.found["off"]) * 100
+
+    @property
+    def cpu_change(self) -> float | None:
+        """Records on vs off in CPU per call-second, in percent: the median over the levels of
+        at least ``CPU_MIN_CALLS`` both servers ran (None if there is none).
+
+        A continuous figure beside the capacity's pass/fail steps: a level's CPU hardly
+        depends on which side of the on-time criterion it fell.
+        """
+        changes = [
+            (on[1] / off[1] - 1) * 100
+            for level, both in self.measured.items()
+            if level >= CPU_MIN_CALLS
+            and (off := both.get("off")) is not None
+            and (on := both.get("on")) is not None
+            and off[1]
+            and on[1] is not None
+        ]
+        return statistics.median(changes) if changes else None
+
+
+def _servers(args: argparse.Namespace, directory: str, index: int) -> list[Framework]:
+    """The two servers, labelled "off" and "on", in the order to start them.
+
+    "on" has records on, or off too (``--same``), or is the checkout ``--against`` with
+    records off like "off" (this tree against another).
+    """
+    against: Path | None = args.against
+    records = () if args.same or against is not None else ("--records", directory)
+    bot = BENCH / "callpipe_bot.py"
+    servers = [
+        Framework("off", sys.executable, bot),
+        Framework(
+            "on",
+            sys.executable,
+            bot if against is None else against / "bench" / "callpipe_bot.py",
+            records,
+            source=against,
+        ),
+    ]
+    return servers if index % 2 == 0 else servers[::-1]
+
+
+def second_name(args: argparse.Namespace) -> str:
+    """What the second server ("on") is, for the printed results."""
+    if args.against is not None:
+        return f"{args.against} (records off)"
+    return "off (A/A)" if args.same else "on"
 
 
 def run_once(args: argparse.Namespace, turn: bytes, server_cpu: int | None, index: int = 0) -> RecordsRun:
@@ -76,11 +129,8 @@ def run_once(args: argparse.Namespace, turn: bytes, server_cpu: int | None, inde
         contextlib.ExitStack() as stack,
     ):
         servers = {}
-        second: tuple[str, ...] = () if args.same else ("--records", directory)
-        starts = [("off", ()), ("on", second)]
-        for label, extra in starts if index % 2 == 0 else starts[::-1]:
-            fw = Framework("callpipe", sys.executable, BENCH / "callpipe_bot.py", extra)
-            servers[label] = stack.enter_context(bot_server(fw, server_cpu))
+        for fw in _servers(args, directory, index):
+            servers[fw.name] = stack.enter_context(bot_server(fw, server_cpu))
         pids = [pid for _, pid in servers.values()]
         step = index
         while any(s.level is not None for s in searches.values()):
@@ -110,14 +160,17 @@ def run_once(args: argparse.Namespace, turn: bytes, server_cpu: int | None, inde
     )
 
 
-def print_run(run: RecordsRun, tries: int, duration: float, same: bool = False) -> None:
-    """One run's figure and its table of levels (``same``: an A/A run, both servers off)."""
+def print_run(run: RecordsRun, tries: int, duration: float, second: str = "on") -> None:
+    """One run's figure and its table of levels (``second`` names the second server)."""
     note = f" (load-generator limit: {', '.join(run.capped)})" if run.capped else ""
-    second = "second server, also off" if same else "on"
     print(
         f"max concurrent calls on time: records off {run.found['off']}, {second} {run.found['on']}"
         f" ({run.change:+.0f}%){note}; {run.recordings} recordings written"
     )
+    if run.cpu_change is not None:
+        print(
+            f"CPU per call-second, {second} vs off, at {CPU_MIN_CALLS}+ calls: median {run.cpu_change:+.1f}%"
+        )
     print(f"each level: best of {tries} runs of {duration:.0f} s, off and on in turns")
     print("| calls | off: on time, CPU per call-second | on: on time, CPU per call-second |")
     print("|---:|---|---|")
@@ -132,13 +185,20 @@ def print_run(run: RecordsRun, tries: int, duration: float, same: bool = False) 
         print(f"| {level} | {cells[0]} | {cells[1]} |")
 
 
-def summary(runs: list[RecordsRun], same: bool = False) -> str:
-    """Every run's off/on/change, the median change and the worst."""
+def summary(runs: list[RecordsRun], what: str = "records off vs on") -> str:
+    """Every run's off/on/change, the median change and the worst (``what``: the pair compared)."""
     cells = ", ".join(f"{r.found['off']} vs {r.found['on']} ({r.change:+.0f}%)" for r in runs)
     worst = min(r.change for r in runs)
     median = statistics.median(r.change for r in runs)
-    what = "records off vs off (A/A)" if same else "records off vs on"
-    return f"{len(runs)} runs, {what}: {cells}; median {median:+.0f}%, worst {worst:+.0f}%"
+    cpu = [change for r in runs if (change := r.cpu_change) is not None]
+    cpu_text = (
+        f"; CPU per call-second at {CPU_MIN_CALLS}+ calls: "
+        + ", ".join(f"{change:+.1f}%" for change in cpu)
+        + f" (median {statistics.median(cpu):+.1f}%)"
+        if cpu
+        else ""
+    )
+    return f"{len(runs)} runs, {what}: {cells}; median {median:+.0f}%, worst {worst:+.0f}%{cpu_text}"
 
 
 def compare_records(args: argparse.Namespace) -> int:
@@ -150,9 +210,9 @@ def compare_records(args: argparse.Namespace) -> int:
         if args.runs > 1:
             log(f"== run {index + 1} of {args.runs}")
         runs.append(run_once(args, turn, server_cpu, index))
-        print_run(runs[-1], args.tries, args.duration, args.same)
+        print_run(runs[-1], args.tries, args.duration, second_name(args))
         sys.stdout.flush()
     if len(runs) > 1:
-        print(summary(runs, args.same))
+        print(summary(runs, f"records off vs {second_name(args)}"))
     print(f"machine: {machine()}; {datetime.date.today().isoformat()}")
     return 0

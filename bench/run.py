@@ -25,6 +25,7 @@ import datetime
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,13 @@ def main() -> int:
         action="store_true",
         help="with --records: the second server has records off too (A/A: the instrument's spread)",
     )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="CHECKOUT",
+        help="with --records: the second server runs CHECKOUT's callpipe, records off on both"
+        " (this tree's capacity against another's, e.g. a change against its base)",
+    )
     args = parser.parse_args()
     if args.records:
         return compare_records(args)
@@ -183,15 +191,18 @@ def render(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     def mib(value: float | None) -> str:
         return "-" if value is None else f"{value / 2**20:.2f} MiB"
 
-    def val(r: dict[str, Any], key: str, fmt: str) -> str:
-        value = r.get(key)
-        return "-" if value is None else fmt.format(value)
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f} s"
 
     def max_cell(r: dict[str, Any]) -> str:
         if not r:
             return "-"
         suffix = "+ (generator limit)" if r.get("max_capped") else ""
         return f"{r['max_calls']}{suffix}"
+
+    def compare(label: str, key: str, cell: Callable[[Any], str]) -> tuple[str, str, str, str]:
+        # Every figure here but the capacity is better lower.
+        return label, cell(cp.get(key)), cell(pc.get(key)), ratio(cp.get(key), pc.get(key), False)
 
     rows = [
         (
@@ -200,48 +211,13 @@ def render(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
             max_cell(pc),
             ratio(cp.get("max_calls"), pc.get("max_calls"), True),
         ),
-        (
-            "CPU per call-second (20 calls)",
-            val(cp, "cpu_per_call_second", "{:.4f} s"),
-            val(pc, "cpu_per_call_second", "{:.4f} s"),
-            ratio(cp.get("cpu_per_call_second"), pc.get("cpu_per_call_second"), False),
-        ),
-        (
-            "RSS per call (20 calls)",
-            mib(cp.get("rss_per_call")),
-            mib(pc.get("rss_per_call")),
-            ratio(cp.get("rss_per_call"), pc.get("rss_per_call"), False),
-        ),
-        (
-            "response latency p50, 1 call",
-            ms(cp.get("p50_1")),
-            ms(pc.get("p50_1")),
-            ratio(cp.get("p50_1"), pc.get("p50_1"), False),
-        ),
-        (
-            "response latency p95, 1 call",
-            ms(cp.get("p95_1")),
-            ms(pc.get("p95_1")),
-            ratio(cp.get("p95_1"), pc.get("p95_1"), False),
-        ),
-        (
-            "response latency p50, 20 calls",
-            ms(cp.get("p50_20")),
-            ms(pc.get("p50_20")),
-            ratio(cp.get("p50_20"), pc.get("p50_20"), False),
-        ),
-        (
-            "response latency p95, 20 calls",
-            ms(cp.get("p95_20")),
-            ms(pc.get("p95_20")),
-            ratio(cp.get("p95_20"), pc.get("p95_20"), False),
-        ),
-        (
-            "greeting latency p50 (20 calls)",
-            ms(cp.get("greeting")),
-            ms(pc.get("greeting")),
-            ratio(cp.get("greeting"), pc.get("greeting"), False),
-        ),
+        compare("CPU per call-second (20 calls)", "cpu_per_call_second", seconds),
+        compare("RSS per call (20 calls)", "rss_per_call", mib),
+        compare("response latency p50, 1 call", "p50_1", ms),
+        compare("response latency p95, 1 call", "p95_1", ms),
+        compare("response latency p50, 20 calls", "p50_20", ms),
+        compare("response latency p95, 20 calls", "p95_20", ms),
+        compare("greeting latency p50 (20 calls)", "greeting", ms),
     ]
     for key in sorted(set(cp.get("micro", {})) | set(pc.get("micro", {}))):
         a, b = cp.get("micro", {}).get(key), pc.get("micro", {}).get(key)

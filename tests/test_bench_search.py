@@ -60,3 +60,36 @@ def test_search_stops_at_the_limit(bench_run: ModuleType) -> None:
     search = bench_run.CapacitySearch(10, 100)
     assert search_until_done(search, 1000) == [10, 20, 40, 80]
     assert search.best == 80
+
+
+@pytest.fixture(scope="module")
+def records_capacity() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import records_capacity
+
+        return records_capacity
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_records_summary_gives_capacity_and_cpu_changes(records_capacity: ModuleType) -> None:
+    run = records_capacity.RecordsRun
+    first = run(
+        found={"off": 200, "on": 190},
+        capped=[],
+        # 20 calls is below the CPU figure's floor; 80 and 160 count (+10% and +4%).
+        measured={
+            20: {"off": (True, 0.004), "on": (True, 0.006)},
+            80: {"off": (True, 0.0040), "on": (True, 0.0044)},
+            160: {"off": (True, 0.0050), "on": (False, 0.0052)},
+            320: {"off": (False, 0.0060)},
+        },
+    )
+    second = run(found={"off": 180, "on": 189}, capped=[], measured={})
+    assert first.change == pytest.approx(-5.0)
+    assert first.cpu_change == pytest.approx(7.0)
+    assert second.cpu_change is None
+    text = records_capacity.summary([first, second])
+    assert "200 vs 190 (-5%), 180 vs 189 (+5%); median +0%, worst -5%" in text
+    assert "CPU per call-second at 40+ calls: +7.0% (median +7.0%)" in text

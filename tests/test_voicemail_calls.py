@@ -324,10 +324,9 @@ async def test_a_call_screener_is_answered_with_the_line_and_puts_the_person_thr
     assert "calling" in said, record["turns"]
 
 
-@pytest.mark.slow
-async def test_the_built_in_assistant_leaves_its_message_on_a_voicemail_box(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def offline_voice(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The embedded voice, with no provider keys set: the built-in assistant runs offline."""
     voice = piper_voice()
     if voice is None:
         pytest.skip("needs the embedded models (callpipe[local])")
@@ -339,6 +338,14 @@ async def test_the_built_in_assistant_leaves_its_message_on_a_voicemail_box(
         "ASSISTANT_MODE",
     ):
         monkeypatch.delenv(name, raising=False)
+    return voice
+
+
+@pytest.mark.slow
+async def test_the_built_in_assistant_leaves_its_message_on_a_voicemail_box(
+    monkeypatch: pytest.MonkeyPatch, offline_voice: Any
+) -> None:
+    voice = offline_voice
     from callpipe.services.assistant import AssistantConfig, bot
 
     expected = AssistantConfig().voicemail_text()
@@ -360,19 +367,9 @@ async def test_the_built_in_assistant_leaves_its_message_on_a_voicemail_box(
 
 @pytest.mark.slow
 async def test_the_built_in_assistant_greets_a_person_once_amd_says_human(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, offline_voice: Any
 ) -> None:
-    voice = piper_voice()
-    if voice is None:
-        pytest.skip("needs the embedded models (callpipe[local])")
-    for name in (
-        "OPENAI_API_KEY",
-        "OPENAI_BASE_URL",
-        "DEEPGRAM_API_KEY",
-        "CARTESIA_API_KEY",
-        "ASSISTANT_MODE",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    voice = offline_voice
     from callpipe.services.assistant import bot
 
     callees = Callees(default="human", human_hello=True, human_detect_secs=0.8, voice=voice)

@@ -161,18 +161,27 @@ def _unavailable(exc: Exception) -> JSONResponse:
     return _error(503, "store_unavailable", "the call store is not answering; try again")
 
 
+async def _stored_call(guard: Guard, request: Request, call_control_id: str) -> CallRecord | Response:
+    """The call's record, or the answer to give instead (the guard's, 503 if the store
+    fails, 404 if there is no such call)."""
+    store = guard(request)
+    if isinstance(store, Response):
+        return store
+    try:
+        record = await store.get_call(call_control_id)
+    except Exception as exc:
+        return _unavailable(exc)
+    if record is None:
+        return _error(404, "not_found", "no call with this id")
+    return record
+
+
 def _add_call_actions(router: APIRouter, state: ServerState, guard: Guard) -> None:
     @router.get("/console/api/calls/{call_control_id:path}/recording")
     async def recording(request: Request, call_control_id: str) -> Response:
-        store = guard(request)
-        if isinstance(store, Response):
-            return store
-        try:
-            record = await store.get_call(call_control_id)
-        except Exception as exc:
-            return _unavailable(exc)
-        if record is None:
-            return _error(404, "not_found", "no call with this id")
+        record = await _stored_call(guard, request, call_control_id)
+        if isinstance(record, Response):
+            return record
         # From this disk, or streamed from the instance that holds the file.
         from callpipe.server.recordings import recording_response
 
@@ -229,15 +238,9 @@ def _add_calls(router: APIRouter, state: ServerState, guard: Guard) -> None:
 
     @router.get("/console/api/calls/{call_control_id:path}")
     async def get_call(request: Request, call_control_id: str) -> Response:
-        store = guard(request)
-        if isinstance(store, Response):
-            return store
-        try:
-            record = await store.get_call(call_control_id)
-        except Exception as exc:
-            return _unavailable(exc)
-        if record is None:
-            return _error(404, "not_found", "no call with this id")
+        record = await _stored_call(guard, request, call_control_id)
+        if isinstance(record, Response):
+            return record
         headers = {}
         if request.query_params.get("download"):
             headers["Content-Disposition"] = f'attachment; filename="{_file_name(call_control_id)}.json"'

@@ -118,33 +118,32 @@ async def list_calls(request: Request) -> Response:
     return JSONResponse({"calls": items, "next_cursor": page.next_cursor})
 
 
-async def _record(request: Request, call_control_id: str) -> CallRecord:
-    store = _store(request)
-    record = await store.get_call(call_control_id)
+async def _record(request: Request, call_control_id: str) -> CallRecord | Response:
+    """The call's record, or the answer to give instead (503 if the store fails, 404 if none)."""
+    try:
+        record = await _store(request).get_call(call_control_id)
+    except _ApiError as exc:
+        return exc.response
+    except (SQLAlchemyError, OSError) as exc:
+        return _unavailable(exc)
     if record is None:
-        raise _ApiError(error(404, "not_found", f"no call {call_control_id!r} in the records"))
+        return error(404, "not_found", f"no call {call_control_id!r} in the records")
     return record
 
 
 @router.get("/{call_control_id}")
 async def get_call(request: Request, call_control_id: str) -> Response:
     """One whole record: turns, latency breakdown, events, usage."""
-    try:
-        record = await _record(request, call_control_id)
-    except _ApiError as exc:
-        return exc.response
-    except (SQLAlchemyError, OSError) as exc:
-        return _unavailable(exc)
+    record = await _record(request, call_control_id)
+    if isinstance(record, Response):
+        return record
     return JSONResponse(record.to_json(full=True, recording_url=recording_url(record)))
 
 
 @router.get("/{call_control_id}/recording")
 async def get_recording(request: Request, call_control_id: str) -> Response:
     """The call's stereo WAV (caller left, bot right), from any instance; Range requests work."""
-    try:
-        record = await _record(request, call_control_id)
-    except _ApiError as exc:
-        return exc.response
-    except (SQLAlchemyError, OSError) as exc:
-        return _unavailable(exc)
+    record = await _record(request, call_control_id)
+    if isinstance(record, Response):
+        return record
     return await recording_response(request.app.state.callpipe, request, record, f"{call_control_id}.wav")

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from callpipe.server import control
 from callpipe.server.health import start_metrics_listener
-from callpipe.server.heap import freeze_startup_heap
+from callpipe.server.heap import freeze_startup_heap, space_full_collections
 from callpipe.server.state import ServerState
 from callpipe.server.telnyx_auth import TelnyxRequestAuth
 
@@ -43,6 +43,7 @@ def app_lifespan(
             await state.store.start()
         if state.freeze_heap:
             freeze_startup_heap()  # the store and what is loaded so far; again once models are warm
+            space_full_collections()  # what calls leave is freed by reference counting
         state.ready = True
         yield
         state.ready = False

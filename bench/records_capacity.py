@@ -47,6 +47,8 @@ LABELS = ("off", "on")
 # Below this many calls the once-a-second work is shared by few calls: CPU per call-second
 # there says little about capacity.
 CPU_MIN_CALLS = 40
+# Levels where a server used more of its core than this are left out of the CPU figure.
+CPU_MAX_LOAD = 0.9
 
 
 @dataclass
@@ -65,21 +67,21 @@ class RecordsRun:
 
     @property
     def cpu_change(self) -> float | None:
-        """Records on vs off in CPU per call-second, in percent: the median over the levels of
-        at least ``CPU_MIN_CALLS`` both servers ran (None if there is none).
+        """Records on vs off in CPU per call-second, in percent: the median over the levels
+        of at least ``CPU_MIN_CALLS`` that both servers ran below ``CPU_MAX_LOAD`` of a core
+        (None if there is none).
 
-        A continuous figure beside the capacity's pass/fail steps: a level's CPU hardly
-        depends on which side of the on-time criterion it fell.
+        A continuous figure beside the capacity's pass/fail steps. A saturated server's
+        CPU per call-second is just one core over the calls, whatever the calls cost, so
+        those levels say nothing of the cost.
         """
-        changes = [
-            (on[1] / off[1] - 1) * 100
-            for level, both in self.measured.items()
-            if level >= CPU_MIN_CALLS
-            and (off := both.get("off")) is not None
-            and (on := both.get("on")) is not None
-            and off[1]
-            and on[1] is not None
-        ]
+        changes = []
+        for level, both in self.measured.items():
+            off, on = both.get("off", (False, None))[1], both.get("on", (False, None))[1]
+            if level < CPU_MIN_CALLS or not off or not on:
+                continue
+            if max(off, on) * level < CPU_MAX_LOAD:
+                changes.append((on / off - 1) * 100)
         return statistics.median(changes) if changes else None
 
 

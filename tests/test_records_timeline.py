@@ -3,6 +3,9 @@ custom-fields API; the WAV writer; number masking. No sockets."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from callpipe.audio.codecs import get_codec
 from callpipe.log import mask_number
 from callpipe.records.model import CallRecord, Latency, ToolCall
 from callpipe.records.observer import CallObserver, RecordFields, provider_name
-from callpipe.records.recording import CallRecorder, WavWriter, recording_path
+from callpipe.records.recording import FLUSH_SLICES, CallRecorder, WavWriter, _LoopFlusher, recording_path
 from callpipe.records.sink import MemorySink
 from callpipe.records.timeline import Timeline
 
@@ -325,3 +328,38 @@ def test_turn_latency_feeds_one_histogram_per_stage() -> None:
     stats.turn_latency(Latency(vad_stop_ms=1.0, heard_ms=2.0), greeting=True)  # not a reply: left out
     assert count("vad_stop") == before["vad_stop"] + 1 and count("heard") == before["heard"] + 1
     assert count("stt_final") == before["stt_final"]  # null stages are not observed
+
+
+async def test_recordings_are_flushed_a_tenth_at_a_time_each_once_a_second(tmp_path: Path) -> None:
+    codec = get_codec("PCMU")
+    frame = codec.encode(np.zeros(160, dtype=np.int16).tobytes())
+    started = time.monotonic()
+    recorders = [
+        CallRecorder(tmp_path / f"{i}.wav", caller_codec=codec, bot_codec=codec, started=started)
+        for i in range(25)
+    ]
+    for recorder in recorders:
+        recorder.start()
+    flusher = _LoopFlusher.of(asyncio.get_running_loop())
+    try:
+        assert sorted(len(slot) for slot in flusher.slots) == [2] * 5 + [3] * 5
+        for recorder in recorders:
+            recorder.caller(frame)
+        taken: list[int] = []
+        for _ in range(FLUSH_SLICES):
+            assert flusher._timer is not None
+            flusher._timer.cancel()  # the test drives the ticks
+            flusher._tick()
+            taken.append(sum(1 for recorder in recorders if not recorder._caller))
+        # Each tick takes one slot (2 or 3 recordings); after ten, every one once.
+        steps = [after - before for before, after in itertools.pairwise([0, *taken])]
+        assert all(step in (2, 3) for step in steps) and taken[-1] == 25, taken
+        for future in flusher._pending:
+            assert future is not None
+            await asyncio.wrap_future(future)
+        # Each file got its frame (less the stream's lead before ``started``, on the clock).
+        assert all(recorder.duration_secs > 0 for recorder in recorders)
+    finally:
+        for recorder in recorders:
+            await recorder.close()
+    assert asyncio.get_running_loop() not in _LoopFlusher._by_loop

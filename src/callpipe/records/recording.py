@@ -41,6 +41,8 @@ __all__ = ["CallRecorder", "WavWriter", "recording_path"]
 logger = logging.getLogger("callpipe.records")
 
 FLUSH_SECS = 1.0
+# A loop's recordings are flushed in this many groups, one every FLUSH_SECS / FLUSH_SLICES.
+FLUSH_SLICES = 10
 # Bot chunks this close in time are one run (the output's clock is exact; floats are not).
 _CONTIGUOUS_SECS = 0.0005
 # One thread: jobs run in order (a call's final write after its last batch), and the
@@ -350,19 +352,26 @@ _Batch = list[tuple[CallRecorder, tuple[bytes, list[tuple[int, bytes]], int, int
 
 
 class _LoopFlusher:
-    """Once a second, every live recording of one event loop, flushed as one writer job.
+    """Every live recording of one event loop flushed once a second, a tenth at a time.
 
-    If the previous job is still running (a slow disk), the tick is skipped: the calls
-    keep buffering (about a second of encoded audio each) and the next tick takes it all.
+    The recordings are spread over :data:`FLUSH_SLICES` slots, and every
+    ``FLUSH_SECS / FLUSH_SLICES`` one slot's are taken and written as one writer job. All
+    at once, the writer's burst (decoding, interleaving, a write per file) held the GIL
+    against the event loop for tens of milliseconds at 240 calls, once a second, and under
+    load the calls' audio went out late. If a slot's previous job is still running (a slow
+    disk), its tick is skipped: those calls keep buffering and the next tick takes it all.
     """
 
     _by_loop: ClassVar[dict[asyncio.AbstractEventLoop, _LoopFlusher]] = {}
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.recorders: dict[CallRecorder, None] = {}  # insertion-ordered set
+        # Insertion-ordered sets, one per slot.
+        self.slots: list[dict[CallRecorder, None]] = [{} for _ in range(FLUSH_SLICES)]
+        self._slot_of: dict[CallRecorder, int] = {}
+        self._next_slot = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._pending: concurrent.futures.Future[None] | None = None
+        self._pending: list[concurrent.futures.Future[None] | None] = [None] * FLUSH_SLICES
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> _LoopFlusher:
@@ -373,15 +382,19 @@ class _LoopFlusher:
         return flusher
 
     def add(self, recorder: CallRecorder) -> None:
-        """Flush ``recorder`` with the others from the next tick on."""
-        self.recorders[recorder] = None
+        """Flush ``recorder`` once a second, in the slot with the fewest recordings."""
+        slot = min(range(FLUSH_SLICES), key=lambda index: len(self.slots[index]))
+        self.slots[slot][recorder] = None
+        self._slot_of[recorder] = slot
         if self._timer is None:
-            self._timer = self.loop.call_later(FLUSH_SECS, self._tick)
+            self._timer = self.loop.call_later(FLUSH_SECS / FLUSH_SLICES, self._tick)
 
     def remove(self, recorder: CallRecorder) -> None:
         """``recorder`` is closing (it writes its own final flush)."""
-        self.recorders.pop(recorder, None)
-        if not self.recorders:
+        slot = self._slot_of.pop(recorder, None)
+        if slot is not None:
+            self.slots[slot].pop(recorder, None)
+        if not self._slot_of:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -389,13 +402,15 @@ class _LoopFlusher:
                 del self._by_loop[self.loop]
 
     def _tick(self) -> None:
-        self._timer = self.loop.call_later(FLUSH_SECS, self._tick)
-        if self._pending is not None and not self._pending.done():
+        self._timer = self.loop.call_later(FLUSH_SECS / FLUSH_SLICES, self._tick)
+        slot = self._next_slot
+        self._next_slot = (slot + 1) % FLUSH_SLICES
+        pending = self._pending[slot]
+        if pending is not None and not pending.done():
             return
         now = time.monotonic()
-        batch: _Batch = [(r, r._take(now, False)) for r in self.recorders if not r.failed]
-        if batch:
-            self._pending = _EXECUTOR.submit(_write_batch, batch)
+        batch: _Batch = [(r, r._take(now, False)) for r in self.slots[slot] if not r.failed]
+        self._pending[slot] = _EXECUTOR.submit(_write_batch, batch) if batch else None
 
 
 def _write_batch(batch: _Batch) -> None:

@@ -49,6 +49,7 @@ LABELS = ("off", "on")
 CPU_MIN_CALLS = 40
 # Levels where a server used more of its core than this are left out of the CPU figure.
 CPU_MAX_LOAD = 0.9
+CPU_FIGURE = f"CPU per call-second at {CPU_MIN_CALLS}+ calls below {CPU_MAX_LOAD:.0%} of a core"
 
 
 @dataclass
@@ -170,9 +171,7 @@ def print_run(run: RecordsRun, tries: int, duration: float, second: str = "on") 
         f" ({run.change:+.0f}%){note}; {run.recordings} recordings written"
     )
     if run.cpu_change is not None:
-        print(
-            f"CPU per call-second, {second} vs off, at {CPU_MIN_CALLS}+ calls: median {run.cpu_change:+.1f}%"
-        )
+        print(f"{CPU_FIGURE}, {second} vs off: median {run.cpu_change:+.1f}%")
     print(f"each level: best of {tries} runs of {duration:.0f} s, off and on in turns")
     print("| calls | off: on time, CPU per call-second | on: on time, CPU per call-second |")
     print("|---:|---|---|")
@@ -194,7 +193,7 @@ def summary(runs: list[RecordsRun], what: str = "records off vs on") -> str:
     median = statistics.median(r.change for r in runs)
     cpu = [change for r in runs if (change := r.cpu_change) is not None]
     cpu_text = (
-        f"; CPU per call-second at {CPU_MIN_CALLS}+ calls: "
+        f"; {CPU_FIGURE}: "
         + ", ".join(f"{change:+.1f}%" for change in cpu)
         + f" (median {statistics.median(cpu):+.1f}%)"
         if cpu

@@ -94,4 +94,4 @@ def test_records_summary_gives_capacity_and_cpu_changes(records_capacity: Module
     assert second.cpu_change is None
     text = records_capacity.summary([first, second])
     assert "200 vs 190 (-5%), 180 vs 189 (+5%); median +0%, worst -5%" in text
-    assert "CPU per call-second at 40+ calls: +7.0% (median +7.0%)" in text
+    assert "CPU per call-second at 40+ calls below 90% of a core: +7.0% (median +7.0%)" in text

@@ -9,6 +9,7 @@ Run with callpipe's python::
 guide builds a bot): it greets the caller and answers every end of a user turn, as
 detected by Silero VAD (``--stop-secs``), with the same pre-recorded audio. ``/healthz``
 answers "ok" once the server is up; ``/debug/tasks`` counts the asyncio tasks.
+``--records DIR`` adds call records and recordings (:class:`RecordsOn`).
 """
 
 from __future__ import annotations
@@ -66,20 +67,29 @@ def create_app(reply: bytes, greeting: bytes | None, stop_secs: float) -> FastAP
     return app
 
 
+# What ``--switchable`` lets ``GET /debug/records/<part>`` choose for the calls that follow.
+RECORD_PARTS = ("off", "store", "recording", "both")
+
+
 class RecordsOn:
     """ASGI wrapper: every call gets a record and a recording, as under ``callpipe serve``.
 
     Each WebSocket runs with a :class:`~callpipe.records.observer.CallObserver` in its
     context (writing through an embedded SQLite store in ``directory``) and its stereo
     recording in ``directory/recordings``: the same work ``_run_bot`` adds to a call.
+    With ``switchable``, ``GET /debug/records/<part>`` (one of :data:`RECORD_PARTS`) sets
+    what the next calls get: nothing, the stored record only, the recording only (the
+    record goes nowhere), or both; ``bench/records_parts.py`` compares them in one process.
     """
 
-    def __init__(self, app: Any, directory: Path) -> None:
+    def __init__(self, app: Any, directory: Path, *, switchable: bool = False) -> None:
         from callpipe.store.sql import SqlCallStore
 
         self.app = app
         self.directory = directory
         self.store = SqlCallStore(None, data_dir=directory)
+        self.switchable = switchable
+        self.part = "both"
         self._started: asyncio.Task[None] | None = None
 
     async def _start_store(self) -> None:
@@ -92,6 +102,7 @@ class RecordsOn:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         from callpipe.records.model import CallRecord
         from callpipe.records.observer import CallObserver, current_observer
+        from callpipe.records.sink import NullSink
 
         if scope["type"] == "lifespan" and self._started is None:
             # Open the store (imports, migrations) at start-up, as `callpipe serve` does,
@@ -102,20 +113,35 @@ class RecordsOn:
             # migrations and first imports (a one-off start-up cost, not a call's).
             await PlainTextResponse("starting", status_code=503)(scope, receive, send)
             return
-        if scope["type"] != "websocket":
+        if self.switchable and scope["type"] == "http" and scope["path"].startswith("/debug/records/"):
+            await self._switch(scope["path"].rsplit("/", 1)[1])(scope, receive, send)
+            return
+        if scope["type"] != "websocket" or self.part == "off":
             await self.app(scope, receive, send)
             return
         if self._started is None:
             self._started = asyncio.ensure_future(self._start_store())
         await asyncio.shield(self._started)
         record = CallRecord(call_control_id=f"bench-{uuid.uuid4().hex[:12]}", started_at=time.time())
-        observer = CallObserver(record, self.store.sink, recording_dir=self.directory / "recordings")
+        observer = CallObserver(
+            record,
+            self.store.sink if self.part != "recording" else NullSink(),
+            recording_dir=self.directory / "recordings" if self.part != "store" else None,
+        )
         current_observer.set(observer)
         observer.touch()
         try:
             await self.app(scope, receive, send)
         finally:
             await observer.finish()
+
+    def _switch(self, part: str) -> PlainTextResponse:
+        if part not in RECORD_PARTS:
+            return PlainTextResponse(
+                f"unknown part {part!r}; one of {', '.join(RECORD_PARTS)}", status_code=404
+            )
+        self.part = part
+        return PlainTextResponse(part)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -128,6 +154,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--records", default=None, help="keep records (SQLite) and recordings in this directory"
     )
+    parser.add_argument(
+        "--switchable",
+        action="store_true",
+        help="with --records: GET /debug/records/off|store|recording|both sets what the next calls get",
+    )
     args = parser.parse_args(argv)
     reply = read_pcm(args.reply)
     greeting = read_pcm(args.greeting) if args.greeting else None
@@ -136,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     space_full_collections()  # and as it does at start-up
     app: Any = create_app(reply, greeting, args.stop_secs)
     if args.records:
-        app = RecordsOn(app, Path(args.records))
+        app = RecordsOn(app, Path(args.records), switchable=args.switchable)
     loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "auto"
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level="warning", loop=loop, ws_max_size=262144

@@ -95,3 +95,30 @@ def test_records_summary_gives_capacity_and_cpu_changes(records_capacity: Module
     text = records_capacity.summary([first, second])
     assert "200 vs 190 (-5%), 180 vs 189 (+5%); median +0%, worst -5%" in text
     assert "CPU per call-second at 40+ calls below 90% of a core: +7.0% (median +7.0%)" in text
+
+
+@pytest.fixture(scope="module")
+def records_parts(bench_run: ModuleType) -> ModuleType:
+    sys.modules.setdefault("harness", bench_run)  # what records_parts imports by that name
+    spec = importlib.util.spec_from_file_location("records_parts", ROOT / "bench" / "records_parts.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["records_parts"] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_records_parts_rotate_and_compare_each_round_with_its_own_off(records_parts: Any) -> None:
+    parts = records_parts.PARTS
+    orders = [records_parts.rotated(parts, index) for index in range(len(parts))]
+    assert [order[0] for order in orders] == list(parts)  # each part goes first once
+    assert all(sorted(order) == sorted(parts) for order in orders)
+    results = {part: records_parts.PartResult() for part in parts}
+    results["off"].cpu = [0.004, 0.005]
+    results["both"].cpu = [0.0044, 0.005]
+    assert records_parts.changes(results, "both") == pytest.approx([10.0, 0.0])
+    for part in ("store", "recording"):
+        results[part].cpu = [0.004, 0.005]
+    args = type("Args", (), {"calls": 160, "rounds": 2, "duration": 20.0})()
+    table = records_parts.render(results, args)
+    assert "| both | 4.70 ms | +10.0%, +0.0% | +5.0% | yes | 0 ms |" in table

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from callpipe.records.model import CallRecord, Turn
-from callpipe.store.writer import RecordWriter, Rows
+from callpipe.store.writer import BATCH_LIMIT, RecordWriter, Rows
 from tests.store_helpers import full_record, started_store
 
 
@@ -167,3 +167,70 @@ async def test_a_stalled_database_never_blocks_calls_and_records_catch_up(db_url
         await _eventually(caught_up, 20, "the records to catch up after the stall")
         done = await store.get_call("call-3")
         assert done is not None and done.end_reason == "caller_hangup"
+
+
+async def test_live_records_are_rewritten_at_most_every_live_interval_new_and_finished_ones_at_once() -> None:
+    batches: list[list[str]] = []
+
+    async def write(rows: Rows, finals: list[CallRecord]) -> None:
+        batches.append(sorted(row["call_control_id"] for row in rows))
+
+    now = [100.0]
+    writer = RecordWriter(write, instance_id="me", interval=0.5, live_interval=1.0, clock=lambda: now[0])
+    a, b = CallRecord(call_control_id="a", started_at=1.0), CallRecord(call_control_id="b", started_at=2.0)
+
+    async def tick(*touched: CallRecord) -> None:
+        for record in touched:
+            writer.touch(record)
+        assert await writer.flush(due_only=True)
+        now[0] += 0.5
+
+    await tick(a)  # a is new: stored at once (other instances look its owner up)
+    await tick(a, b)  # b is new; a was written 0.5 s ago
+    await tick(a, b)  # a is due; b was written 0.5 s ago
+    b.end_reason = "caller_hangup"
+    writer.finish(b)
+    await tick(a)  # b is finished: written at once; a was written 0.5 s ago
+    assert batches == [["a"], ["b"], ["a"], ["b"]]
+    assert writer.pending == 1  # a's latest state waits for its turn...
+    assert await writer.flush()  # ...unless everything is asked for (close() does that)
+    assert batches[-1] == ["a"] and writer.pending == 0
+
+
+async def test_the_background_task_waits_for_live_records_that_are_not_due() -> None:
+    batches: list[int] = []
+
+    async def write(rows: Rows, finals: list[CallRecord]) -> None:
+        batches.append(len(rows))
+
+    # More live records than one batch takes: the task writes them in two batches back to
+    # back, then waits; touched again, they are not due for a minute and nothing is written.
+    writer = RecordWriter(write, instance_id="me", interval=0.02, live_interval=60.0)
+    records = [CallRecord(call_control_id=f"c{i}", started_at=1.0) for i in range(BATCH_LIMIT + 100)]
+    flushes = 0
+    flush = writer.flush
+
+    async def counted_flush(*, due_only: bool = False) -> bool:
+        nonlocal flushes
+        flushes += 1
+        return await flush(due_only=due_only)
+
+    writer.flush = counted_flush  # type: ignore[method-assign]
+    for record in records:
+        writer.touch(record)
+    writer.start()
+
+    async def two_batches() -> bool:
+        return len(batches) == 2
+
+    try:
+        await _eventually(two_batches, 5, "the two first batches")
+        for record in records:
+            writer.touch(record)
+        flushes = 0
+        await asyncio.sleep(0.3)
+    finally:
+        await writer.close(timeout=1)
+    assert batches[:2] == [BATCH_LIMIT, 100]
+    assert batches[2:] == [BATCH_LIMIT, 100]  # close() wrote them
+    assert flushes <= 0.3 / 0.02 + 2, flushes  # one per interval, not a busy loop

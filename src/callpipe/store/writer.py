@@ -1,11 +1,17 @@
 """The batched record writer behind ``store.sink``: touch and finish return at once.
 
 Live calls *touch* their :class:`CallRecord` after each change; the writer keeps only a
-reference per call (a dirty set), and a background task writes the latest state of every
-dirty record every ``interval`` seconds in one transaction (an upsert). Many touches of
+reference per call (a dirty set), and a background task writes the latest state of the
+dirty records every ``interval`` seconds in one transaction (an upsert). Many touches of
 one call between two flushes become one write, so a slow database costs memory per
 call, never per change, and never time on the audio path: encoding happens in the
 writer's task, the database work in the driver.
+
+A new call's record and a finished one are written at the next flush (another instance
+looks a call's owner up in the store, and a finished record is what readers wait for).
+A live record already stored is rewritten at most every ``live_interval`` seconds: each
+write encodes the whole record again, so this halves the store's work per live call at
+the default settings, and a live record in the store is at most about a second old.
 
 Finished records are kept until they are written, retrying with exponential backoff
 while the database fails. At most ``max_pending_finals`` wait; past that the oldest is
@@ -102,7 +108,8 @@ class RecordWriter:
     """A :class:`~callpipe.records.sink.RecordSink` that writes through ``write`` in batches.
 
     ``write(rows, finals)`` writes the rows in one transaction (``finals`` are the finished
-    records among them, for the post-call webhook) and raises on failure.
+    records among them, for the post-call webhook) and raises on failure. ``clock`` times
+    the live records' rewrites (``time.monotonic``; tests give their own).
     """
 
     def __init__(
@@ -111,14 +118,21 @@ class RecordWriter:
         *,
         instance_id: str,
         interval: float = 0.5,
+        live_interval: float = 1.0,
         max_pending_finals: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._write = write
+        self._clock = clock
         self._instance_id = instance_id
         self.interval = interval
+        self.live_interval = live_interval
         self.max_pending_finals = max_pending_finals
         self._dirty: dict[str, CallRecord] = {}
         self._finals: OrderedDict[str, CallRecord] = OrderedDict()
+        # Live calls whose record is stored: when it was last written (by ``clock``).
+        self._written_at: dict[str, float] = {}
+        self._backlog = False  # the last flush left due records for the next one
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -142,6 +156,7 @@ class RecordWriter:
             _stamp(record, self._instance_id)
             ccid = record.call_control_id
             self._dirty.pop(ccid, None)
+            self._written_at.pop(ccid, None)
             self._finals[ccid] = record
             self._finals.move_to_end(ccid)
             while len(self._finals) > self.max_pending_finals:
@@ -194,23 +209,28 @@ class RecordWriter:
                 await asyncio.wait_for(self._stop.wait(), delay)
             if self._stop.is_set():
                 return
-            ok = await self.flush()
+            ok = await self.flush(due_only=True)
             if ok:
-                delay = 0.0 if self.pending > BATCH_LIMIT else self.interval
+                delay = 0.0 if self._backlog else self.interval
             else:
                 delay = min(MAX_BACKOFF_SECS, max(self.interval, delay) * 2)
 
-    async def flush(self) -> bool:
-        """Write every dirty and finished record now; ``False`` if the database failed."""
+    async def flush(self, *, due_only: bool = False) -> bool:
+        """Write the dirty and finished records now; ``False`` if the database failed.
+
+        With ``due_only`` (the background task), live records written less than
+        ``live_interval`` ago wait for a later flush.
+        """
         async with self._lock:
+            self._backlog = False
             if not self._dirty and not self._finals:
                 return True
-            now = time.time()
+            now, written_at = time.time(), self._clock()
             finals = list(self._finals.values())[:BATCH_LIMIT]
-            room = max(0, BATCH_LIMIT - len(finals))
-            dirty = list(self._dirty.values())[:room]
-            for record in dirty:
-                del self._dirty[record.call_control_id]
+            dirty = self._take_dirty(BATCH_LIMIT - len(finals), written_at if due_only else None)
+            self._backlog = len(self._finals) > len(finals) or len(dirty) == BATCH_LIMIT - len(finals)
+            if not dirty and not finals:
+                return True
             try:
                 rows = await _encode(dirty + finals, now)
                 await self._write(rows, finals)
@@ -220,6 +240,9 @@ class RecordWriter:
             for record in finals:
                 if self._finals.get(record.call_control_id) is record:
                     del self._finals[record.call_control_id]
+            for record in dirty:
+                if record.call_control_id not in self._finals:
+                    self._written_at[record.call_control_id] = written_at
             self.stats.flushes += 1
             self.stats.rows_written += len(rows)
             if self._failing_since is not None:
@@ -228,6 +251,29 @@ class RecordWriter:
                 )
                 self._failing_since = None
             return True
+
+    def _take_dirty(self, room: int, due_at: float | None) -> list[CallRecord]:
+        """Up to ``room`` dirty records out of the dirty set; with ``due_at``, only the due ones.
+
+        A record is due if it was never written, or last written ``live_interval`` ago
+        (less half a flush interval: the flushes' timer is not exact).
+        """
+        if room <= 0:
+            return []
+        if due_at is None:
+            taken = list(self._dirty.values())[:room]
+        else:
+            not_after = due_at - self.live_interval + self.interval / 2
+            written_at = self._written_at
+            taken = []
+            for ccid, record in self._dirty.items():
+                if written_at.get(ccid, float("-inf")) <= not_after:
+                    taken.append(record)
+                    if len(taken) == room:
+                        break
+        for record in taken:
+            del self._dirty[record.call_control_id]
+        return taken
 
     def _failed(self, exc: BaseException, dirty: list[CallRecord]) -> None:
         # Live records go back to the dirty set unless touched again meanwhile (the newer

@@ -228,7 +228,7 @@ class RecordWriter:
             now, written_at = time.time(), self._clock()
             finals = list(self._finals.values())[:BATCH_LIMIT]
             dirty = self._take_dirty(BATCH_LIMIT - len(finals), written_at if due_only else None)
-            self._backlog = len(self._finals) > len(finals) or len(dirty) == BATCH_LIMIT - len(finals)
+            self._backlog = len(finals) + len(dirty) == BATCH_LIMIT  # a full batch: maybe more due
             if not dirty and not finals:
                 return True
             try:
